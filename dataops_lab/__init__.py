@@ -8,5 +8,19 @@ Docs: https://dataops-lab.github.io/dataops-lab/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #7241fec4
+# %% ../nbs/99_package.ipynb #55ac936a
 from .core import *
+from .config import *
+from .models import *
+from .store.base import *
+from .store.conformance import StoreTarget, run_conformance
+
+# %% ../nbs/99_package.ipynb #8a3b0a6b
+_BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',
+             'S3BlobStore': 's3', 'DynamoTable': 'dynamodb'}
+
+def __getattr__(name):
+    if name in _BACKENDS:
+        import importlib
+        return getattr(importlib.import_module(f"dataops_lab.store.{_BACKENDS[name]}"), name)
+    raise AttributeError(f"module 'dataops_lab' has no attribute {name!r}")
