@@ -8,14 +8,19 @@ Docs: https://dataops-lab.github.io/dataops-lab/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #55ac936a
+# %% ../nbs/99_package.ipynb #a4dd9a5a
 from .core import *
 from .config import *
 from .models import *
 from .store.base import *
 from .store.conformance import StoreTarget, run_conformance
+from .artifact_content import *
+from .artifacts import *
+from .recall import *
+from .sessions import *
+from .context import *
 
-# %% ../nbs/99_package.ipynb #8a3b0a6b
+# %% ../nbs/99_package.ipynb #f85528b9
 _BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',
              'S3BlobStore': 's3', 'DynamoTable': 'dynamodb'}
 
