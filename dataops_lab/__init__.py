@@ -8,7 +8,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #a4dd9a5a
+# %% ../nbs/99_package.ipynb #815c7936
 from .core import *
 from .config import *
 from .models import *
@@ -19,8 +19,13 @@ from .artifacts import *
 from .recall import *
 from .sessions import *
 from .context import *
+from .workflows import *
+from .llm import *
+from .decorators import *
+from .orchestrator import *
+from .chain import *
 
-# %% ../nbs/99_package.ipynb #f85528b9
+# %% ../nbs/99_package.ipynb #416684fb
 _BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',
              'S3BlobStore': 's3', 'DynamoTable': 'dynamodb'}
 
