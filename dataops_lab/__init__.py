@@ -8,7 +8,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #815c7936
+# %% ../nbs/99_package.ipynb #72ec569e
 from .core import *
 from .config import *
 from .models import *
@@ -24,8 +24,15 @@ from .llm import *
 from .decorators import *
 from .orchestrator import *
 from .chain import *
+from .checkpoint import *
+from .samples import *
+from .profiling import *
+from .sql_tools import *
+from .query_optimizer import *
+from .jil import *
+from .examples import *
 
-# %% ../nbs/99_package.ipynb #416684fb
+# %% ../nbs/99_package.ipynb #cfef77e3
 _BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',
              'S3BlobStore': 's3', 'DynamoTable': 'dynamodb'}
 
