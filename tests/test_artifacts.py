@@ -11,27 +11,9 @@ from dataops_lab.models import Artifact, ArtifactType, Scope
 from dataops_lab.store.base import Storage
 from dataops_lab.artifact_content import ContentError
 from dataops_lab.artifacts import *
+from conftest import write_ini
 
 MiB = 1 << 20
-
-def write_ini(folder: Path, backend: str, request) -> Path:
-    "A settings.ini in `folder` selecting the embedded backends or Redis + DynamoDB + S3 (fresh bucket and table prefix)"
-    if backend == 'embedded':
-        body = "[storage]\nhot = sqlite:///.dataops/cache.db\ncold = sqlite:///.dataops/meta.db\nblob = file://.dataops/blobs\n"
-    else:
-        redis, moto = request.getfixturevalue('redis_server'), request.getfixturevalue('moto_server')
-        u = uuid.uuid4().hex[:10]
-        body = (f"[storage]\nhot = {redis.url}\ncold = dynamodb://us-east-1?endpoint_url={moto.endpoint}\n"
-                f"blob = s3://art-{u}/data?region=us-east-1&endpoint_url={moto.endpoint}\ntable_prefix = t{u}_\n")
-    ini = folder / 'settings.ini'
-    ini.write_text(body)
-    return ini
-
-@pytest.fixture(params=['embedded', 'aws'])
-def backend(request): return request.param
-
-@pytest.fixture
-def ini(backend, request, tmp_path): return write_ini(tmp_path, backend, request)
 
 @pytest.fixture
 def storage(ini):
@@ -87,7 +69,7 @@ def test_round_trips_every_kind(store, tmp_path):
 
 def test_seed_calls_with_no_arguments(tmp_path, monkeypatch):
     "ArtifactStore() opens the embedded default from settings, with nothing else set up"
-    monkeypatch.setenv('DATAOPS_SETTINGS', str(write_ini(tmp_path, 'embedded', None)))
+    monkeypatch.setenv('DATAOPS_SETTINGS', str(write_ini(tmp_path, 'embedded')))
     session_id, data = sid(), {'rows': 3}
     with ArtifactStore() as artifact_store:
         artifact_id = artifact_store.store_artifact(content=data, session_id=session_id, workflow_name="my_workflow")

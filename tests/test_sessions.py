@@ -1,0 +1,595 @@
+"""SessionManager behaviour, the same on the embedded default (SQLite + files) and on Redis + DynamoDB + S3
+(real servers: redis-server and moto's DynamoDB + S3 over HTTP), plus what a notebook cannot show: two processes
+appending to one session, a process killed with SIGKILL under load, Redis stopped and restarted mid-load."""
+import datetime as dt, hashlib, io, json, logging, re, textwrap, threading
+import pytest, zstandard
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from dataops_lab.core import *
+from dataops_lab.config import load_settings
+from dataops_lab.models import *
+from dataops_lab.store.base import Storage, SESSIONS_TABLE, ARTIFACTS_TABLE
+from dataops_lab.recall import estimate_tokens, msg_tokens
+from dataops_lab.sessions import *
+from dataops_lab.context import ContextManager
+from conftest import Child, uid, write_ini
+from servers import RedisServer, wait_for
+
+@pytest.fixture
+def sm(manager_storage): return SessionManager(manager_storage)
+
+def seqs(msgs): return [m.seq for m in msgs]
+def contents(msgs): return [m.content for m in msgs]
+def cached(raw, sid):
+    "The session item the hot tier holds for `sid` (None if not cached), read straight from the cache"
+    v = raw.cache.get(f"sessions/{sid}")
+    return None if v is None else json.loads(v)
+
+# ---------------------------------------------------------------- the seed's calls
+
+def test_seed_calls_as_written(shared_ini, manager_storage, monkeypatch):
+    "The seed's SessionManager calls, with no arguments: settings come from the environment / settings.ini"
+    monkeypatch.setenv('DATAOPS_SETTINGS', str(shared_ini))
+    from dataops_lab import SessionManager as SM  # the package-level name the seed imports
+    session_manager = SM()
+    session = session_manager.create_session(uid("user_123"))
+    session_manager.add_message(session.session_id, "user", "Hello")
+    context = session_manager.get_context_summary(session.session_id)
+    assert [(t.message.role, t.message.content, t.reason) for t in context.turns] == [(Role.USER, 'Hello', 'recent')]
+    assert context.session_id == session.session_id and context.tokens_used <= context.max_tokens == 4000
+    assert session_manager.storage.urls == manager_storage.urls  # the configured tier, not some default
+    assert manager_storage.table(MESSAGES_TABLE).get((session.session_id, 1))['content'] == 'Hello'
+    session_manager.close()
+
+# ---------------------------------------------------------------- CRUD, listing, closing
+
+def test_create_get_list_close(sm, raw):
+    u1, u2, chosen = uid(), uid(), uid('sess')
+    s = sm.create_session(u1, metadata={'project': 'sales'}, global_context={'db': 'sales.db'})
+    got = sm.get_session(s.session_id)
+    assert (got.user_id, got.status, got.metadata, got.global_context, got.history) == (u1, SessionStatus.ACTIVE, {'project': 'sales'}, {'db': 'sales.db'}, None)
+    assert raw.table(SESSIONS_TABLE).get(s.session_id)['user_id'] == u1  # in the source of truth when create returns
+    mine = sm.create_session(u1, session_id=chosen)
+    assert mine.session_id == chosen and sm.get_session(chosen).user_id == u1
+    with pytest.raises(ConflictError, match=f"session '{chosen}' exists already"): sm.create_session(u2, session_id=chosen)
+    assert sm.get_session(chosen).user_id == u1  # never overwritten
+
+    more = [sm.create_session(u1) for _ in range(3)]
+    sm.create_session(u2)
+    newest_first = [x.session_id for x in reversed([s, mine, *more])]
+    pages, cursor = [], None
+    while True:
+        page = sm.list_sessions(u1, limit=2, cursor=cursor)
+        pages.append([x.session_id for x in page.items])
+        if not (cursor := page.cursor): break
+    assert [i for p in pages for i in p] == newest_first and all(len(p) <= 2 for p in pages) and len(pages) >= 3
+    assert [x.session_id for x in sm.list_sessions(u1, limit=100)] == newest_first
+    assert [x.user_id for x in sm.list_sessions(u2)] == [u2]
+    assert sm.list_sessions(uid()).items == []
+
+    sm.add_message(more[0].session_id, 'user', 'before closing')
+    closed = sm.close_session(more[0].session_id)
+    assert closed.status == SessionStatus.CLOSED and sm.get_session(more[0].session_id).status == SessionStatus.CLOSED
+    assert contents(sm.get_history(more[0].session_id)) == ['before closing']  # kept and readable
+    assert [x.session_id for x in sm.list_sessions(u1, status='closed')] == [more[0].session_id]
+    assert more[0].session_id not in [x.session_id for x in sm.list_sessions(u1, limit=100, status=SessionStatus.ACTIVE)]
+    with pytest.raises(InvalidInputError, match=f"session '{more[0].session_id}' is closed"): sm.add_message(more[0].session_id, 'user', 'after closing')
+    assert contents(sm.get_history(more[0].session_id)) == ['before closing']
+
+def test_history_limit_before_after(sm):
+    sid = sm.create_session(uid()).session_id
+    roles = ['user', 'assistant', 'system', 'tool']
+    msgs = [sm.add_message(sid, roles[i % 4], f"turn {i+1}") for i in range(9)]
+    m10 = sm.add_message(sid, Message(role='user', content='turn 10', workflow='schema_analyzer', artifact_ids=['art_x'], metadata={'k': 1}))
+    hist = sm.get_history(sid)
+    assert seqs(hist) == list(range(1, 11)) and contents(hist) == [f"turn {i}" for i in range(1, 11)]
+    assert [m.message_id for m in hist] == [m.message_id for m in msgs + [m10]]
+    assert [m.role.value for m in hist[:4]] == roles
+    assert (hist[-1].workflow, hist[-1].artifact_ids, hist[-1].metadata, hist[-1].session_id) == ('schema_analyzer', ['art_x'], {'k': 1}, sid)
+    assert seqs(sm.get_history(sid, limit=3)) == [8, 9, 10]
+    assert seqs(sm.get_history(sid, after=7)) == [8, 9, 10]
+    assert seqs(sm.get_history(sid, before=3)) == [1, 2]
+    assert seqs(sm.get_history(sid, after=2, before=6)) == [3, 4, 5]
+    assert seqs(sm.get_history(sid, after=2, before=9, limit=2)) == [7, 8]
+    assert seqs(sm.get_history(sid, after=10)) == [] and seqs(sm.get_history(sid, limit=100)) == list(range(1, 11))
+    t3, t7 = hist[2].timestamp, hist[6].timestamp
+    assert seqs(sm.get_history(sid, after=t3, before=t7)) == [4, 5, 6]
+    assert seqs(sm.get_history(sid, after=t7)) == [8, 9, 10]
+    s = sm.get_session(sid, with_history=True)
+    assert seqs(s.history) == list(range(1, 11)) and s.message_count == 10
+
+def test_preferences_per_user_with_defaults(sm, raw):
+    alice, bob = uid('alice'), uid('bob')
+    a1, a2 = sm.create_session(alice), sm.create_session(alice)
+    b = sm.create_session(bob)
+    d = sm.get_preferences(alice)
+    assert (d.user_id, d.response_style, d.max_context_tokens, d.timezone, d.notifications) == (alice, 'concise', 4000, 'UTC', True)
+    sm.set_preferences(alice, response_style='detailed', max_context_tokens=120, extra={'units': 'metric'})
+    sm.set_preferences(alice, timezone='Europe/Paris')  # a second change keeps the first
+    p = sm.get_preferences(alice)
+    assert (p.response_style, p.max_context_tokens, p.timezone, p.extra) == ('detailed', 120, 'Europe/Paris', {'units': 'metric'})
+    assert sm.get_preferences(bob).response_style == 'concise'
+    fresh = SessionManager(raw)  # another manager, its own connections
+    assert fresh.get_preferences(alice) == p  # stored per user, not in one manager
+    for s in (a1, a2):  # every session of the user gets the user's budget by default
+        for i in range(15): sm.add_message(s.session_id, "user", f"message number {i} about the orders table")
+        assert sm.get_context_summary(s.session_id).max_tokens == 120
+        assert sm.get_context_summary(s.session_id).tokens_used <= 120
+    sm.add_message(b.session_id, 'user', 'hi')
+    assert sm.get_context_summary(b.session_id).max_tokens == 4000
+    with pytest.raises(InvalidInputError, match=r"unknown preference\(s\) \['colour'\]"): sm.set_preferences(alice, colour='blue')
+    with pytest.raises(InvalidInputError, match="max_context_tokens.*'lots'"): sm.set_preferences(alice, max_context_tokens='lots')
+    assert sm.get_preferences(alice) == p  # a refused change changes nothing
+
+# ---------------------------------------------------------------- updates
+
+def test_update_session_merges(sm, raw):
+    s = sm.create_session(uid(), metadata={'owner': 'ana', 'tags': ['a']}, global_context={'db': 'sales.db', 'table': 'orders'})
+    before = sm.get_session(s.session_id).last_active
+    u = sm.update_session(s.session_id, {'global_context': {'table': None, 'rows': 1200}, 'metadata': {'tags': ['a', 'b']}})
+    assert u.global_context == {'db': 'sales.db', 'rows': 1200}  # merged key by key; None removes a key
+    assert u.metadata == {'owner': 'ana', 'tags': ['a', 'b']}
+    assert u.last_active >= before
+    u = sm.update_session(s.session_id, {'active_workflows': ['schema_analyzer', 'sql_gen']})
+    u = sm.update_session(s.session_id, {'active_workflows': ['sql_gen']})  # lists are replaced, not merged
+    assert (u.active_workflows, u.global_context) == (['sql_gen'], {'db': 'sales.db', 'rows': 1200})
+    other = SessionManager(raw)
+    assert other.get_session(s.session_id) == sm.get_session(s.session_id) == u
+    assert sm.update_session(s.session_id, {'status': 'idle'}).status == SessionStatus.IDLE
+    assert sm.update_session(s.session_id, {}).global_context == u.global_context
+
+def test_concurrent_updates_from_threads_lose_nothing(sm, raw):
+    sid = sm.create_session(uid(), global_context={'seed': 0}).session_id
+    other = SessionManager(raw)  # a second manager (own connections) joins in
+    errors = []
+    def worker(mgr, t):
+        try:
+            for i in range(5): mgr.update_session(sid, {'global_context': {f"t{t}_{i}": i}, 'metadata': {f"t{t}": i}})
+        except Exception as e: errors.append(e)
+    threads = [threading.Thread(target=worker, args=(sm if t % 2 else other, t)) for t in range(6)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert errors == []
+    s = sm.get_session(sid)
+    assert s.global_context == {'seed': 0, **{f"t{t}_{i}": i for t in range(6) for i in range(5)}}
+    assert s.metadata == {f"t{t}": 4 for t in range(6)}
+    assert sm.sessions.get(sid)['global_context'] == s.global_context and other.get_session(sid) == s
+
+# ---------------------------------------------------------------- relevance-scored context
+
+CONVERSATION = [
+    "Load the customers table from crm.db",
+    "Loaded 48,210 customers. The email column has a 12% null rate, all from the 2019 import.",
+    *[f"Profile partition {i} of the orders table and report row counts for region {i}" for i in range(3, 31)],
+    "Now generate SQL for monthly revenue by region",
+]
+
+def test_context_summary_fits_the_budget_and_explains(sm):
+    sid = sm.create_session(uid()).session_id
+    for i, c in enumerate(CONVERSATION): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    n = len(CONVERSATION)
+    for budget in (60, 150, 400):
+        ctx = sm.get_context_summary(sid, max_tokens=budget, query='why is the email null rate so high?')
+        real = (estimate_tokens(ctx.summary) if ctx.summary else 0) + sum(msg_tokens(m) for m in ctx.messages)
+        assert ctx.tokens_used == real <= budget
+        assert seqs(ctx.messages) == sorted(seqs(ctx.messages)) and ctx.omitted == n - len(ctx.messages) > 0
+        assert ctx.turns[-1].message.seq == n and ctx.turns[-1].reason == 'recent'  # the newest turn always
+        recalled = {t.message.seq: t for t in ctx.turns if t.reason == 'relevant'}
+        assert 2 in recalled and "'email'" in recalled[2].why and 'bm25' in recalled[2].why and recalled[2].score > 0
+    small = sm.get_context_summary(sid, max_tokens=60, query='why is the email null rate so high?')
+    assert [t.reason for t in small.turns].count('recent') >= 1 and len(small.turns) < 5
+    plain = sm.get_context_summary(sid, max_tokens=150)  # no query: the newest user turn is the query
+    assert plain.query == CONVERSATION[-1] and plain.tokens_used <= 150
+    assert all(t.why for t in plain.turns)
+    with pytest.raises(InvalidInputError, match='max_tokens must be an int of at least 50, got 10'): sm.get_context_summary(sid, max_tokens=10)
+
+def test_summaries_are_automatic_versioned_and_reversible(manager_storage):
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=150, keep_recent=4))
+    sid = sm.create_session(uid()).session_id
+    assert sm.get_session(sid).summary_artifact_id is None
+    for i, c in enumerate(CONVERSATION): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    s = sm.get_session(sid)
+    n = len(CONVERSATION)
+    assert s.summary_artifact_id is not None and 1 <= s.summarised_until <= n - 4
+    art = sm.artifacts.get_artifact(s.summary_artifact_id)
+    assert (art.artifact_type, art.name, art.session_id, art.metadata['method']) == (ArtifactType.CONTEXT, 'conversation_summary', sid, 'extractive')
+    assert art.version > 1  # the running summary was rewritten as the conversation grew: one version each time
+    versions = sm.artifacts.list_versions(s.summary_artifact_id)
+    assert [v.version for v in versions] == list(range(1, art.version + 1))
+    hist = sm.get_history(sid)
+    assert len(hist) == n and contents(hist) == CONVERSATION  # summarising never removes turns
+    orig = sm.expand_summary(s.summary_artifact_id)
+    assert orig == hist[:s.summarised_until]  # exactly the turns it covers, identical, in order
+    assert art.metadata['covers'] == [m.message_id for m in orig] and art.metadata['last_seq'] == s.summarised_until
+    first = sm.expand_summary(versions[0].artifact_id)  # an older version expands to its own, shorter range
+    assert first == hist[:versions[0].metadata['last_seq']] and len(first) < len(orig)
+    text = sm.artifacts.get_artifact_content(s.summary_artifact_id)
+    assert re.search(r'^- \[#\d+ (user|assistant)\] ', text, re.M)  # extractive lines cite their turn
+    ctx = sm.get_context_summary(sid, max_tokens=300, query='email null rate')
+    assert ctx.summary and ctx.summary_range == (1, s.summarised_until) and ctx.tokens_used <= 300
+    assert sm.get_session(sid).unsummarised_tokens <= sm.policy.summarise_over_tokens
+
+def test_llm_summary_path(manager_storage):
+    llm = FakeListChatModel(responses=["Customers come from crm.db [#1]; email is 12% null [#2]; orders profiled per region."])
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=100, keep_recent=2), llm=llm)
+    sid = sm.create_session(uid()).session_id
+    for i, c in enumerate(CONVERSATION[:8]): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    s = sm.get_session(sid)
+    assert s.summary_artifact_id is not None
+    art = sm.artifacts.get_artifact(s.summary_artifact_id)
+    assert art.metadata['method'] == 'llm'
+    assert sm.artifacts.get_artifact_content(s.summary_artifact_id) == llm.responses[0]
+    assert sm.expand_summary(s.summary_artifact_id) == sm.get_history(sid)[:s.summarised_until]
+    assert sm.get_context_summary(sid, max_tokens=200).summary == llm.responses[0]
+
+# ---------------------------------------------------------------- tiers
+
+UPDATER = textwrap.dedent("""
+    import sys
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager
+    sm = SessionManager(Storage(load_settings(sys.argv[1])))
+    sid = sys.argv[2]
+    for line in sys.stdin:
+        cmd, arg = line.split()
+        if cmd == 'update': sm.update_session(sid, {'global_context': {'step': int(arg)}})
+        elif cmd == 'message': sm.add_message(sid, 'assistant', f'from the child {arg}')
+        elif cmd == 'read': print(sm.get_session(sid).global_context.get('step'), flush=True); continue
+        print('done', flush=True)
+""")
+
+def test_hot_tier_never_serves_stale_sessions(sm, raw, shared_ini):
+    sid = sm.create_session(uid(), global_context={'step': 0}).session_id
+    assert cached(raw, sid)['global_context'] == {'step': 0}  # active sessions live in the hot tier
+    other = SessionManager(raw)
+    other.update_session(sid, {'global_context': {'step': 1}})
+    assert sm.get_session(sid).global_context == {'step': 1}
+    child = Child(UPDATER, shared_ini, sid)
+    try:
+        for step in range(2, 6):  # another process updates; every read here right after sees it
+            child.send(f"update {step}"); assert child.next_line() == 'done'
+            assert sm.get_session(sid).global_context == {'step': step}
+            assert cached(raw, sid)['global_context'] == {'step': step}
+            sm.update_session(sid, {'global_context': {'step': step * 10}})  # and the other way round
+            child.send("read -"); assert child.next_line() == str(step * 10)
+        child.send("message 1"); assert child.next_line() == 'done'
+        assert sm.get_session(sid).message_count == 1 and contents(sm.get_history(sid)) == ['from the child 1']
+        child.proc.stdin.close(); child.finish()
+    finally: child.close()
+    assert cached(raw, sid)['_version'] == raw.table(SESSIONS_TABLE).get(sid)['_version']
+    assert raw.cache.ttl(f"sessions/{sid}") <= sm.policy.hot_ttl
+
+def test_expiry_archives_to_the_blob_store(fresh_storage, fresh_raw):
+    sm, raw = SessionManager(fresh_storage), fresh_raw
+    old = sm.create_session(uid())
+    for i in range(5): sm.add_message(old.session_id, 'user' if i % 2 == 0 else 'assistant', f"old question {i} about inventory")
+    hist = sm.get_history(old.session_id)
+    t_old = sm.get_session(old.session_id).last_active
+    wait_for(lambda: utcnow() > t_old, 5, 'the clock')
+    new = sm.create_session(uid())
+    sm.add_message(new.session_id, 'user', 'recent question')
+    t_new = sm.get_session(new.session_id).last_active
+    assert t_new > t_old
+    rep = sm.cleanup_expired_sessions(now=t_new + dt.timedelta(hours=1))  # past idle_after, well before expire_after
+    assert sorted(rep.idle) == sorted([old.session_id, new.session_id]) and rep.archived == []
+    assert sm.get_session(old.session_id).status == SessionStatus.IDLE
+    sm.add_message(new.session_id, 'user', 'back again')  # activity makes an idle session active again
+    assert sm.get_session(new.session_id).status == SessionStatus.ACTIVE
+    t_new = sm.get_session(new.session_id).last_active
+    now = t_old + dt.timedelta(seconds=sm.policy.expire_after) + (t_new - t_old) / 2
+    rep = sm.cleanup_expired_sessions(now=now)
+    assert (rep.archived, rep.idle) == ([old.session_id], [new.session_id])  # the newer one is only idle
+    key = f"archives/sessions/{old.session_id}.jsonl.zst"
+    s = sm.get_session(old.session_id)
+    assert (s.status, s.archive_key) == (SessionStatus.ARCHIVED, key)
+    lines = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw.blob.get(key))).read().decode().splitlines()
+    assert [json.loads(l)['message_id'] for l in lines] == [m.message_id for m in hist]  # moved, not deleted
+    assert raw.table(MESSAGES_TABLE).query(old.session_id).items == []  # out of the table
+    assert sm.get_history(old.session_id) == hist  # and still readable
+    assert seqs(sm.get_history(old.session_id, limit=2)) == [4, 5] and seqs(sm.get_history(old.session_id, after=1, before=4)) == [2, 3]
+    assert sm.get_context_summary(old.session_id, max_tokens=200, query='inventory').omitted == 0
+    assert SessionManager(raw).get_history(old.session_id) == hist
+    with pytest.raises(InvalidInputError, match=f"session '{old.session_id}' is archived"): sm.add_message(old.session_id, 'user', 'late')
+    assert sm.get_session(new.session_id).status == SessionStatus.IDLE and len(sm.get_history(new.session_id)) == 2
+    sm.add_message(new.session_id, 'user', 'still going')
+    assert sm.get_session(new.session_id).status == SessionStatus.ACTIVE
+    assert sm.cleanup_expired_sessions(now=now).archived == []  # archiving twice does nothing
+    assert sm.get_history(old.session_id) == hist
+
+def test_purge_cascades_everywhere(fresh_storage, fresh_raw):
+    raw = fresh_raw
+    sm = SessionManager(fresh_storage, policy=SessionPolicy(summarise_over_tokens=60, keep_recent=2))
+    cm = ContextManager(sm)
+    live, archived, keep = (sm.create_session(uid()) for _ in range(3))
+    arts = {}
+    for s in (live, archived, keep):
+        for i in range(8): sm.add_message(s.session_id, 'user', f"{s.session_id} turn {i} with some words about orders and customers")
+        arts[s.session_id] = [sm.artifacts.store_artifact(f"profile of {s.session_id} " * 100, session_id=s.session_id, workflow_name='profile', name='p'),
+                              sm.artifacts.store_artifact({'owner': s.session_id}, session_id=s.session_id, workflow_name='profile', name='q')]
+        cm.dump_context(s.session_id)
+        cm.create_checkpoint(s.session_id, 'cp1')
+        assert sm.get_session(s.session_id).summary_artifact_id is not None
+    t = max(sm.get_session(s.session_id).last_active for s in (live, archived, keep))
+    wait_for(lambda: utcnow() > t, 5, 'the clock')
+    for s in (live, keep): sm.add_message(s.session_id, 'user', 'still here')
+    sm.cleanup_expired_sessions(now=t + dt.timedelta(seconds=sm.policy.expire_after, microseconds=1))
+    assert sm.get_session(archived.session_id).status == SessionStatus.ARCHIVED
+    assert sm.get_session(live.session_id).status != SessionStatus.ARCHIVED
+
+    msgs, snaps = raw.table(MESSAGES_TABLE), raw.table(SNAPSHOTS_TABLE)
+    def footprint(sid):
+        "Everything stored for `sid`, looked up directly in the tables, blob store and cache"
+        items = list(raw.table(ARTIFACTS_TABLE).query_all(sid, index='session_id-created_at'))
+        return {'session': raw.table(SESSIONS_TABLE).get(sid) is not None, 'messages': len(msgs.query(sid, limit=100).items),
+                'snapshots': len(snaps.query(sid, limit=100).items), 'artifacts': len(items),
+                'artifact_blobs': sum(raw.blob.exists(i['blob_key']) for i in items),
+                'snapshot_blobs': len(list(raw.blob.iter_keys(f"checkpoints/{sid}/"))) + sum(raw.blob.exists(f"snapshots/{x['snapshot_id']}.json.zst") for x in snaps.query(sid, limit=100).items),
+                'archive': raw.blob.exists(f"archives/sessions/{sid}.jsonl.zst"),
+                'hot': raw.cache.get(f"sessions/{sid}") is not None}
+    snap_keys = {s.session_id: [x['blob_key'] for x in snaps.query(s.session_id).items] for s in (live, archived)}
+    art_keys = {i['blob_key'] for s in (live, archived) for i in raw.table(ARTIFACTS_TABLE).query_all(s.session_id, index='session_id-created_at')}
+    for s in (live, archived): sm.get_session(s.session_id)  # make sure they are in the hot tier
+    fp = {s.session_id: footprint(s.session_id) for s in (live, archived, keep)}
+    assert fp[live.session_id] == {'session': True, 'messages': 9, 'snapshots': 2, 'artifacts': fp[live.session_id]['artifacts'], 'artifact_blobs': fp[live.session_id]['artifacts'],
+                                   'snapshot_blobs': 2, 'archive': False, 'hot': True} and fp[live.session_id]['artifacts'] >= 3
+    assert fp[archived.session_id]['messages'] == 0 and fp[archived.session_id]['archive'] and fp[archived.session_id]['hot']
+    assert raw.cache.get(f"sessions/{live.session_id}/seq") is not None
+
+    c1, c2 = sm.purge_session(live.session_id), sm.purge_session(archived.session_id)
+    assert (c1['messages'], c1['snapshots'], c1['archive']) == (9, 2, 0) and c1['artifacts'] == fp[live.session_id]['artifacts']
+    assert (c2['messages'], c2['snapshots'], c2['archive']) == (0, 2, 1)
+    gone = {'session': False, 'messages': 0, 'snapshots': 0, 'artifacts': 0, 'artifact_blobs': 0, 'snapshot_blobs': 0, 'archive': False, 'hot': False}
+    assert footprint(live.session_id) == gone and footprint(archived.session_id) == gone
+    assert raw.cache.get(f"sessions/{live.session_id}/seq") is None
+    assert not any(raw.blob.exists(k) for ks in snap_keys.values() for k in ks)
+    assert len(art_keys) >= 4 and not any(raw.blob.exists(k) for k in art_keys)  # the artifacts' content too
+    for s in (live, archived):
+        for a in arts[s.session_id]:
+            with pytest.raises(NotFoundError, match=a): sm.artifacts.get_artifact(a)
+        with pytest.raises(NotFoundError, match=f"no session '{s.session_id}'"): sm.get_session(s.session_id)
+        with pytest.raises(NotFoundError, match=f"no session '{s.session_id}'"): sm.get_history(s.session_id)
+        with pytest.raises(NotFoundError, match=f"no session '{s.session_id}' to purge"): sm.purge_session(s.session_id)
+    assert footprint(keep.session_id) == {**fp[keep.session_id], 'hot': footprint(keep.session_id)['hot']}  # the other session is untouched
+    assert len(sm.get_history(keep.session_id)) == 9 and sm.artifacts.get_artifact_content(arts[keep.session_id][1]) == {'owner': keep.session_id}
+    assert [c.label for c in cm.list_checkpoints(keep.session_id)] == ['cp1']
+
+# ---------------------------------------------------------------- processes
+
+APPENDER = textwrap.dedent("""
+    import sys, json
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager
+    ini, sid, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    sm = SessionManager(Storage(load_settings(ini)))
+    sm.get_session(sid); sm.get_history(sid, limit=1)  # connected and warm before the start signal
+    print('ready', flush=True)
+    assert sys.stdin.readline().strip() == 'go'
+    for i in range(n):
+        m = sm.add_message(sid, 'user', f'{tag}-{i}')
+        print(json.dumps([m.message_id, m.seq, m.content]), flush=True)
+""")
+
+def test_two_processes_append_concurrently(sm, shared_ini):
+    sid = sm.create_session(uid()).session_id
+    sm.add_message(sid, 'system', 'start')
+    n = 30
+    kids = [Child(APPENDER, shared_ini, sid, tag, n) for tag in ('p1', 'p2')]
+    try:
+        for k in kids: assert k.next_line() == 'ready'
+        for k in kids: k.send('go')  # both start together
+        acks = {tag: [json.loads(l) for l in k.finish()[1:]] for tag, k in zip(('p1', 'p2'), kids)}
+    finally:
+        for k in kids: k.close()
+    hist = sm.get_history(sid)
+    assert len(hist) == 2 * n + 1
+    assert seqs(hist) == list(range(1, 2 * n + 2))  # gap-free
+    assert len({m.message_id for m in hist}) == len(hist)  # nothing duplicated
+    assert sorted(contents(hist[1:])) == sorted(f"{t}-{i}" for t in ('p1', 'p2') for i in range(n))  # nothing lost
+    by_id = {m.message_id: m for m in hist}
+    for tag, got in acks.items():
+        assert [c for _, _, c in got] == [f"{tag}-{i}" for i in range(n)]
+        assert all(by_id[i].seq == s and by_id[i].content == c for i, s, c in got)  # what each was told is what is stored
+        assert [s for _, s, _ in got] == sorted(s for _, s, _ in got)
+    both = [s for got in acks.values() for _, s, _ in got]
+    assert sorted(both) == list(range(2, 2 * n + 2))
+    assert sm.get_session(sid).message_count == 2 * n + 1
+
+LOADER = textwrap.dedent("""
+    import sys, json, hashlib
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager
+    sm = SessionManager(Storage(load_settings(sys.argv[1])))
+    sid, tag, i = sys.argv[2], sys.argv[3], 0
+    sm.get_session(sid); sm.artifacts.list_artifacts(sid)  # connected before the start signal
+    print('ready', flush=True)
+    assert sys.stdin.readline().strip() == 'go'
+    while True:
+        m = sm.add_message(sid, 'user', f'{tag} load {i}')
+        print(json.dumps(['m', m.message_id, m.seq, m.content]), flush=True)
+        if i % 2 == 0:
+            body = (f'{tag} part {i} ' * (40 + i)).encode() if i % 4 == 0 else hashlib.sha256(f'{tag}{i}'.encode()).digest() * 64
+            aid = sm.artifacts.store_artifact(body, session_id=sid, workflow_name='load', name=f'part{i % 3}')
+            print(json.dumps(['a', aid, hashlib.sha256(body).hexdigest()]), flush=True)
+        i += 1
+""")
+
+def test_sigkill_during_write_load_loses_nothing_acknowledged(sm, raw, shared_ini):
+    sid = sm.create_session(uid()).session_id
+    msgs, arts = [], []
+    kids = [Child(LOADER, shared_ini, sid, f"c{k}") for k in (1, 2)]  # started together: start-up is the slow part
+    try:
+        for child in kids: assert child.next_line() == 'ready'
+    except BaseException:
+        for child in kids: child.close()
+        raise
+    for kills, (target, child) in enumerate(zip((15, 25), kids), 1):  # two kills, at different points of the load
+        try:
+            child.send('go')
+            while sum(l.startswith('["m"') for l in child.lines) < target: child.next_line()
+            child.kill()
+            assert child.proc.returncode == -9
+        finally: child.close()
+        acks = [json.loads(l) for l in child.lines[1:]]
+        msgs += [a for a in acks if a[0] == 'm']
+        arts += [a for a in acks if a[0] == 'a']
+        fresh = SessionManager(raw)  # another manager: nothing from the dead process's memory
+        hist = fresh.get_history(sid)
+        by_id = {m.message_id: m for m in hist}
+        for _, mid, seq, content in msgs:
+            assert mid in by_id and (by_id[mid].seq, by_id[mid].content) == (seq, content)
+        assert seqs(hist) == list(range(1, len(hist) + 1))  # gap-free: a kill leaves no hole ...
+        assert len({m.message_id for m in hist}) == len(hist) == len(set(contents(hist)))  # ... and no duplicate
+        assert len(hist) - len(msgs) <= kills  # at most the one message in flight at each kill is extra
+        assert len(arts) >= len(msgs) // 2 - kills
+        for _, aid, digest in arts:
+            assert hashlib.sha256(fresh.artifacts.get_artifact_content(aid)).hexdigest() == digest
+    nxt = sm.add_message(sid, 'user', 'after the kills')
+    assert nxt.seq == len(hist) + 1 and seqs(sm.get_history(sid)) == list(range(1, nxt.seq + 1))
+
+def test_redis_outage_mid_load(moto_server, tmp_path, caplog):
+    "Redis stopped and restarted under load: no caller error, nothing lost, and the hot tier is used again afterwards"
+    redis = RedisServer().start()  # our own server: the session's shared one is not disturbed
+    try:
+        settings = load_settings(write_ini(tmp_path, 'aws', redis_url=redis.url, moto_endpoint=moto_server.endpoint))
+        st, raw = Storage(settings).ensure(), Storage(settings)
+        sm = SessionManager(st, policy=SessionPolicy(hot_retry_after=0.2))
+        user = uid()
+        sid = sm.create_session(user).session_id
+        acked, errors, stop = {'a': [], 'b': []}, [], threading.Event()
+        def load(tag):
+            i = 0
+            while not stop.is_set():
+                try:
+                    acked[tag].append(sm.add_message(sid, 'user', f"{tag}-{i}"))
+                    assert sm.get_session(sid).global_context.get(tag, -1) == i - 1
+                    sm.get_history(sid, limit=2)
+                    sm.update_session(sid, {'global_context': {tag: i}})
+                except Exception as e:
+                    errors.append(e); return
+                i += 1
+        def total(): return sum(map(len, acked.values()))
+        caplog.set_level(logging.WARNING, logger='dataops_lab.sessions')
+        threads = [threading.Thread(target=load, args=(t,)) for t in acked]
+        for t in threads: t.start()
+        try:
+            wait_for(lambda: total() >= 10 or errors, 60, '10 messages before the outage')
+            wait_for(lambda: errors or cached(raw, sid) is not None, 30, 'the session in the hot tier')  # writers drop it before each write
+            redis.stop()
+            n0 = total()
+            wait_for(lambda: total() >= n0 + 20 or errors, 60, '20 messages during the outage')
+            assert sm.get_session(sid).message_count >= n0 + 20  # callers keep working from the cold tier
+            assert sm.get_context_summary(sid, max_tokens=200).tokens_used <= 200
+            assert [x.session_id for x in sm.list_sessions(user)] == [sid]
+            with pytest.raises(StorageError): raw.cache.get(f"sessions/{sid}")  # the outage is real
+            redis.start()
+            n1 = total()
+            wait_for(lambda: total() >= n1 + 20 or errors, 60, '20 messages after the restart')
+            wait_for(lambda: errors or cached(raw, sid) is not None, 30, 'the hot tier to be used again')  # re-warmed
+        finally:
+            stop.set()
+            for t in threads: t.join(60)
+        assert errors == []
+        hist = sm.get_history(sid)
+        everything = [m for ms in acked.values() for m in ms]
+        assert seqs(hist) == list(range(1, len(everything) + 1))
+        assert sorted(m.message_id for m in hist) == sorted(m.message_id for m in everything)
+        assert {tag: [m.content for m in hist if m.content.startswith(tag)] for tag in acked} == {tag: [m.content for m in ms] for tag, ms in acked.items()}
+        s = sm.get_session(sid)
+        assert s.message_count == len(hist) and s.global_context == {tag: len(ms) - 1 for tag, ms in acked.items()}
+        hot, cold = cached(raw, sid), raw.table(SESSIONS_TABLE).get(sid)
+        assert hot['_version'] == cold['_version'] and hot['message_count'] == len(hist)  # current, not a pre-outage copy
+        assert raw.cache.get(f"sessions/{sid}/seq") is not None
+        text = caplog.text
+        assert 'unavailable, serving from the cold tier' in text and 'is back' in text
+        st.close(); raw.close()
+    finally:
+        redis.stop()
+
+def test_closed_session_stays_closed_under_concurrent_appends(sm):
+    "close_session racing with add_message: once close returns, the session stays closed and later appends are refused"
+    for _ in range(3):
+        sid = sm.create_session(uid()).session_id
+        acked, refused = [], []
+        def writer():
+            for i in range(400):
+                try: acked.append(sm.add_message(sid, 'user', f"m{i}"))
+                except InvalidInputError as e: refused.append(e); return
+        t = threading.Thread(target=writer); t.start()
+        wait_for(lambda: len(acked) >= 3 or not t.is_alive(), 60, 'a few messages')
+        sm.close_session(sid)
+        t.join(120)
+        assert refused and f"session '{sid}' is closed" in str(refused[0])
+        assert sm.get_session(sid).status == SessionStatus.CLOSED and sm.sessions.get(sid)['status'] == 'closed'
+        assert seqs(sm.get_history(sid)) == list(range(1, len(acked) + 1))
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_input_is_refused_clearly(manager_storage):
+    sm = SessionManager(manager_storage, policy=SessionPolicy(max_message_chars=1000))
+    user = uid()
+    sid = sm.create_session(user).session_id
+    sm.add_message(sid, 'user', 'hello')
+    closed = sm.create_session(user).session_id; sm.close_session(closed)
+    dbg = sm.artifacts.store_artifact('trace', session_id=sid, workflow_name='wf', artifact_type='debug', ttl=0.2)
+    res = sm.artifacts.store_artifact('a result', session_id=sid, workflow_name='wf')
+    before = (sm.get_history(sid), sm.get_session(sid))
+    cases = [
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.get_session('sess_nope')),
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.add_message('sess_nope', 'user', 'x')),
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.update_session('sess_nope', {'metadata': {'a': 1}})),
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.get_history('sess_nope')),
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.get_context_summary('sess_nope')),
+        (NotFoundError, "no session 'sess_nope'", lambda: sm.close_session('sess_nope')),
+        (NotFoundError, "no session 'sess_nope' to purge", lambda: sm.purge_session('sess_nope')),
+        (NotFoundError, "no artifact 'art_nope'", lambda: sm.expand_summary('art_nope')),
+        (InvalidInputError, f"artifact '{res}' is not a conversation summary", lambda: sm.expand_summary(res)),
+        (InvalidInputError, 'session_id must be a non-empty string, got 7', lambda: sm.get_session(7)),
+        (InvalidInputError, "session_id must be a non-empty string, got ' '", lambda: sm.add_message(' ', 'user', 'x')),
+        (InvalidKeyError, "session_id 'a/../b'", lambda: sm.get_session('a/../b')),
+        (InvalidInputError, "user_id must be a non-empty string, got ''", lambda: sm.create_session('')),
+        (InvalidInputError, 'user_id must be a non-empty string, got None', lambda: sm.list_sessions(None)),
+        (InvalidInputError, 'metadata must be a dict, got list', lambda: sm.create_session(uid(), metadata=['a'])),
+        (InvalidInputError, 'global_context must be a dict, got str', lambda: sm.create_session(uid(), global_context='db')),
+        (InvalidInputError, 'updates must be a dict, got list', lambda: sm.update_session(sid, [('status', 'closed')])),
+        (InvalidInputError, r"cannot update session field\(s\) \['owner'\]", lambda: sm.update_session(sid, {'owner': 'x'})),
+        (InvalidInputError, 'metadata must be a dict, got str', lambda: sm.update_session(sid, {'metadata': 'x'})),
+        (InvalidInputError, 'global_context must be a dict, got list', lambda: sm.update_session(sid, {'global_context': [1]})),
+        (InvalidInputError, "'bogus'", lambda: sm.update_session(sid, {'status': 'bogus'})),
+        (InvalidInputError, "status 'archived' is set by cleanup_expired_sessions", lambda: sm.update_session(sid, {'status': 'archived'})),
+        (InvalidKeyError, r'global_context\.x is a object, which is not JSON-able', lambda: sm.update_session(sid, {'global_context': {'x': object()}})),
+        (InvalidInputError, "invalid message: role .*got 'robot'", lambda: sm.add_message(sid, 'robot', 'beep')),
+        (InvalidInputError, 'message content must be a str, got dict', lambda: sm.add_message(sid, 'user', {'a': 1})),
+        (InvalidInputError, 'message content must be a str, got NoneType', lambda: sm.add_message(sid, 'user')),
+        (InvalidInputError, 'message of 1,001 characters is over the limit of 1,000', lambda: sm.add_message(sid, 'user', 'x' * 1001)),
+        (InvalidInputError, 'message of 5,000 characters is over the limit', lambda: sm.add_message(sid, Message(role='user', content='y' * 5000))),
+        (InvalidInputError, "artifact_ids must be a list of str, got str 'art_1'", lambda: sm.add_message(sid, 'user', 'x', artifact_ids='art_1')),
+        (InvalidInputError, r"artifact_ids\[0\].*got 1", lambda: sm.add_message(sid, 'user', 'x', artifact_ids=[1])),
+        (InvalidInputError, r"metadata.*got \[1\]", lambda: sm.add_message(sid, 'user', 'x', metadata=[1])),
+        (InvalidInputError, f"session '{closed}' is closed", lambda: sm.add_message(closed, 'user', 'x')),
+        (InvalidInputError, 'limit must be a positive int, got -1', lambda: sm.get_history(sid, limit=-1)),
+        (InvalidInputError, "limit must be a positive int, got '2'", lambda: sm.get_history(sid, limit='2')),
+        (InvalidInputError, "before must be a seq number or a datetime, got 'yesterday'", lambda: sm.get_history(sid, before='yesterday')),
+        (InvalidInputError, 'after must be a seq number or a datetime, got 1.5', lambda: sm.get_history(sid, after=1.5)),
+        (InvalidInputError, "max_tokens must be an int of at least 50, got '100'", lambda: sm.get_context_summary(sid, max_tokens='100')),
+        (InvalidInputError, 'query must be a str, got int', lambda: sm.get_context_summary(sid, query=5)),
+        (InvalidInputError, "status 'zzz' is not a session status", lambda: sm.list_sessions(user, status='zzz')),
+        (InvalidInputError, 'limit must be a positive int, got 0', lambda: sm.list_sessions(user, limit=0)),
+        (InvalidKeyError, "cursor 'zzz'", lambda: sm.list_sessions(user, cursor='zzz')),
+        (InvalidInputError, r"unknown preference\(s\) \['colour'\]", lambda: sm.set_preferences(uid(), colour='blue')),
+    ]
+    failures = []
+    for exc, msg, call in cases:
+        try: call()
+        except Exception as e:
+            if not (type(e) is exc and re.search(msg, str(e))): failures.append(f"{msg}: got {type(e).__name__}: {e}")
+        else: failures.append(f"{msg}: no error")
+    assert failures == []
+    wait_for(lambda: _expired(sm, dbg), 10, 'the debug artifact to expire')
+    with pytest.raises(ExpiredError, match=f"artifact '{dbg}'"): sm.expand_summary(dbg)  # expired: a specific error, not 'unknown'
+    assert (sm.get_history(sid), sm.get_session(sid).global_context, sm.get_session(sid).status) == (before[0], before[1].global_context, before[1].status)
+
+def _expired(sm, aid):
+    try: sm.artifacts.get_artifact(aid); return False
+    except ExpiredError: return True
