@@ -199,7 +199,8 @@ def test_summaries_are_automatic_versioned_and_reversible(manager_storage):
     assert len(hist) == n and contents(hist) == CONVERSATION  # summarising never removes turns
     orig = sm.expand_summary(s.summary_artifact_id)
     assert orig == hist[:s.summarised_until]  # exactly the turns it covers, identical, in order
-    assert art.metadata['covers'] == [m.message_id for m in orig] and art.metadata['last_seq'] == s.summarised_until
+    assert art.metadata['covers'] == [m.message_id for m in orig if m.seq >= art.metadata['covered_from']] and art.metadata['last_seq'] == s.summarised_until
+    assert art.metadata['previous'] == versions[-2].artifact_id  # each version extends the one before
     first = sm.expand_summary(versions[0].artifact_id)  # an older version expands to its own, shorter range
     assert first == hist[:versions[0].metadata['last_seq']] and len(first) < len(orig)
     text = sm.artifacts.get_artifact_content(s.summary_artifact_id)
