@@ -1168,7 +1168,7 @@ def test_agent_patterns_use_the_model_when_there_is_one():
     assert out['plan'] == ['schema_analyzer', 'sql_generator']  # unknown names and model-needing workflows are not delegated to
     assert list(out['results']) == ['schema_analyzer', 'sql_generator']
     assert '4 tables' in out['results']['schema_analyzer'] and 'COUNT(*)' in out['results']['sql_generator']
-    prompt = planner.seen[-1]
+    prompt = planner.seen[0]  # the plan prompt (sql_generator then asks the same model for SQL, rejects the non-SQL answer and falls back to rules)
     assert 'how many orders are there?' in prompt and 'schema_analyzer' in prompt and 'simple_agent' not in prompt
     assert out['summary'].startswith('**schema_analyzer**:')
     none = default_registry(RecordingChat(responses=['nothing fits'])).get('supervisor_agent').run({'question': 'x'})
