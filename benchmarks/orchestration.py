@@ -421,7 +421,7 @@ def section_chain(a, sm, tmp:Path):
             ("    each step run as a nested graph, no checkpoints (I − B)", p['I'] - p['B'], ''),
             ("    the nested graphs' checkpoints in the parent's saver (H − I)", p['H'] - p['I'], ''),
             ("    streaming the run (custom + values modes) instead of invoke (J − H)", p['J'] - p['H'], ''),
-            ("    the rest: the chain's own code (events, RunContext, _jsonable, ChainResult) (A − J)", p['A'] - p['J'], '')]:
+            ("    the rest: the chain's own code (events, RunContext, jsonable, ChainResult) (A − J)", p['A'] - p['J'], '')]:
         print(f"     {lab:86} {v:8.2f} ms{'   (' + extra + ')' if extra else ''}")
     for key in 'ABHI':
         print(f"   per run, {key}: {dataops_items(saver, lasts[key]['tid'])}")
