@@ -65,6 +65,7 @@ _fork_aware = weakref.WeakSet()
 def _after_fork_in_child():
     global _notifiers_lock
     _notifiers.clear(); _notifiers_lock = threading.Lock()  # another thread may have held it at the fork
+    _write_locks.clear()  # likewise each database's in-process write lock
     for o in list(_fork_aware): o._after_fork()
 
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -336,18 +337,67 @@ def sqlite_path(url:str # sqlite:///relative/path.db or sqlite:////absolute/path
     return os.path.abspath(os.path.expanduser(p))
 
 # %% ../../nbs/11_store_local.ipynb #14b34e83
+_write_locks,_write_locks_guard = {},threading.Lock()
+
+def _write_lock(path:str)->threading.Lock:
+    "The in-process write lock of database file `path`, shared by every connection to it in this process"
+    with _write_locks_guard: return _write_locks.setdefault(path, threading.Lock())
+
+_WRITES = ('INSERT', 'UPDATE', 'DELETE', 'REPLAC', 'BEGIN ')
+
+class _Rows:
+    "The rows of a finished `... RETURNING` write (its transaction already committed), read like a cursor"
+    __slots__ = ('rows', 'rowcount')
+    def __init__(self, cur:sqlite3.Cursor): self.rows,self.rowcount = cur.fetchall(),cur.rowcount
+    def fetchall(self)->list: return self.rows
+    def fetchone(self): return self.rows[0] if self.rows else None
+    def __iter__(self): return iter(self.rows)
+
 class _Conn(sqlite3.Connection):
-    "A `sqlite3.Connection` that can be weakly referenced (so `close()` finds every thread's connection)"
+    """A `sqlite3.Connection` that can be weakly referenced (so `close()` finds every thread's connection), and that
+    queues this process's writers on a lock instead of SQLite's sleeping busy handler"""
+    wlock,timeout,holding = None,30.0,False
+    def execute(self, sql:str, params=()):
+        if self.holding:  # inside our BEGIN IMMEDIATE ... COMMIT/ROLLBACK
+            try: return super().execute(sql, params)
+            finally:
+                if not self.in_transaction: self._release()
+        if sql[:6] not in _WRITES or self.in_transaction: return super().execute(sql, params)
+        if not self.wlock.acquire(timeout=self.timeout): raise sqlite3.OperationalError("database is locked")
+        self.holding = True
+        try:
+            cur = super().execute(sql, params)
+            return _Rows(cur) if 'RETURNING' in sql else cur  # a RETURNING statement commits once its rows are read
+        finally:
+            if not self.in_transaction: self._release()
+    def _release(self): self.holding = False; self.wlock.release()
+    def close(self):
+        try: super().close()
+        finally:
+            if self.holding: self._release()
 
 _SYNC = {'off': 'OFF', 'normal': 'NORMAL', 'full': 'FULL'}
 _LIVE = "(_expires IS NULL OR _expires > ?)"
 
+_IDLE_MAX = 16  # connections kept for threads to come, per backend object
+
+class _Lease:
+    "A thread's hold on a connection: dropped with the thread's local storage, it hands the connection to the idle pool"
+    __slots__ = ('c', 'idle')
+    def __init__(self, c:sqlite3.Connection, idle:deque): self.c,self.idle = c,idle
+    def __del__(self):
+        c = self.c
+        try:
+            if c.in_transaction or len(self.idle) >= _IDLE_MAX: c.close()
+            else: self.idle.append(c)
+        except Exception: pass  # already closed by close(), or the interpreter is shutting down
+
 class SQLiteBackend:
-    "Connection handling shared by `SQLiteTable` and `SQLiteCache`: one file, WAL, one connection per thread"
+    "Connection handling shared by `SQLiteTable` and `SQLiteCache`: one file, WAL, one connection per thread, reused across threads"
     def _open_db(self, timeout:float, durability:str):
         self.path = sqlite_path(self.url)
         self.timeout,self.durability = timeout,durability
-        self._local,self._conns = threading.local(),weakref.WeakSet()
+        self._local,self._conns,self._idle = threading.local(),weakref.WeakSet(),deque()
         try: os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as e: raise self._unavailable(f"cannot create the folder of {self.path}: {e.strerror}") from None
         _fork_aware.add(self)
@@ -356,16 +406,19 @@ class SQLiteBackend:
         "A new connection with our settings"
         try:
             c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False, factory=_Conn, cached_statements=256)
+            c.wlock,c.timeout = _write_lock(self.path),self.timeout
             c.execute(f"PRAGMA synchronous={_SYNC[self.durability]}")
         except sqlite3.Error as e: raise self._unavailable(f"cannot open {self.path}: {e}") from None
         self._conns.add(c)
         return c
 
     def _conn(self)->sqlite3.Connection:
-        "This thread's connection"
-        try: return self._local.c
+        "This thread's connection: its own, else one an ended thread left, else a new one"
+        try: return self._local.lease.c
         except AttributeError:
-            c = self._local.c = self._connect()
+            try: c = self._idle.pop()
+            except IndexError: c = self._connect()
+            self._local.lease = _Lease(c, self._idle)
             return c
 
     def _schema(self, statements:list[str]):
@@ -391,10 +444,10 @@ class SQLiteBackend:
             raise NotFoundError(f"table(s) {', '.join(missing)} do not exist in {self.describe()}", "call ensure() to create them (or open with create=true)")
 
     def close(self)->None:
-        "Close every thread's connection"
-        conns,self._conns,self._local = list(self._conns),weakref.WeakSet(),threading.local()
+        "Close every thread's connection, pooled ones included"
+        conns,self._conns,self._local,self._idle = list(self._conns),weakref.WeakSet(),threading.local(),deque()
         for c in conns: c.close()
-    def _after_fork(self): self._local,self._conns = threading.local(),weakref.WeakSet()
+    def _after_fork(self): self._local,self._conns,self._idle = threading.local(),weakref.WeakSet(),deque()
 
     def _unavailable(self, msg:str)->BackendUnavailableError:
         return BackendUnavailableError(f"{msg} ({self.describe()})", "point the sqlite:/// URL at a file in a folder you can write")
