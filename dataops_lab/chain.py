@@ -87,9 +87,9 @@ class WorkflowChain:
     "Workflows composed into one checkpointed LangGraph graph"
     def __init__(self, name:str, registry:WorkflowRegistry|None=None, session_manager:SessionManager|None=None,
                  artifact_store:ArtifactStore|None=None, checkpointer=None,
-                 durability:str='async' # LangGraph durability: 'sync'/'async' checkpoint every step; 'exit' once when a run ends
+                 durability:str='sync' # LangGraph durability: 'sync'/'async' checkpoint every step; 'exit' once when a run ends
                 ):
-        if durability not in ('sync', 'async', 'exit'): raise InvalidInputError(f"durability={durability!r} is not allowed", "use 'sync', 'async' (default) or 'exit'")
+        if durability not in ('sync', 'async', 'exit'): raise InvalidInputError(f"durability={durability!r} is not allowed", "use 'sync' (default), 'async' or 'exit'")
         self.name,self.registry,self.durability = name,registry or WorkflowRegistry(),durability
         self._sm,self._arts = session_manager,artifact_store
         self._checkpointer = checkpointer
@@ -184,7 +184,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
             rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
                             registry=self.registry, parents=parents, events=write)
             # the step runs inside a checkpointed node: the chain resumes per step, so the step's own graph is not checkpointed again
-            with run_context(rc): out = step.workflow.step_graph.invoke(step.workflow.validate_inputs(inputs))
+            with run_context(rc): out = step.workflow.run_step(step.workflow.validate_inputs(inputs))
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]

@@ -133,6 +133,11 @@ class BaseWorkflow(ABC):
     def step_graph(self):
         "The compiled graph with checkpointing switched off, for running as one step of a checkpointed parent (a chain)"
         return self.graph.copy({'checkpointer': False})
+    def run_step(self, inputs:dict)->dict:
+        "Run on validated `inputs` as one step of a checkpointed parent (a chain); the final state"
+        # the step graph has no checkpointer of its own; without an explicit durability it inherits the parent's, and
+        # LangGraph then waits on a checkpoint write that a graph without a checkpointer never starts (under 'sync')
+        return self.step_graph.invoke(inputs, durability='exit')
 
     def run(self, inputs:dict|None=None, config:dict|None=None)->dict:
         "Invoke the compiled graph with validated `inputs` as its initial state; the final state"
@@ -175,6 +180,10 @@ class FunctionWorkflow(BaseWorkflow):
         g.add_node(node, step)
         g.add_edge(START, node); g.add_edge(node, END)
         return g.compile()
+    def run_step(self, inputs:dict)->dict:
+        "As one step of a chain: the function itself, already inside the chain's node (the one-node graph adds nothing but a second Pregel loop)"
+        out = self.fn(**{p.name: inputs.get(p.name) for p in self._meta.required_inputs})
+        return out if isinstance(out, dict) else {'result': out}  # the graph's state is one value, which the node replaces
 
 def _input_from_param(p:inspect.Parameter, extra:dict)->WorkflowInputParameter:
     ann = p.annotation if p.annotation is not inspect.Parameter.empty else str
