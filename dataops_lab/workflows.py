@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, TypedDict, get_args
 import yaml
 from pydantic import BaseModel, Field, field_validator
 from langgraph.graph import StateGraph, START, END
+_DURABILITY_KEY = '__pregel_durability'  # langgraph's CONFIG_KEY_DURABILITY (kept in its private _internal module)
 from .core import *
 
 # %% auto #0
@@ -135,9 +136,10 @@ class BaseWorkflow(ABC):
         return self.graph.copy({'checkpointer': False})
     def run_step(self, inputs:dict)->dict:
         "Run on validated `inputs` as one step of a checkpointed parent (a chain); the final state"
-        # the step graph has no checkpointer of its own; without an explicit durability it inherits the parent's, and
-        # LangGraph then waits on a checkpoint write that a graph without a checkpointer never starts (under 'sync')
-        return self.step_graph.invoke(inputs, durability='exit')
+        # the step graph has no checkpointer of its own; it would inherit the parent's durability, and under 'sync'
+        # LangGraph then waits on a checkpoint write that a graph without a checkpointer never starts. Set through the
+        # config: the `durability=` argument warns that it has no effect without a checkpointer.
+        return self.step_graph.invoke(inputs, config={'configurable': {_DURABILITY_KEY: 'exit'}})
 
     def run(self, inputs:dict|None=None, config:dict|None=None)->dict:
         "Invoke the compiled graph with validated `inputs` as its initial state; the final state"
