@@ -31,6 +31,9 @@ from .sql_tools import *
 from .query_optimizer import *
 from .jil import *
 from .examples import *
+from .nbparams import *
+from .runner import *
+from .batch import *
 
 # %% ../nbs/99_package.ipynb #cfef77e3
 _BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',

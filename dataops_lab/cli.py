@@ -1,4 +1,4 @@
-"""`dataops-lab`: the demo, storage provisioning and a look at the effective settings — thin wrappers over the library.
+"""`dataops-lab`: the demo, storage provisioning, the effective settings, notebook batches and the review dashboard — thin wrappers over the library.
 
 Docs: https://dataops-lab.github.io/dataops-lab/cli.html.md"""
 
@@ -7,13 +7,15 @@ Docs: https://dataops-lab.github.io/dataops-lab/cli.html.md"""
 # %% ../nbs/60_cli.ipynb #a8fc9253
 from __future__ import annotations
 import argparse, json, sys, time
+from pathlib import Path
 from .core import *
 from .config import load_settings, display_value, SECTIONS, Settings
 from .store.base import *
 import dataops_lab.context  # registers the managers' tables for `storage init`
 
 # %% auto #0
-__all__ = ['run_demo', 'cmd_demo', 'cmd_storage', 'cmd_settings', 'parser', 'main']
+__all__ = ['run_demo', 'cmd_demo', 'cmd_storage', 'cmd_settings', 'notebook_arg', 'cmd_templates', 'cmd_inspect', 'cmd_batch',
+           'cmd_dashboard', 'parser', 'main']
 
 # %% ../nbs/60_cli.ipynb #f010d009
 def run_demo(settings:Settings|None=None, # default: `load_settings()`
@@ -92,6 +94,39 @@ def cmd_settings(args):
         for k,v in getattr(s, sec): print(f"{k} = {display_value(v)}")
         print()
 
+def notebook_arg(v:str # a path to an .ipynb, or the name of a bundled template
+                )->str:
+    "The notebook a command should use: an existing path as given, else the bundled template of that name"
+    from dataops_lab.runner import list_templates, template_path
+    if Path(v).exists() or v.endswith('.ipynb') or '/' in v: return v
+    if v.removesuffix('.ipynb') in list_templates(): return str(template_path(v))
+    raise NotFoundError(f"no notebook {v!r}: not a file, nor one of the bundled templates {list_templates()}", "give the path of an .ipynb file or a template name")
+
+def cmd_templates(args):
+    from dataops_lab.runner import list_templates, template_path
+    from dataops_lab.nbparams import inspect_notebook
+    for t in list_templates():
+        ps = inspect_notebook(template_path(t))
+        print(f"{t:<18} {', '.join(n for n in ps if not n.startswith('dataops_'))}\n{'':<18} {template_path(t)}")
+
+def cmd_inspect(args):
+    from dataops_lab.nbparams import inspect_notebook
+    recs = inspect_notebook(notebook_arg(args.notebook)).records()
+    w = [max([len(h)] + [len(str(r[k])) for r in recs]) for h,k in (('name','name'), ('type','type'))]
+    print(f"{'name':<{w[0]}}  {'type':<{w[1]}}  default / required  help")
+    for r in recs:
+        d = 'required' if r['required'] else repr(r['default'])
+        print(f"{r['name']:<{w[0]}}  {r['type']:<{w[1]}}  {d:<18}  {r['help']}")
+
+def cmd_batch(args):
+    from dataops_lab.batch import batch_cli
+    return batch_cli(notebook_arg(args.notebook), args.grid, settings_path=args.settings, scheduler=args.scheduler, n_workers=args.workers,
+                     retries=args.retries, resume=not args.no_resume, progress=not args.no_progress, kernel_name=args.kernel)
+
+def cmd_dashboard(args):
+    from dataops_lab.dashboard import dashboard_cli
+    return dashboard_cli(args.settings, host=args.host, port=args.port)
+
 def parser()->argparse.ArgumentParser:
     "The `dataops-lab` argument parser"
     p = argparse.ArgumentParser('dataops-lab', description="dataops-lab: a Jupyter-first workbench for data-engineering agent workflows")
@@ -102,13 +137,32 @@ def parser()->argparse.ArgumentParser:
     sp.add_argument('action', choices=['init', 'check'])
     sp.set_defaults(fn=cmd_storage)
     sub.add_parser('settings', help="print the effective settings, secrets masked").set_defaults(fn=cmd_settings)
+    sub.add_parser('templates', help="list the bundled workflow notebooks").set_defaults(fn=cmd_templates)
+    sp = sub.add_parser('inspect', help="list a notebook's parameters")
+    sp.add_argument('notebook', help="path of an .ipynb, or a bundled template's name")
+    sp.set_defaults(fn=cmd_inspect)
+    sp = sub.add_parser('batch', help="run a notebook once per parameter set on Dask")
+    sp.add_argument('notebook', help="path of an .ipynb, or a bundled template's name")
+    sp.add_argument('--grid', required=True, help="YAML or JSON file: a mapping of parameter → list of values, or a list of parameter mappings")
+    sp.add_argument('--scheduler', help="Dask scheduler address (default: [batch] scheduler, else a LocalCluster)")
+    sp.add_argument('--workers', type=int, help="LocalCluster workers (default: [batch] n_workers)")
+    sp.add_argument('--retries', type=int, help="retries of a run whose kernel failed to start (default: [batch] retries)")
+    sp.add_argument('--kernel', help="Jupyter kernel name (default: [batch] kernel_name)")
+    sp.add_argument('--no-resume', action='store_true', help="run every parameter set again, even those that already succeeded")
+    sp.add_argument('--no-progress', action='store_true', help="no progress bar")
+    sp.set_defaults(fn=cmd_batch)
+    sp = sub.add_parser('dashboard', help="serve the review dashboard until Ctrl-C")
+    sp.add_argument('--host', help="interface to listen on (default: [dashboard] host)")
+    sp.add_argument('--port', type=int, help="TCP port, 0 for a free one (default: [dashboard] port)")
+    sp.set_defaults(fn=cmd_dashboard)
     return p
 
 def main(argv:list[str]|None=None)->int:
     "Entry point of `dataops-lab`"
     args = parser().parse_args(argv)
-    try: args.fn(args)
+    try: rc = args.fn(args)
     except DataOpsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt: return 130
+    return rc or 0

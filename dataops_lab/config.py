@@ -17,8 +17,8 @@ from .core import ConfigError, mask_url
 
 # %% auto #0
 __all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'StorageSettings', 'LLMSettings', 'APISettings', 'BatchSettings',
-           'LoggingSettings', 'find_settings_file', 'read_ini', 'IniSettingsSource', 'Settings', 'display_value',
-           'load_settings']
+           'DashboardSettings', 'LoggingSettings', 'find_settings_file', 'read_ini', 'IniSettingsSource', 'Settings',
+           'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -84,6 +84,13 @@ class BatchSettings(_Section):
     @classmethod
     def _empty_none(cls, v): return v or None
 
+class DashboardSettings(_Section):
+    "`[dashboard]`: the Panel review dashboard served by `dataops-lab dashboard`"
+    host: str = Field('127.0.0.1', description="interface to listen on; 0.0.0.0 exposes it to the network")
+    port: int = Field(5006, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    page_size: int = Field(50, ge=5, le=1000, description="rows per page of the sessions and artifacts tables")
+    refresh_seconds: float = Field(5.0, ge=0, description="how often open views poll for changes; 0 turns live refresh off")
+
 class LoggingSettings(_Section):
     "`[logging]`: level and format of the library's log records"
     level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'] = 'INFO'
@@ -95,7 +102,7 @@ class LoggingSettings(_Section):
     def _upper(cls, v): return v.upper() if isinstance(v, str) else v
 
 # %% ../nbs/01_config.ipynb #51f7b437
-SECTIONS = ('storage', 'llm', 'api', 'batch', 'logging')
+SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'logging')
 _ini_path:ContextVar[Path|None] = ContextVar('_ini_path', default=None)
 
 def find_settings_file(start:Path|str|None=None # folder to start looking from (default: working directory)
@@ -139,6 +146,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     api: APISettings = APISettings()
     batch: BatchSettings = BatchSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     logging: LoggingSettings = LoggingSettings()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
     source: Path|None = Field(None, exclude=True)
