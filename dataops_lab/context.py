@@ -257,6 +257,28 @@ def inherit_context(self:ContextManager, source_session:str, target_session:str,
             out.messages += 1
     return out
 
+# %% ../nbs/24_context.ipynb #26ae787f
+@patch
+def fork_checkpoint(self:ContextManager, session_id:str, label_or_id:str,
+                    user_id:str|None=None # owner of the new session (default: the source session's user)
+                   )->Session:
+    "A new session holding checkpoint `label_or_id`'s visible turns, state and artifacts; the source is unchanged"
+    cp = self._checkpoint(session_id, label_or_id)
+    saved = self._read(cp)['session']
+    new = self.sessions.create_session(user_id or saved['user_id'], global_context=saved['global_context'] or {},
+                                       metadata={**(saved['metadata'] or {}), 'forked_from': {'session_id': session_id, 'checkpoint': cp.label}})
+    self.sessions.update_session(new.session_id, {'active_workflows': saved['active_workflows'] or []})
+    for r in cp.artifact_refs:
+        try: self.artifacts.share_artifact(r.artifact_id, new.session_id)
+        except NotFoundError: pass  # expired or purged since the checkpoint
+    seen = _visible(cp.last_seq, saved.get('hidden_ranges'))
+    for it in self.sessions.messages.query_all(session_id, end=cp.last_seq or 0, limit=1000):
+        if it['seq'] not in seen: continue
+        m = Message.from_item(it)
+        self.sessions.add_message(new.session_id, m.role, m.content, workflow=m.workflow, artifact_ids=m.artifact_ids,
+                                  metadata={**m.metadata, 'forked_from': f"{session_id}#{m.seq}"})
+    return self.sessions.get_session(new.session_id)
+
 # %% ../nbs/24_context.ipynb #639ba431
 class CompressedContext(BaseModel):
     "A context shrunk to a budget, with the pointers it must not lose"
