@@ -20,8 +20,8 @@ from .nbparams import *
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError', 'KernelStartError',
-           'RunResult', 'resolve_settings', 'settings_file', 'check_kernel', 'output_root', 'run_notebook',
-           'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path']
+           'RunResult', 'resolve_settings', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root',
+           'run_notebook', 'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path']
 
 # %% ../nbs/41_runner.ipynb #3171e0d3
 _log = logging.getLogger('dataops_lab.runner')
@@ -167,6 +167,25 @@ def check_kernel(name:str # a Jupyter kernel name
                                 "set [batch] kernel_name in settings.ini, pass kernel_name=..., or install one with `python -m ipykernel install --user --name NAME`") from None
     return name
 
+def kernel_manager_class():
+    "The kernel manager runs use: kernels on Unix sockets (IPC) where the OS has them, else TCP"
+    from jupyter_client.manager import AsyncKernelManager
+    if os.name == 'nt': return AsyncKernelManager
+    global _IPCKernelManager
+    if _IPCKernelManager is None:
+        from traitlets import default
+        class IPCKernelManager(AsyncKernelManager):
+            "An `AsyncKernelManager` whose kernel listens on Unix sockets with a unique absolute path"
+            @default('transport')
+            def _transport_default(self): return 'ipc'
+            @default('ip')  # jupyter_client's default is a relative 'kernel-ipc': two kernels started from one folder would share it
+            def _ip_default(self):
+                import tempfile, secrets
+                return os.path.join(tempfile.gettempdir(), f"dataops-kernel-{secrets.token_hex(6)}")
+        _IPCKernelManager = IPCKernelManager
+    return _IPCKernelManager
+_IPCKernelManager = None
+
 def output_root(settings:Settings)->Path:
     "The folder runs write to: `[batch] output_dir`, relative to the settings file's folder"
     p = Path(settings.batch.output_dir).expanduser()
@@ -233,7 +252,7 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
         res = RunResult('succeeded', str(path), str(out), sid, run_id, params)
         err = None
         try:
-            pm.execute_notebook(str(path), str(out), parameters=injected, kernel_name=kernel, cwd=str(wd), progress_bar=False,
+            pm.execute_notebook(str(path), str(out), parameters=injected, kernel_name=kernel, cwd=str(wd), progress_bar=False, kernel_manager_class=kernel_manager_class(),
                                 log_output=False, start_timeout=start_timeout, execution_timeout=execution_timeout)
         except PapermillExecutionError as e:
             ci = _input_index(out, e.cell_index)

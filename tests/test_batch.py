@@ -117,7 +117,7 @@ def test_failed_cell_is_captured_and_partial_notebook_kept(tmp_path):
 PROBE = ("import os, time, json\nfrom ipykernel import get_connection_info\nfrom dataops_lab.runner import record\n"
          "t0 = time.time()\ntime.sleep(1.5)\ninfo = json.loads(get_connection_info())\n"
          "record('probe', {'pid': os.getpid(), 'ppid': os.getppid(), 'cwd': os.getcwd(), 'start': t0, 'end': time.time(),\n"
-         "                 'ports': sorted(info[k] for k in ('shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port'))})\n"
+         "                 'endpoints': sorted(f\"{info['transport']}://{info['ip']}:{info[k]}\" for k in ('shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port'))})\n"
          "record('square', n * n)")
 
 
@@ -148,7 +148,8 @@ def test_run_batch_on_local_cluster_isolates_runs(batch_dir):
     assert len(set(res.runs.session_id)) == 4
     pairs = [(a, b) for a in probes.values() for b in probes.values() if a['pid'] < b['pid'] and a['start'] < b['end'] and b['start'] < a['end']]
     assert pairs, "no two runs overlapped: the batch did not run concurrently"
-    for a, b in pairs: assert not set(a['ports']) & set(b['ports'])  # concurrent kernels never share a port
+    assert all(e.startswith('ipc://') for p in probes.values() for e in p['endpoints'])  # Unix sockets, no TCP ports to race for
+    for a, b in pairs: assert not set(a['endpoints']) & set(b['endpoints'])  # concurrent kernels never share an endpoint
     assert all(len(ids) == 2 for ids in res.runs.artifact_ids)  # executed notebook + records
 
 
