@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/batch.html.md"""
 # %% ../nbs/42_batch.ipynb #2202722f
 from __future__ import annotations
 import datetime as dt, hashlib, itertools, json, logging, os, time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -189,7 +190,8 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
               execution_timeout:float|None=None, # seconds per cell
               connect_timeout:float=5, # seconds to reach a scheduler address
               client=None, # an existing `distributed.Client` to submit to (overrides `scheduler`)
-              user_id:str='batch' # owner of the runs' sessions
+              user_id:str='batch', # owner of the runs' sessions
+              on_run=None # called with a run's row whenever its status changes: pending or skipped when planned, then its outcome
              )->BatchResult:
     "Run `path` once per parameter set on Dask; every run validated first, resumable, recorded in the batch tables"
     from tqdm.auto import tqdm
@@ -235,11 +237,14 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
             rows[k] = runs_t.put({**base, 'status': 'pending'})
             todo.append((k, p, i))
         batches.update(bid, set=_counts(rows))
+        tell = (lambda r: on_run({**r, 'status': shown.get(r['run_key'], r['status'])})) if on_run else (lambda r: None)
+        for k in keys: tell(rows[k])
         bar = tqdm(total=len(todo), desc=bid, disable=not progress or not todo, unit='run')
         def finish(k, res):
             rows[k] = runs_t.update((bid, k), set={f: res.get(f, rows[k].get(f)) for f in ('status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'output_path')})
             batches.update(bid, set=_counts(rows))
             bar.update(1)
+            tell(rows[k])
             if res['status'] != 'succeeded': bar.set_postfix(failed=_counts(rows)['n_failed'])
         args = lambda k,p,i: (str(path), p, bid, k, ini, kernel, retries, str(root/k), execution_timeout, user_id)
         if client is None:
@@ -266,6 +271,7 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
                     if cur['status'] in ('pending', 'running'):
                         why = 'the batch was interrupted' if outcome == 'cancelled' else 'the batch stopped on an error before this run finished'
                         rows[k] = runs_t.update((bid, k), set={'status': 'cancelled' if outcome == 'cancelled' else 'failed', 'error': why, 'finished_at': _now()})
+                        with suppress(Exception): tell(rows[k])
                     else: rows[k] = cur
             if prev_item := batches.get(bid):
                 batches.update(bid, set={'status': outcome, 'finished_at': _now(), 'duration_s': round(time.perf_counter()-t0, 3), **_counts(rows)})

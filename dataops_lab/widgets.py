@@ -591,6 +591,24 @@ def _render(self:RunProgress):
                                     f"{r['seconds']*1000:.0f} ms" if r['seconds'] is not None else '', r['artifact_id'] or '') for s,r in self.rows.items()],
                                   'no steps yet')
 
+# %% ../nbs/51_widgets.ipynb #af77fbcf
+_BATCH_STATUS = {'pending': 'pending', 'running': 'running', 'succeeded': 'done', 'skipped': 'skipped', 'failed': 'failed', 'cancelled': 'stopped'}
+
+@patch
+def batch_row(self:RunProgress, row:dict # one run's row, as `run_batch(on_run=...)` passes it
+             )->str:
+    "Apply one batch run's row to the table; the batch's status"
+    label = f"#{row['index']} " + short(', '.join(f"{k}={v!r}" for k,v in (row.get('params') or {}).items()), 60)
+    r = self._row(label)
+    r.update(status=_BATCH_STATUS.get(row['status'], row['status']), seconds=row.get('duration_s'), artifact_id=(row.get('artifact_ids') or [None])[0],
+             retries=max((row.get('attempts') or 1) - 1, 0))
+    if row['status'] in ('failed', 'cancelled') and row.get('error') and self.error is None: self.error = f"{label}: {row['error']}"
+    if all(x['status'] in ('done', 'skipped', 'failed', 'stopped') for x in self.rows.values()):
+        self.status = 'failed' if any(x['status'] in ('failed', 'stopped') for x in self.rows.values()) else 'completed'
+    else: self.status = 'running'
+    self._render()
+    return self.status
+
 # %% ../nbs/51_widgets.ipynb #6c0d61e2
 class ChainRunner(RunProgress):
     "A Run button and a live step table for one chain in one session"
