@@ -34,13 +34,16 @@ from .examples import *
 from .nbparams import *
 from .runner import *
 from .batch import *
+import dataops_lab.display  # rich HTML for sessions, artifacts, checkpoints and results in JupyterLab
 
 # %% ../nbs/99_package.ipynb #cfef77e3
-_BACKENDS = {'FileBlobStore': 'local', 'SQLiteTable': 'local', 'SQLiteCache': 'local', 'RedisCache': 'redis',
-             'S3BlobStore': 's3', 'DynamoTable': 'dynamodb'}
+_LAZY = {**{n: 'store.local' for n in ('FileBlobStore', 'SQLiteTable', 'SQLiteCache')},
+         'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
+         **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline', 'RunProgress', 'ChainRunner')},
+         **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')}}
 
 def __getattr__(name):
-    if name in _BACKENDS:
+    if name in _LAZY:
         import importlib
-        return getattr(importlib.import_module(f"dataops_lab.store.{_BACKENDS[name]}"), name)
+        return getattr(importlib.import_module(f"dataops_lab.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'dataops_lab' has no attribute {name!r}")

@@ -10,11 +10,12 @@ import html, json
 from typing import Any, Iterable
 from fastcore.basics import patch
 from .models import *
+from .artifacts import Lineage
 from .chain import ChainResult
 from .orchestrator import OrchestratorResult
 
 # %% auto #0
-__all__ = ['Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'pretty_json']
+__all__ = ['Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'pretty_json', 'lineage_svg']
 
 # %% ../nbs/50_display.ipynb #b2875386
 class Markup(str):
@@ -137,3 +138,46 @@ def _repr_html_(self:OrchestratorResult):
     if self.inputs: f['inputs'] = short(json.dumps(self.inputs, default=str), 300)
     if self.artifact_ids: f['artifacts'] = ', '.join(self.artifact_ids)
     return card(self.kind, f, short(self.reply, 2000))
+
+# %% ../nbs/50_display.ipynb #87ef9400
+def lineage_svg(lin:Lineage, # from ArtifactStore.get_lineage
+                box:tuple[int, int]=(190, 42), # node width and height in pixels
+                gap:tuple[int, int]=(50, 14) # horizontal and vertical space between nodes
+               )->Markup:
+    "An SVG drawing of `lin`: one box per artifact, arrows from parent to child, every label escaped"
+    ids = list(lin.nodes)
+    col = {a: 0 for a in ids}
+    for _ in range(len(ids)):  # longest path from a source: acyclic, so this settles in len(ids) rounds
+        for p,c in lin.edges:
+            if p in col and c in col and col[c] < col[p]+1: col[c] = col[p]+1
+    rows,pos = {},{}
+    for a in ids:
+        r = rows.setdefault(col[a], 0); rows[col[a]] += 1
+        pos[a] = (10 + col[a]*(box[0]+gap[0]), 10 + r*(box[1]+gap[1]))
+    w = 20 + (max(col.values(), default=0)+1)*(box[0]+gap[0]) - gap[0]
+    h = 20 + max(rows.values(), default=1)*(box[1]+gap[1]) - gap[1]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">',
+           '<defs><marker id="arr" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+           '<path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>']
+    for p,c in lin.edges:
+        if p not in pos or c not in pos: continue
+        (x1,y1),(x2,y2) = pos[p],pos[c]
+        x1,y1,y2 = x1+box[0],y1+box[1]/2,y2+box[1]/2
+        mx = (x1+x2)/2
+        out.append(f'<path d="M {x1} {y1} C {mx} {y1}, {mx} {y2}, {x2} {y2}" fill="none" stroke="#555" marker-end="url(#arr)"/>')
+    for a in ids:
+        x,y = pos[a]
+        art = lin.nodes[a]
+        top,sub = (f"{art.name} v{art.version}", art.workflow_name + (f" / {art.created_by}" if art.created_by else '')) if art else (a, 'expired or purged')
+        stroke = ' stroke-width="3"' if a == lin.root else ''
+        dash = '' if art else ' stroke-dasharray="4 3"'
+        fill = '#eef3ff' if a == lin.root else '#fff'
+        out.append(f'<g class="node" data-id="{esc(a)}"><title>{esc(a)}</title><rect x="{x}" y="{y}" width="{box[0]}" height="{box[1]}" rx="5" fill="{fill}" stroke="#446"{stroke}{dash}/>'
+                   f'<text x="{x+8}" y="{y+17}" font-weight="bold">{esc(short(top, 28))}</text>'
+                   f'<text x="{x+8}" y="{y+32}" fill="#555">{esc(short(sub, 30))}</text></g>')
+    return Markup(''.join(out) + '</svg>')
+
+@patch
+def _repr_html_(self:Lineage):
+    "The lineage as an SVG drawing"
+    return lineage_svg(self)

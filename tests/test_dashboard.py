@@ -1,0 +1,178 @@
+"""The review dashboard end to end: seeded sessions, artifacts, a checkpoint and a real batch on embedded storage, served on
+a free port and driven by headless Chromium (Playwright) — no CDN request may leave the machine. Plus the CLI entry point
+under Ctrl-C and a port that is taken."""
+import os, re, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pandas as pd, pytest
+from conftest import write_ini
+
+from dataops_lab.config import load_settings
+from dataops_lab.sessions import SessionManager
+from dataops_lab.context import ContextManager
+from dataops_lab.nbparams import write_notebook
+from dataops_lab.batch import run_batch
+from dataops_lab.dashboard import serve_dashboard, PortInUseError
+
+CHROMIUM = '/usr/bin/chromium'
+SHOTS = Path(__file__).resolve().parent.parent/'test-artifacts'
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for k in [k for k in os.environ if k.startswith('DATAOPS_')]: monkeypatch.delenv(k)
+
+
+@pytest.fixture(scope='module')
+def seeded(tmp_path_factory):
+    "Embedded storage with two users' sessions (conversation, state), JSON -> DataFrame lineage, a checkpoint and a real 2-run batch"
+    tmp = tmp_path_factory.mktemp('dash')
+    ini = write_ini(tmp, 'embedded')
+    ini.write_text(ini.read_text() + "[dashboard]\npage_size = 10\nrefresh_seconds = 1\n[batch]\noutput_dir = runs\n")
+    s = load_settings(ini)
+    with SessionManager(s) as sm:
+        cm = ContextManager(sm)
+        ana = sm.create_session('ana', metadata={'project': 'sales'}, global_context={'database': 'shop_orders.db'})
+        sm.add_message(ana.session_id, 'user', 'profile the orders table please')
+        sm.add_message(ana.session_id, 'assistant', 'The orders table has 1204 rows and 7 columns', workflow='profiling')
+        prof = sm.artifacts.store_artifact({'rows': 1204, 'columns': 7, 'table': 'orders'}, session_id=ana.session_id, workflow_name='profiling', name='orders_profile')
+        top = sm.artifacts.store_artifact(pd.DataFrame({'customer': ['cust_alpha', 'cust_beta'], 'total': [310.5, 122.0]}), session_id=ana.session_id,
+                                          workflow_name='sql', name='top_customers', parents=[prof], created_by='run_query')
+        cm.create_checkpoint(ana.session_id, 'after_profile')
+        others = [sm.create_session('ben').session_id for _ in range(3)]
+        sm.add_message(others[0], 'user', 'hello from ben')
+    nb = write_notebook(tmp/'square.ipynb', "n: int = 1  # the number to square", "assert n != 3, 'three is refused'\nprint(n*n)")
+    res = run_batch(nb, {'n': [2, 3]}, settings=ini, progress=False, scheduler='synchronous')
+    assert res.counts == {'succeeded': 1, 'failed': 1}, res.counts
+    return dict(ini=ini, settings=s, ana=ana.session_id, ben=others, prof=prof, top=top, batch=res.batch_id)
+
+
+def _browser(p):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: the dashboard browser test needs Debian's chromium (apt-get install chromium)", pytrace=False)
+    return p.chromium.launch(executable_path=CHROMIUM, args=['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'])
+
+
+def tab(page, name):
+    "The Bokeh tab header called `name`"
+    return page.locator('.bk-tab').filter(has_text=re.compile(f'^{name}$'))
+
+
+def test_dashboard_in_a_browser(seeded, request):
+    from playwright.sync_api import sync_playwright, expect
+    srv = serve_dashboard(seeded['settings'], port=0)
+    outside = []
+    try:
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            def route(r):
+                host = r.request.url.split('/')[2] if '://' in r.request.url else ''
+                if r.request.url.startswith(('data:', 'blob:')) or host.split(':')[0] in ('127.0.0.1', 'localhost'): return r.continue_()
+                outside.append(r.request.url); r.abort()
+            page.route('**/*', route)
+            errors = []
+            page.on('pageerror', lambda e: errors.append(str(e)))
+            try:
+                page.goto(srv.url, timeout=30_000)
+                table = page.locator('.tabulator').first
+                # the sessions table lists every seeded session, newest first: 4 in one page of 10
+                for sid in [seeded['ana'], *seeded['ben']]: expect(table.get_by_text(sid)).to_be_visible(timeout=30_000)
+                n = len(seeded['ben']) + 1 + 2  # Ana's, Ben's and the batch runs' sessions
+                expect(page.get_by_text(f'{n} matching sessions')).to_be_visible()
+                # filter by user, then by status (no session is closed), then clear both
+                user = page.get_by_placeholder('any user')
+                user.fill('ben'); user.press('Enter')
+                expect(page.get_by_text('3 matching sessions')).to_be_visible(timeout=10_000)
+                expect(table.get_by_text(seeded['ana'])).to_have_count(0)
+                user.fill(''); user.blur()
+                page.locator('select').first.select_option('closed')
+                expect(page.get_by_text('0 matching sessions')).to_be_visible(timeout=10_000)
+                page.locator('select').first.select_option('any')
+                expect(page.get_by_text(f'{n} matching sessions')).to_be_visible(timeout=10_000)
+                # open Ana's session: conversation and state
+                table.get_by_text(seeded['ana']).click()
+                expect(page.get_by_text('The orders table has 1204 rows and 7 columns')).to_be_visible(timeout=10_000)
+                expect(page.get_by_text('profile the orders table please')).to_be_visible()
+                tab(page, 'State').click()
+                expect(page.get_by_text('shop_orders.db')).to_be_visible(timeout=10_000)
+                # artifacts: open the DataFrame, see its rows, its version and its lineage back to the JSON profile
+                tab(page, 'Artifacts').click()
+                arts = page.locator('.tabulator').nth(1)
+                arts.get_by_text('top_customers').click()
+                expect(page.get_by_text('cust_alpha')).to_be_visible(timeout=10_000)
+                expect(page.get_by_text('2 rows × 2 columns')).to_be_visible()
+                lineage = page.locator('svg.lineage')
+                expect(lineage).to_be_visible()
+                expect(lineage.locator('g.node')).to_have_count(2)
+                expect(lineage.get_by_text('orders_profile v1')).to_be_visible()
+                # the JSON profile previews as JSON
+                arts.get_by_text('orders_profile').click()
+                expect(page.get_by_text('"table": "orders"')).to_be_visible(timeout=10_000)
+                tab(page, 'Checkpoints').click()
+                expect(page.get_by_text('after_profile', exact=True)).to_be_visible(timeout=10_000)
+                # live refresh: a session created now shows up without reloading (refresh_seconds = 1)
+                with SessionManager(seeded['settings']) as sm: new = sm.create_session('cy').session_id
+                expect(table.get_by_text(new)).to_be_visible(timeout=20_000)
+                # batches: the real batch with one succeeded and one failed run, charts drawn
+                tab(page, 'Batches').click()
+                btable = page.locator('.tabulator').nth(2)
+                expect(btable.get_by_text(seeded['batch'])).to_be_visible(timeout=10_000)
+                expect(page.locator('canvas').first).to_be_attached()  # the status and duration charts (drawn on canvas)
+                btable.get_by_text(seeded['batch']).click()
+                expect(page.get_by_text('three is refused')).to_be_visible(timeout=10_000)
+                assert outside == [], f"requests left the machine: {outside}"
+                assert not errors, f"JavaScript errors: {errors}"
+            except BaseException:
+                SHOTS.mkdir(exist_ok=True)
+                shot = SHOTS/f"{request.node.name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot}")
+                raise
+            finally: browser.close()
+    finally: srv.stop()
+    assert not srv.running
+
+
+def test_port_in_use_and_cli(seeded):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen(1)
+        taken = s.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{taken}: the port is already in use") as e: serve_dashboard(seeded['settings'], port=taken)
+        assert '--port' in str(e.value) and '[dashboard] port' in str(e.value)
+    # the CLI serves until Ctrl-C, printing its URL, and exits 0
+    code = "import sys; from dataops_lab.dashboard import dashboard_cli; sys.exit(dashboard_cli(sys.argv[1], port=0))"
+    proc = subprocess.Popen([sys.executable, '-c', code, str(seeded['ini'])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith('dataops-lab dashboard at http://127.0.0.1:'), (line, proc.stderr.read() if proc.poll() is not None else '')
+        url = line.split(' at ')[1].split()[0]
+        assert b'static/extensions/panel' in urllib.request.urlopen(url, timeout=30).read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert 'stopping' in proc.stdout.read()
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+
+
+def test_dashboard_reads_the_aws_tier(request, tmp_path):
+    "The same views on Redis + DynamoDB + S3 (redis-server and moto over HTTP): listing, a session, an artifact with lineage, batches"
+    from dataops_lab.store.base import Storage
+    from dataops_lab.dashboard import Dashboard
+    s = load_settings(write_ini(tmp_path, 'aws', request))
+    Storage(s).ensure().close()  # provisions every registered table, the batch tables included
+    with SessionManager(s) as sm:
+        sess = sm.create_session('dora', global_context={'database': 'warehouse'})
+        sm.add_message(sess.session_id, 'user', 'count the orders on dynamodb')
+        a = sm.artifacts.store_artifact({'orders': 42}, session_id=sess.session_id, workflow_name='sql', name='order_count')
+        b = sm.artifacts.store_artifact('42 orders', session_id=sess.session_id, workflow_name='report', name='summary', parents=[a])
+    d = Dashboard(s)
+    try:
+        assert list(d.table.value.session) == [sess.session_id]
+        d.open_session(sess.session_id)
+        assert any('count the orders on dynamodb' in m.object for m in d.conversation.objects)
+        assert 'warehouse' in d.state.object
+        assert list(d.art_table.value.name) == ['summary', 'order_count']
+        d.open_artifact(b)
+        assert '42 orders' in d.preview.objects[1].object and 'order_count v1' in d.lineage.object
+        assert d.show_batches() == [] and 'No batches recorded yet' in d.charts.objects[0].object
+    finally: d.close()
