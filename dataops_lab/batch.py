@@ -337,6 +337,8 @@ def batch_cli(notebook:str|Path, # the notebook to run
     res = run_batch(notebook, load_grid(grid_path), settings=settings_path, scheduler=scheduler, n_workers=n_workers, retries=retries, resume=resume,
                     progress=progress, kernel_name=kernel_name)
     cols = [c for c in res.runs.columns if c not in ('params', 'output_path', 'artifact_ids', 'session_id')]
+    table = res.runs[cols].fillna('')
+    table['notebook artifact'] = [ids[0] if ids else '' for ids in res.runs.artifact_ids]  # the executed notebook; the run's other artifacts are its children
     out(f"batch {res.batch_id}: {res.status} in {res.duration_s:.1f} s ({', '.join(f'{n} {s}' for s,n in res.counts.items())})")
-    out(res.runs[cols].fillna('').to_string(index=False, max_colwidth=60))
+    out(table.to_string(index=False, max_colwidth=60))
     return 0 if res.ok else 1

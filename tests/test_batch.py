@@ -1,7 +1,7 @@
 """Papermill runs and Dask batches: parameter validation before any kernel, typed records, failed-cell capture,
 batches on a real 2-worker LocalCluster, resume, kernel start-up retries with a real broken kernel spec, a dead
 scheduler, worker death, and the templates under the plain papermill CLI."""
-import json, os, pickle, signal, socket, subprocess, sys, time
+import json, os, re, pickle, signal, socket, subprocess, sys, time
 from pathlib import Path
 import nbformat, pandas as pd, pytest
 from conftest import write_ini
@@ -312,6 +312,7 @@ def test_batch_cli_prints_the_results_table(tmp_path):
     code = batch_cli(nb, tmp_path/'grid.json', settings_path=ini, scheduler='synchronous', progress=False, out=lines.append)
     assert code == 1 and 'failed' in lines[0] and '1 succeeded, 1 failed' in lines[0]
     assert 'run_key' in lines[1] and 'AssertionError' in lines[1]
+    assert len(re.findall(r'\bart_[0-9A-Z]{20,}', lines[1])) == 2  # each run's executed-notebook artifact, failed ones included
 
 
 # ---------------------------------------------------------------- templates
