@@ -111,7 +111,9 @@ def cmd_templates(args):
 
 def cmd_inspect(args):
     from dataops_lab.nbparams import inspect_notebook
-    recs = inspect_notebook(notebook_arg(args.notebook)).records()
+    spec = inspect_notebook(notebook_arg(args.notebook))
+    if args.json: return print(json.dumps(spec.json_schema(), indent=2))
+    recs = spec.records()
     w = [max([len(h)] + [len(str(r[k])) for r in recs]) for h,k in (('name','name'), ('type','type'))]
     print(f"{'name':<{w[0]}}  {'type':<{w[1]}}  default / required  help")
     for r in recs:
@@ -140,6 +142,7 @@ def parser()->argparse.ArgumentParser:
     sub.add_parser('templates', help="list the bundled workflow notebooks").set_defaults(fn=cmd_templates)
     sp = sub.add_parser('inspect', help="list a notebook's parameters")
     sp.add_argument('notebook', help="path of an .ipynb, or a bundled template's name")
+    sp.add_argument('--json', action='store_true', help="print the parameters as a JSON Schema")
     sp.set_defaults(fn=cmd_inspect)
     sp = sub.add_parser('batch', help="run a notebook once per parameter set on Dask")
     sp.add_argument('notebook', help="path of an .ipynb, or a bundled template's name")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Annotated, Literal, Optional, Union
 import nbformat
 from pydantic import Field, TypeAdapter, ValidationError
+from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
@@ -132,6 +133,19 @@ def write_notebook(path:str|Path, # where to write the .ipynb
     nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': [PARAMETERS_TAG]}), *map(nbformat.v4.new_code_cell, cells)]
     nbformat.write(nb, path)
     return Path(path)
+
+# %% ../nbs/40_nbparams.ipynb #6bed5d06
+@patch
+def json_schema(self:ParameterSpec)->dict:
+    "The notebook's parameters as a JSON Schema object: types, defaults, descriptions, required names"
+    props = {}
+    for p in self.values():
+        sch = dict(p.adapter.json_schema()) if p.adapter is not None else {}
+        if p.help: sch['description'] = p.help
+        if not p.required and p.literal: sch['default'] = jsonable(p.default)
+        props[p.name] = sch
+    return {'title': f"Parameters of {Path(self.path).name}", 'type': 'object', 'properties': props,
+            'required': [p.name for p in self.values() if p.required], 'additionalProperties': False}
 
 # %% ../nbs/40_nbparams.ipynb #7b186c8a
 def _why(e:ValidationError)->str:
