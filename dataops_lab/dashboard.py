@@ -192,7 +192,7 @@ class Dashboard:
         self.index = index or SessionIndex(self.sessions).rebuild()
         self.page_size,self.refresh_seconds = self.settings.dashboard.page_size,self.settings.dashboard.refresh_seconds
         self.page_no,self.session_id,self.artifact_id,self._seen,self._cb,self._shown = 0,None,None,self.index.generation,None,None
-        self._batch_cursors,self._batch_rows,self.batch_id,self.batch_page = [None],[],None,0
+        self._batch_cursors,self._batch_rows,self.batch_id,self.batch_page,self._first_seq = [None],[],None,0,None
         self._build()
         self.show_page()
 
@@ -287,6 +287,30 @@ def _json_html(v)->str: return f'<pre style="white-space:pre-wrap">{html.escape(
 def _on_session(self:Dashboard, e):
     if e.new and e.new[0] < len(self.table.value) and self.table.value.session.iloc[e.new[0]] != self.session_id: self.open_session(self.table.value.session.iloc[e.new[0]])
 
+def _message_pane(m:Message)->pn.pane.Markdown: return pn.pane.Markdown(m._repr_markdown_(), css_classes=['message'], sizing_mode='stretch_width')
+
+@patch
+def _older_button(self:Dashboard):
+    "Put a button above the conversation when turns older than the first one shown exist"
+    objs = [o for o in self.conversation.objects if not isinstance(o, pn.widgets.Button)]
+    older = len(self.sessions.get_history(self.session_id, limit=1, before=self._first_seq)) if self._first_seq else 0
+    if older:
+        b = pn.widgets.Button(name='Show older messages', button_type='light', css_classes=['older'])
+        b.on_click(lambda e: self.show_older())
+        objs.insert(0, b)
+    self.conversation.objects = objs
+
+@patch
+def show_older(self:Dashboard)->int:
+    "Prepend the `page_size` turns before the oldest one shown; how many were added"
+    if not self.session_id or not self._first_seq: return 0
+    msgs = self.sessions.get_history(self.session_id, limit=self.page_size, before=self._first_seq)
+    if msgs:
+        self._first_seq = msgs[0].seq
+        self.conversation.objects = [_message_pane(m) for m in msgs] + [o for o in self.conversation.objects if not isinstance(o, pn.widgets.Button)]
+    self._older_button()
+    return len(msgs)
+
 @patch
 def open_session(self:Dashboard, session_id:str)->Session:
     "Show `session_id`'s conversation, state, artifacts and checkpoints"
@@ -294,9 +318,9 @@ def open_session(self:Dashboard, session_id:str)->Session:
     self.session_id,self.artifact_id,self._shown = s.session_id,None,(s.last_active, s.message_count, s.status)
     self.header.object = s._repr_markdown_()
     msgs = self.sessions.get_history(s.session_id, limit=self.page_size)
-    older = s.message_count - len(msgs)
-    self.conversation.objects = ([pn.pane.Markdown(f"*{older:,} older messages not shown*")] if older > 0 else []) + \
-        [pn.pane.Markdown(m._repr_markdown_(), css_classes=['message'], sizing_mode='stretch_width') for m in msgs] or [pn.pane.Markdown('*no messages*')]
+    self._first_seq = msgs[0].seq if msgs else None
+    self.conversation.objects = [_message_pane(m) for m in msgs] or [pn.pane.Markdown('*no messages*')]
+    self._older_button()
     md = dict(s.metadata)
     self.state.object = ''.join(f"<h4>{h}</h4>{_json_html(v)}" for h,v in (('global context', s.global_context), ('active workflows', s.active_workflows),
         ('orchestrator state', md.pop('orchestrator_state', {})), ('workflow states', md.pop('workflow_states', {})), ('metadata', md)))

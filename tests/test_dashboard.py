@@ -40,6 +40,7 @@ def seeded(tmp_path_factory):
         cm.create_checkpoint(ana.session_id, 'after_profile')
         others = [sm.create_session('ben').session_id for _ in range(3)]
         sm.add_message(others[0], 'user', 'hello from ben')
+        for i in range(1, 13): sm.add_message(others[1], 'user', f'ben turn {i}')  # longer than a page (10)
     nb = write_notebook(tmp/'square.ipynb', "n: int = 1  # the number to square", "assert n != 3, 'three is refused'\nprint(n*n)")
     res = run_batch(nb, {'n': [2, 3]}, settings=ini, progress=False, scheduler='synchronous')
     assert res.counts == {'succeeded': 1, 'failed': 1}, res.counts
@@ -113,6 +114,14 @@ def test_dashboard_in_a_browser(seeded, request):
                 # live refresh: a session created now shows up without reloading (refresh_seconds = 1)
                 with SessionManager(seeded['settings']) as sm: new = sm.create_session('cy').session_id
                 expect(table.get_by_text(new)).to_be_visible(timeout=20_000)
+                # a conversation longer than a page: the newest 10 turns, then the older ones on request
+                table.get_by_text(seeded['ben'][1]).click()
+                tab(page, 'Conversation').click()
+                expect(page.get_by_text('ben turn 12', exact=True)).to_be_visible(timeout=10_000)
+                expect(page.get_by_text('ben turn 2', exact=True)).to_have_count(0)
+                page.get_by_role('button', name='Show older messages').click()
+                expect(page.get_by_text('ben turn 1', exact=True)).to_be_visible(timeout=10_000)
+                expect(page.get_by_role('button', name='Show older messages')).to_have_count(0)
                 # batches: the real batch with one succeeded and one failed run, charts drawn
                 tab(page, 'Batches').click()
                 btable = page.locator('.tabulator').nth(2)
