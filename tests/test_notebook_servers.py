@@ -13,3 +13,12 @@ def test_server_flagged_lessons(redis_server, moto_server):
     res = subprocess.run([str(nbdev_test), '--flags', 'redis s3', '--n-workers', '1', '--file-re', r'^1[345]_'],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and 'Success' in res.stdout, res.stdout[-4000:] + res.stderr[-4000:]
+
+
+def test_every_notebook_names_its_kernel():
+    "JupyterLab (Binder included) opens each notebook and template on the Python kernel, without asking which kernel to use"
+    import nbformat
+    nbs = sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'dataops_lab'/'templates').glob('*.ipynb'))
+    assert len(nbs) > 30
+    missing = [p.relative_to(ROOT).as_posix() for p in nbs if nbformat.read(p, as_version=4).metadata.get('kernelspec', {}).get('name') != 'python3']
+    assert missing == [], f"notebooks without a python3 kernelspec: {missing}"
