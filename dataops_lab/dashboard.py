@@ -295,7 +295,7 @@ def _older_button(self:Dashboard):
     objs = [o for o in self.conversation.objects if not isinstance(o, pn.widgets.Button)]
     older = len(self.sessions.get_history(self.session_id, limit=1, before=self._first_seq)) if self._first_seq else 0
     if older:
-        b = pn.widgets.Button(name='Show older messages', button_type='light', css_classes=['older'])
+        b = pn.widgets.Button(label='Show older messages', css_classes=['older'])
         b.on_click(lambda e: self.show_older())
         objs.insert(0, b)
     self.conversation.objects = objs
