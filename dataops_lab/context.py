@@ -98,7 +98,7 @@ def _read(self:ContextManager, snap:str|ContextSnapshot)->dict:
     except NotFoundError: raise NotFoundError(f"no snapshot {getattr(snap, 'snapshot_id', snap)!r}", "use an id returned by dump_context or list_snapshots") from None
 
 @patch
-def load_context(self:ContextManager, snapshot_id:str,
+def load_context(self:ContextManager, snapshot_id:str|ContextSnapshot, # a snapshot id, or a snapshot or checkpoint record (`list_snapshots`, `list_checkpoints`)
                  merge_strategy:Literal['replace', 'merge', 'selective']|None=None, # apply to a session: replace its state, merge keys, or only `keys`
                  keys:Iterable[str]|None=None, # global_context keys for 'selective'
                  target_session:str|None=None # session to apply to (default: the snapshot's own)

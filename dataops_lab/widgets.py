@@ -386,7 +386,7 @@ def _view_of(self:CheckpointTimeline, ref:str)->dict:
                 'messages': [m.seq for m in self.sm.get_history(self.session_id)],
                 'artifacts': sorted(a.artifact_id for a in self.sm.artifacts.list_artifacts(self.session_id, limit=1000))}
     rec = self._record(ref)
-    p = self.ctx._read(rec)
+    p = self.ctx.load_context(rec)
     hidden = p['session'].get('hidden_ranges') or []
     if rec.kind == 'checkpoint': seqs = [i for i in range(1, (rec.last_seq or 0)+1) if not any(x <= i <= y for x,y in hidden)]
     else: seqs = [m['seq'] for m in p['messages']]
