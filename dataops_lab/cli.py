@@ -68,6 +68,8 @@ def run_demo(settings:Settings|None=None, # default: `load_settings()`
         say(f"checkpoint 'before_cleanup' restored: history back to {len(sm.get_history(s.session_id))} turns (was {n} before, {n+2} after one more question)")
         arts = sm.artifacts.list_artifacts(s.session_id, limit=1000)
     say(f"\ndone in {time.perf_counter()-t0:.1f} s: {len(arts)} artifacts and {n} messages stored under the URLs above")
+    say("next: `dataops-lab dashboard` reviews this session in a browser; `dataops-lab templates` lists notebooks to run as batches;\n"
+        "      the tutorial nbs/70_tutorial_first_session.ipynb walks through it in JupyterLab")
     return lines
 
 # %% ../nbs/60_cli.ipynb #6b258065
