@@ -39,7 +39,8 @@ import dataops_lab.display  # rich HTML for sessions, artifacts, checkpoints and
 # %% ../nbs/99_package.ipynb #cfef77e3
 _LAZY = {**{n: 'store.local' for n in ('FileBlobStore', 'SQLiteTable', 'SQLiteCache')},
          'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
-         **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline', 'RunProgress', 'ChainRunner')},
+         **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline')},
+         **{n: 'progress' for n in ('RunProgress', 'ChainRunner')},
          **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')}}
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""ipywidgets views for JupyterLab: a live session inspector, an artifact browser with previews and lineage, a checkpoint timeline with diff, restore and fork, and a per-step run progress table.
+"""ipywidgets views for JupyterLab: a live session inspector, an artifact browser with previews and lineage, and a checkpoint timeline with diff, restore and fork.
 
 Docs: https://dataops-lab.github.io/dataops-lab/widgets.html.md"""
 
@@ -17,14 +17,11 @@ from .models import *
 from .sessions import SessionManager
 from .artifacts import Lineage
 from .context import ContextManager
-from .chain import WorkflowChain, ChainResult, topo_order
-from .orchestrator import Event, OrchestratorResult
 from .display import *
 from .display import _size, _ts
 
 # %% auto #0
-__all__ = ['SessionInspector', 'artifact_rows', 'json_tree', 'preview_html', 'ArtifactBrowser', 'dict_diff', 'CheckpointTimeline',
-           'RunProgress', 'ChainRunner']
+__all__ = ['SessionInspector', 'artifact_rows', 'json_tree', 'preview_html', 'ArtifactBrowser', 'dict_diff', 'CheckpointTimeline']
 
 # %% ../nbs/51_widgets.ipynb #61771ded
 class _View:
@@ -464,144 +461,3 @@ def confirm(self:CheckpointTimeline)->Session|None:
     self.note.value = esc(self.status['message'])
     self.refresh()
     return out
-
-# %% ../nbs/51_widgets.ipynb #8d5af942
-_ICON = {'pending': '·', 'running': '⏳', 'done': '✅', 'failed': '❌', 'skipped': '↷', 'stopped': '⏹'}
-
-class RunProgress(_View):
-    "A live per-step status table fed by chain or orchestrator events"
-    def __init__(self, steps:Iterable[str]=(), # step names known in advance (shown as pending)
-                 title:str=''): # what runs, e.g. the chain's name
-        self.title,self._steps = title,list(steps)
-        self.header,self.table = W.HTML(),W.HTML()
-        self.widget = W.VBox([self.header, self.table])
-        self._own = False
-        self.reset()
-
-    @classmethod
-    def for_chain(cls, chain:WorkflowChain)->RunProgress:
-        "A progress table listing `chain`'s steps in the order they can run"
-        return cls(topo_order(chain.steps), chain.name)
-
-    def reset(self):
-        "Every known step pending again, no result"
-        self.rows = {s: {'status': 'pending', 'seconds': None, 'artifact_id': None, 'retries': 0} for s in self._steps}
-        self.status,self.result,self.error,self.events,self.artifacts = 'waiting',None,None,[],[]
-        self._render()
-
-    def __call__(self, event:Event|dict): return self.update(event)
-    def _static(self): return Markup(self.header.value) + Markup(self.table.value)
-    def __repr__(self): return f"{type(self).__name__}({self.title!r}, {self.status!r})"
-
-    def track(self, events:Iterable[Event|dict] # e.g. chain.stream(session_id, input) or orchestrator.stream(session_id, query)
-             )->ChainResult|OrchestratorResult|None:
-        "Consume `events`, updating the table as each arrives; the run's result"
-        for ev in events: self.update(ev)
-        return self.result
-
-# %% ../nbs/51_widgets.ipynb #2a583c8e
-@patch
-def _row(self:RunProgress, step:str)->dict:
-    return self.rows.setdefault(step, {'status': 'pending', 'seconds': None, 'artifact_id': None, 'retries': 0})
-
-@patch
-def _finish(self:RunProgress, failed_step:str|None=None):
-    for s,r in self.rows.items():
-        if s == failed_step: r['status'] = 'failed'
-        elif r['status'] == 'running': r['status'] = 'stopped' if failed_step or self.status == 'failed' else 'done'
-        elif r['status'] == 'pending': r['status'] = 'skipped'
-
-@patch
-def update(self:RunProgress, event:Event|dict # one event of a chain or orchestrator stream
-          )->str:
-    "Apply one event to the table; the run's status"
-    ev = event if isinstance(event, Event) else Event(**event)
-    self.events.append(ev)
-    t,node,d = ev.type,ev.node,ev.data
-    if self.status == 'waiting': self.status = 'running'
-    if t == 'step_started': self._row(node).update(status='running', started=ev.ts)
-    elif t == 'step_finished': self._row(node).update(status='done', seconds=d.get('seconds'))
-    elif t == 'node_finished':  # orchestrated workflows report nodes when they end
-        prev = self.events[-2].ts if len(self.events) > 1 else ev.ts
-        self._row(node).update(status='done', seconds=ev.ts-prev)
-    elif t == 'retry': r = self._row(node); r['retries'] += 1
-    elif t == 'artifact_stored':
-        self.artifacts.append(d.get('artifact_id'))
-        if node: self._row(node)['artifact_id'] = d.get('artifact_id')
-    elif t == 'routed' and ev.workflow: self.title = self.title or ev.workflow
-    elif t in ('result', 'error', 'question', 'unclear'):
-        if 'result' in d:
-            self.result = ChainResult(**d['result'])
-            self.status,self.error = self.result.status,self.result.error
-            self._finish(self.result.failed_step)
-        else:
-            self.result = OrchestratorResult(**d['outcome']) if 'outcome' in d else None
-            kind = self.result.kind if self.result else t
-            self.status = {'result': 'completed', 'error': 'failed'}.get(kind, kind)
-            self.error = d.get('error')
-            self._finish()
-    self._render()
-    return self.status
-
-@patch
-def _render(self:RunProgress):
-    color = {'failed': '#b00', 'completed': '#070'}.get(self.status, '#333')
-    self.header.value = Markup(f"<b>{esc(self.title or 'run')}</b> · <span style='color:{color}'>{esc(self.status)}</span>") + (
-        Markup(f"<div style='color:#b00'>{esc(short(self.error, 500))}</div>") if self.error else '')
-    self.table.value = html_table(['', 'step', 'status', 'time', 'artifact'],
-                                  [(_ICON.get(r['status'], ''), s, r['status'] + (f" (retried {r['retries']}×)" if r['retries'] else ''),
-                                    f"{r['seconds']*1000:.0f} ms" if r['seconds'] is not None else '', r['artifact_id'] or '') for s,r in self.rows.items()],
-                                  'no steps yet')
-
-# %% ../nbs/51_widgets.ipynb #af77fbcf
-_BATCH_STATUS = {'pending': 'pending', 'running': 'running', 'succeeded': 'done', 'skipped': 'skipped', 'failed': 'failed', 'cancelled': 'stopped'}
-
-@patch
-def batch_row(self:RunProgress, row:dict # one run's row, as `run_batch(on_run=...)` passes it
-             )->str:
-    "Apply one batch run's row to the table; the batch's status"
-    label = f"#{row['index']} " + short(', '.join(f"{k}={v!r}" for k,v in (row.get('params') or {}).items()), 60)
-    r = self._row(label)
-    r.update(status=_BATCH_STATUS.get(row['status'], row['status']), seconds=row.get('duration_s'), artifact_id=(row.get('artifact_ids') or [None])[0],
-             retries=max((row.get('attempts') or 1) - 1, 0))
-    if row['status'] in ('failed', 'cancelled') and row.get('error') and self.error is None: self.error = f"{label}: {row['error']}"
-    if all(x['status'] in ('done', 'skipped', 'failed', 'stopped') for x in self.rows.values()):
-        self.status = 'failed' if any(x['status'] in ('failed', 'stopped') for x in self.rows.values()) else 'completed'
-    else: self.status = 'running'
-    self._render()
-    return self.status
-
-# %% ../nbs/51_widgets.ipynb #6c0d61e2
-class ChainRunner(RunProgress):
-    "A Run button and a live step table for one chain in one session"
-    def __init__(self, chain:WorkflowChain, # the chain to run
-                 session_id:str, # the session it runs in
-                 input:dict|None=None): # the chain's input
-        chain.sessions.get_session(session_id)  # NotFoundError naming it, before any widget exists
-        self.chain,self.session_id,self.input,self.thread = chain,session_id,dict(input or {}),None
-        super().__init__(topo_order(chain.steps), chain.name)
-        self.run_button = W.Button(description='Run', icon='play', button_style='primary')
-        self.resume_button = W.Button(description='Resume', icon='repeat', disabled=True)
-        self.run_button.on_click(lambda _: self.start())
-        self.resume_button.on_click(lambda _: self.start(resume=True))
-        self.widget.children = (W.HBox([self.run_button, self.resume_button]), *self.widget.children)
-
-    def run(self, resume:bool=False # continue the last failed run instead of starting a new one
-           )->ChainResult:
-        "Run the chain (or resume its failed run) and return the result, updating the table as it goes"
-        if resume and not (self.result and self.result.status == 'failed'): raise InvalidInputError("there is no failed run to resume", "run() first")
-        run_id = self.result.run_id if resume else None
-        keep = {s: r for s,r in self.rows.items() if r['status'] == 'done'} if resume else {}
-        self.reset(); self.rows.update(keep)
-        self.run_button.disabled = self.resume_button.disabled = True
-        try: return self.track(self.chain.stream(self.session_id, self.input, run_id=run_id, resume=resume))
-        finally:
-            self.run_button.disabled = False
-            self.resume_button.disabled = not (self.result and self.result.status == 'failed')
-
-    def start(self, resume:bool=False)->threading.Thread:
-        "Run in a background thread (what the buttons do); the thread"
-        if self.thread is not None and self.thread.is_alive(): raise InvalidInputError(f"chain {self.chain.name!r} is running already in this runner", "wait for it (runner.thread.join()) before starting another run")
-        self.thread = threading.Thread(target=self.run, kwargs={'resume': resume}, name=f"ChainRunner-{self.chain.name}", daemon=True)
-        self.thread.start()
-        return self.thread

@@ -11,7 +11,8 @@ from dataops_lab.context import ContextManager
 from dataops_lab.chain import WorkflowChain
 from dataops_lab.orchestrator import Orchestrator
 from dataops_lab.workflows import WorkflowRegistry, workflow
-from dataops_lab.widgets import SessionInspector, ArtifactBrowser, CheckpointTimeline, RunProgress, ChainRunner
+from dataops_lab.widgets import SessionInspector, ArtifactBrowser, CheckpointTimeline
+from dataops_lab.progress import RunProgress, ChainRunner
 
 
 def wait_for(cond, timeout=20.0, every=0.02):
