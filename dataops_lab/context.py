@@ -192,7 +192,10 @@ class ContextDiff(BaseModel):
 def _visible(last:int, hidden)->set[int]: return {i for i in range(1, (last or 0)+1) if not any(a <= i <= b for a,b in hidden or [])}
 
 @patch
-def _state(self:ContextManager, session_id:str, cp:Checkpoint|None)->tuple[set, dict, set]:
+def state_at(self:ContextManager, session_id:str,
+             cp:ContextSnapshot|None=None # a snapshot or checkpoint record of the session; None: the session now
+            )->tuple[set, dict, set]:
+    "(visible turn numbers, global_context, artifact ids) as `cp` saved them, or as they are now"
     if cp is None:
         it = self.sessions.sessions.get(session_id)
         return (_visible(self.sessions._last_seq(session_id), it.get('hidden_ranges')), it.get('global_context') or {},
@@ -205,7 +208,7 @@ def diff_checkpoints(self:ContextManager, session_id:str, a:str, b:str|None=None
     "What changed from checkpoint `a` to checkpoint `b` (default: the session now)"
     ca = self._checkpoint(session_id, a)
     cb = self._checkpoint(session_id, b) if b else None
-    (ma,sa,xa),(mb,sb,xb) = self._state(session_id, ca),self._state(session_id, cb)
+    (ma,sa,xa),(mb,sb,xb) = self.state_at(session_id, ca),self.state_at(session_id, cb)
     return ContextDiff(a=ca.label, b=cb.label if cb else 'now', messages_added=sorted(mb-ma), messages_removed=sorted(ma-mb),
                        state_added=sorted(set(sb)-set(sa)), state_removed=sorted(set(sa)-set(sb)),
                        state_changed=sorted(k for k in set(sa) & set(sb) if sa[k] != sb[k]),

@@ -75,7 +75,7 @@ class SessionInspector(_View):
             raise InvalidInputError(f"poll must be a number of seconds >= 0 or None, got {poll!r}", "e.g. poll=1.0, or poll=0 to refresh by hand")
         self._open(settings)
         self.session_id,self.poll,self.history = self._session(session_id).session_id,poll,history
-        self.data,self.refreshes,self.error = {},0,None
+        self.data,self.refreshes,self.error,self._msgs,self._history_key = {},0,None,[],None
         self._lock,self._stop,self._thread = threading.RLock(),threading.Event(),None
         self.header,self.footer = W.HTML(),W.HTML()
         self.conversation,self.state,self.artifacts,self.checkpoints = W.HTML(),W.HTML(),W.HTML(),W.HTML()
@@ -121,11 +121,14 @@ def _snaps_html(snaps:list[ContextSnapshot])->Markup:
 @patch
 def _read_view(self:SessionInspector)->tuple[dict, Session, list, list]:
     s = self.sm.get_session(self.session_id)
-    msgs = self.sm.get_history(self.session_id, limit=self.history)
+    key = (s.message_count, repr(s.hidden_ranges))  # the history can only change when one of these does
+    if key != self._history_key: self._msgs,self._history_key = self.sm.get_history(self.session_id, limit=self.history),key
+    msgs = self._msgs
     arts = self.sm.artifacts.list_artifacts(self.session_id, limit=100)
     snaps = self.ctx.list_snapshots(self.session_id)
     data = {'status': s.status.value, 'messages': [{'seq': m.seq, 'role': m.role.value, 'content': m.content, 'workflow': m.workflow} for m in msgs],
-            'state': s.global_context, 'workflow_states': s.metadata.get('workflow_states', {}), 'artifacts': artifact_rows(arts),
+            'state': s.global_context, 'workflow_states': s.metadata.get('workflow_states', {}), 'orchestrator_state': s.metadata.get('orchestrator_state', {}),
+            'active_workflows': s.active_workflows, 'artifacts': artifact_rows(arts),
             'checkpoints': [{'id': x.snapshot_id, 'kind': x.kind, 'label': x.label} for x in snaps]}
     return data, s, msgs, snaps
 
@@ -163,8 +166,10 @@ def start(self:SessionInspector)->SessionInspector:
 @patch
 def _loop(self:SessionInspector):
     while not self._stop.wait(self.poll):
-        try: self.refresh()
-        except Exception as e: self.footer.value = f'<span style="color:#b00">refresh failed: {esc(type(e).__name__)}: {esc(e)}</span>'
+        with self._lock:  # close() takes the same lock, so a refresh never runs on closed storage
+            if self._stop.is_set(): break
+            try: self.refresh()
+            except Exception as e: self.footer.value = f'<span style="color:#b00">refresh failed: {esc(type(e).__name__)}: {esc(e)}</span>'
 
 @patch
 def stop(self:SessionInspector):
@@ -175,7 +180,8 @@ def stop(self:SessionInspector):
 @patch
 def close(self:SessionInspector):
     "Stop polling, close the widgets and the storage this inspector opened"
-    self.stop(); _View.close(self)
+    self.stop()
+    with self._lock: _View.close(self)
 
 # %% ../nbs/51_widgets.ipynb #ba75b02b
 def json_tree(v:Any, # JSON-able data
@@ -289,7 +295,10 @@ def show(self:ArtifactBrowser, artifact_id:str # the artifact to preview
     self.details.value = a._repr_html_()
     self.selected = {'artifact_id': a.artifact_id, 'name': a.name, 'version': a.version, 'preview': kind,
                      'versions': [v.artifact_id for v in versions], 'lineage': list(lin.edges)}
-    if self.picker.value != a.artifact_id and a.artifact_id in {r['artifact_id'] for r in self.rows}: self.picker.value = a.artifact_id
+    if self.picker.value != a.artifact_id and a.artifact_id in {r['artifact_id'] for r in self.rows}:
+        self._quiet = True  # selecting it in the list must not preview it a second time
+        try: self.picker.value = a.artifact_id
+        finally: self._quiet = False
     return self.selected
 
 # %% ../nbs/51_widgets.ipynb #28e21c48
@@ -377,18 +386,11 @@ def _sync(self:CheckpointTimeline):
 @patch
 def _view_of(self:CheckpointTimeline, ref:str)->dict:
     "The comparable state of record `ref`, or of the session for 'now'"
-    if ref == 'now':
-        s = self.sm.get_session(self.session_id)
-        return {'state': s.global_context, 'workflow_states': s.metadata.get('workflow_states', {}), 'orchestrator_state': s.metadata.get('orchestrator_state', {}),
-                'messages': [m.seq for m in self.sm.get_history(self.session_id)],
-                'artifacts': sorted(a.artifact_id for a in self.sm.artifacts.list_artifacts(self.session_id, limit=1000))}
-    rec = self._record(ref)
-    p = self.ctx.load_context(rec)
-    hidden = p['session'].get('hidden_ranges') or []
-    if rec.kind == 'checkpoint': seqs = [i for i in range(1, (rec.last_seq or 0)+1) if not any(x <= i <= y for x,y in hidden)]
-    else: seqs = [m['seq'] for m in p['messages']]
-    return {'state': p['session'].get('global_context') or {}, 'workflow_states': p.get('workflow_states') or {}, 'orchestrator_state': p.get('orchestrator_state') or {},
-            'messages': seqs, 'artifacts': sorted(r.artifact_id for r in rec.artifact_refs)}
+    rec = None if ref == 'now' else self._record(ref)
+    turns,state,arts = self.ctx.state_at(self.session_id, rec)  # turns a person could see then (or now), whatever the payload holds
+    md = self.sm.get_session(self.session_id).metadata if rec is None else self.ctx.load_context(rec)
+    return {'state': state, 'workflow_states': md.get('workflow_states') or {}, 'orchestrator_state': md.get('orchestrator_state') or {},
+            'messages': sorted(turns), 'artifacts': sorted(arts)}
 
 @patch
 def compare(self:CheckpointTimeline, a:str|None=None, # a record id (default: the one picked as `a`)

@@ -215,3 +215,27 @@ def test_run_progress_as_callback_for_an_orchestrator(sm, sid):
     assert p.status == 'completed' and p.result.kind == 'result' and p.result.reply == 'there are 3 orders'
     assert p.title == 'order_count' and p.rows and all(x['status'] == 'done' for x in p.rows.values())
     assert p.result.artifact_ids == [a for a in p.artifacts if a]
+
+
+def test_inspector_sees_orchestrator_state_and_active_workflows(sm, sid):
+    insp = SessionInspector(sid, sm, poll=0)
+    try:
+        ContextManager(sm).set_orchestrator_state(sid, {'pending': 'sql_generator'})
+        assert insp.refresh() and insp.data['orchestrator_state'] == {'pending': 'sql_generator'}
+        assert 'sql_generator' in insp.state.value
+        sm.update_session(sid, {'active_workflows': ['schema_analyzer']})
+        assert insp.refresh() and insp.data['active_workflows'] == ['schema_analyzer']
+        assert not insp.refresh()  # nothing changed since
+    finally: insp.close()
+
+
+def test_timeline_snapshot_of_recent_turns_diffs_cleanly_against_now(sm, sid):
+    for i in range(4): sm.add_message(sid, 'user', f'turn {i}')
+    snap = ContextManager(sm).dump_context(sid, recent=2)  # the payload copies 2 of the 5 turns
+    tl = CheckpointTimeline(sid, sm)
+    try:
+        d = tl.compare(snap, 'now')
+        assert (d['messages_added'], d['messages_removed']) == ([], [])
+        sm.add_message(sid, 'user', 'one more')
+        assert tl.compare(snap, 'now')['messages_added'] == [6]
+    finally: tl.close()
