@@ -6,8 +6,9 @@ Docs: https://dataops-lab.github.io/dataops-lab/dashboard.html.md"""
 
 # %% ../nbs/52_dashboard.ipynb #f5e58e8c
 from __future__ import annotations
-import base64, errno, html, io, json, math, socket, threading, time, datetime as dt
+import base64, errno, html, json, math, socket, threading, time, datetime as dt
 from dataclasses import dataclass, field
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 import pandas as pd
@@ -17,10 +18,10 @@ from .core import *
 from .config import Settings, load_settings
 from .models import *
 from .store.base import Storage
-from .artifacts import ArtifactStore, Lineage
+from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .display import lineage_svg
+from .display import lineage_svg, pretty_json, esc
 from .batch import list_batches, batch_runs
 
 # %% auto #0
@@ -232,7 +233,7 @@ def _build(self:Dashboard):
     self.next.on_click(lambda e: self.show_page(self.page_no+1))
     self.table.param.watch(lambda e: self._on_session(e), 'selection')
     # session detail
-    self.header = pn.pane.Markdown('*Select a session to see its conversation, state, artifacts and checkpoints.*', sizing_mode='stretch_width')
+    self.header = pn.pane.HTML('<i>Select a session to see its conversation, state, artifacts and checkpoints.</i>', sizing_mode='stretch_width')
     self.conversation = pn.Column(sizing_mode='stretch_width', max_height=520, scroll=True, css_classes=['conversation'])
     self.state = pn.pane.HTML('', sizing_mode='stretch_width')
     self.art_table = _table(pd.DataFrame(), max_height=320)
@@ -252,7 +253,7 @@ def _build(self:Dashboard):
     self.bnext.on_click(lambda e: self.show_batches(self.batch_page+1))
     self.charts = pn.Column(sizing_mode='stretch_width')
     self.runs = pn.pane.DataFrame(None, index=False, sizing_mode='stretch_width')
-    self.run_header = pn.pane.Markdown('')
+    self.run_header = pn.pane.HTML('')
     sessions_tab = pn.Column(pn.Row(self.user, self.status, self.since, self.until), pn.Row(self.prev, self.next, self.pager), self.table, self.header, self.detail, sizing_mode='stretch_width')
     batches_tab = pn.Column(pn.Row(self.bprev, self.bnext), self.batch_table, self.charts, self.run_header, self.runs, sizing_mode='stretch_width')
     self.tabs = pn.Tabs(('Sessions', sessions_tab), ('Batches', batches_tab), sizing_mode='stretch_width')
@@ -281,19 +282,24 @@ def show_page(self:Dashboard, page:int|None=None # 0-based; default: the current
     return p
 
 # %% ../nbs/52_dashboard.ipynb #6b11836a
-def _json_html(v)->str: return f'<pre style="white-space:pre-wrap">{html.escape(json.dumps(v, indent=2, default=str))}</pre>'
-
 @patch
 def _on_session(self:Dashboard, e):
     if e.new and e.new[0] < len(self.table.value) and self.table.value.session.iloc[e.new[0]] != self.session_id: self.open_session(self.table.value.session.iloc[e.new[0]])
 
-def _message_pane(m:Message)->pn.pane.Markdown: return pn.pane.Markdown(m._repr_markdown_(), css_classes=['message'], sizing_mode='stretch_width')
+def _message_pane(m:Message)->pn.pane.HTML:
+    "A turn as the escaped HTML card of `dataops_lab.display` (stored text never reaches the page as markup)"
+    return pn.pane.HTML(m._repr_html_(), css_classes=['message'], sizing_mode='stretch_width')
 
 @patch
-def _older_button(self:Dashboard):
+def _page_of_turns(self:Dashboard, before:int|None=None)->tuple[list[Message], bool]:
+    "The `page_size` turns before `before` (default: the newest), and whether older ones exist"
+    msgs = self.sessions.get_history(self.session_id, limit=self.page_size+1, before=before)
+    return msgs[-self.page_size:],len(msgs) > self.page_size
+
+@patch
+def _older_button(self:Dashboard, older:bool):
     "Put a button above the conversation when turns older than the first one shown exist"
     objs = [o for o in self.conversation.objects if not isinstance(o, pn.widgets.Button)]
-    older = len(self.sessions.get_history(self.session_id, limit=1, before=self._first_seq)) if self._first_seq else 0
     if older:
         b = pn.widgets.Button(label='Show older messages', css_classes=['older'])
         b.on_click(lambda e: self.show_older())
@@ -304,11 +310,11 @@ def _older_button(self:Dashboard):
 def show_older(self:Dashboard)->int:
     "Prepend the `page_size` turns before the oldest one shown; how many were added"
     if not self.session_id or not self._first_seq: return 0
-    msgs = self.sessions.get_history(self.session_id, limit=self.page_size, before=self._first_seq)
+    msgs,older = self._page_of_turns(before=self._first_seq)
     if msgs:
         self._first_seq = msgs[0].seq
         self.conversation.objects = [_message_pane(m) for m in msgs] + [o for o in self.conversation.objects if not isinstance(o, pn.widgets.Button)]
-    self._older_button()
+    self._older_button(older)
     return len(msgs)
 
 @patch
@@ -316,13 +322,13 @@ def open_session(self:Dashboard, session_id:str)->Session:
     "Show `session_id`'s conversation, state, artifacts and checkpoints"
     s = self.sessions.get_session(session_id)
     self.session_id,self.artifact_id,self._shown = s.session_id,None,(s.last_active, s.message_count, s.status)
-    self.header.object = s._repr_markdown_()
-    msgs = self.sessions.get_history(s.session_id, limit=self.page_size)
+    self.header.object = s._repr_html_()
+    msgs,older = self._page_of_turns()
     self._first_seq = msgs[0].seq if msgs else None
     self.conversation.objects = [_message_pane(m) for m in msgs] or [pn.pane.Markdown('*no messages*')]
-    self._older_button()
+    self._older_button(older)
     md = dict(s.metadata)
-    self.state.object = ''.join(f"<h4>{h}</h4>{_json_html(v)}" for h,v in (('global context', s.global_context), ('active workflows', s.active_workflows),
+    self.state.object = ''.join(f"<h4>{h}</h4>{pretty_json(v)}" for h,v in (('global context', s.global_context), ('active workflows', s.active_workflows),
         ('orchestrator state', md.pop('orchestrator_state', {})), ('workflow states', md.pop('workflow_states', {})), ('metadata', md)))
     arts = self.artifacts.list_artifacts(s.session_id, limit=self.page_size)
     self.art_table.value = pd.DataFrame([{'name': a.name, 'v': a.version, 'type': a.artifact_type.value, 'content': a.content_type, 'workflow': a.workflow_name,
@@ -347,7 +353,7 @@ def open_artifact(self:Dashboard, artifact_id:str)->Artifact:
     "Show `artifact_id`'s preview, versions and lineage"
     a = self.artifacts.get_artifact(artifact_id)
     self.artifact_id = a.artifact_id
-    self.preview.objects = [pn.pane.Markdown(a._repr_markdown_(), sizing_mode='stretch_width'), artifact_preview(self.artifacts, a, rows=self.page_size)]
+    self.preview.objects = [pn.pane.HTML(a._repr_html_(), sizing_mode='stretch_width'), artifact_preview(self.artifacts, a, rows=self.page_size)]
     self.versions.object = pd.DataFrame([{'v': x.version, 'artifact_id': x.artifact_id, 'created': _fmt(x.created_at), 'size': x.size, 'hash': x.content_hash[:12]}
                                          for x in self.artifacts.list_versions(a.artifact_id)], columns=['v', 'artifact_id', 'created', 'size', 'hash'])
     self.lineage.object = lineage_svg(self.artifacts.get_lineage(a.artifact_id, direction='both', depth=3))
@@ -380,7 +386,7 @@ def open_batch(self:Dashboard, batch_id:str)->list[dict]:
     "Show the runs of `batch_id` with their status and duration charts"
     runs = batch_runs(self.storage, batch_id)
     self.batch_id = batch_id
-    self.run_header.object = f"### Runs of `{batch_id}`"
+    self.run_header.object = f"<h3>Runs of <code>{esc(batch_id)}</code></h3>"
     self.runs.object = pd.DataFrame([{**{k: r.get(k) for k in ('run_key', 'status', 'attempts', 'duration_s', 'session_id', 'error')}, 'params': json.dumps(r.get('params'), default=str)} for r in runs])
     self.charts.objects = [batch_charts(runs, key='run_key', title='runs')]
     return runs
@@ -398,7 +404,7 @@ def refresh(self:Dashboard, background:bool=True # rebuild the index in a thread
     if self.session_id is not None:  # one read: has the open session changed since it was drawn?
         try: s = self.sessions.get_session(self.session_id)
         except NotFoundError: s = None
-        if s is None: self.session_id,self.header.object,self.conversation.objects = None,'*The session was purged.*',[]
+        if s is None: self.session_id,self.header.object,self.conversation.objects = None,'<i>The session was purged.</i>',[]
         elif (s.last_active, s.message_count, s.status) != self._shown:
             aid = self.artifact_id
             self.open_session(s.session_id)
@@ -471,7 +477,10 @@ def serve_dashboard(settings:Settings|str|Path|None=None, # Settings or a settin
     shown = 'localhost' if host in ('0.0.0.0', '::', '') else host
     h = DashboardServer(f"http://{shown}:{port}/", host, port, storage, index)
     origins = sorted({f"{x}:{port}" for x in (host, shown, 'localhost', '127.0.0.1', socket.gethostname()) if x not in ('0.0.0.0', '::', '')})
-    if host in ('0.0.0.0', '::'): origins = ['*']
+    if host in ('0.0.0.0', '::'):  # every name and address of this machine, not '*' (which would let any web page open a websocket to it)
+        names = {socket.gethostname(), socket.getfqdn()}
+        with suppress(OSError): names |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+        origins = sorted(set(origins) | {f"{x}:{port}" for x in names if x})
     app = lambda: Dashboard(s, storage=storage, index=index)
     ready,box = threading.Event(),{}
     def run():

@@ -34,6 +34,7 @@ def seeded(tmp_path_factory):
         ana = sm.create_session('ana', metadata={'project': 'sales'}, global_context={'database': 'shop_orders.db'})
         sm.add_message(ana.session_id, 'user', 'profile the orders table please')
         sm.add_message(ana.session_id, 'assistant', 'The orders table has 1204 rows and 7 columns', workflow='profiling')
+        sm.add_message(ana.session_id, 'user', '<img src=x onerror="window.__xss=1"> is this escaped?')  # stored text must stay text
         prof = sm.artifacts.store_artifact({'rows': 1204, 'columns': 7, 'table': 'orders'}, session_id=ana.session_id, workflow_name='profiling', name='orders_profile')
         top = sm.artifacts.store_artifact(pd.DataFrame({'customer': ['cust_alpha', 'cust_beta'], 'total': [310.5, 122.0]}), session_id=ana.session_id,
                                           workflow_name='sql', name='top_customers', parents=[prof], created_by='run_query')
@@ -94,6 +95,8 @@ def test_dashboard_in_a_browser(seeded, request):
                 table.get_by_text(seeded['ana']).click()
                 expect(page.get_by_text('The orders table has 1204 rows and 7 columns')).to_be_visible(timeout=10_000)
                 expect(page.get_by_text('profile the orders table please')).to_be_visible()
+                expect(page.get_by_text('<img src=x onerror="window.__xss=1"> is this escaped?')).to_be_visible()
+                assert page.evaluate('window.__xss') is None, "a stored message ran as markup in the page"
                 tab(page, 'State').click()
                 expect(page.get_by_text('shop_orders.db')).to_be_visible(timeout=10_000)
                 # artifacts: open the DataFrame, see its rows, its version and its lineage back to the JSON profile
@@ -139,7 +142,8 @@ def test_dashboard_in_a_browser(seeded, request):
                 raise
             finally: browser.close()
     finally: srv.stop()
-    assert not srv.running
+    assert not srv.thread.is_alive()  # the server's thread ended
+    with pytest.raises(OSError): socket.create_connection(('127.0.0.1', srv.port), timeout=2).close()  # and its port no longer answers
 
 
 def test_port_in_use_and_cli(seeded):
