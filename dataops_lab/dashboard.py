@@ -21,7 +21,7 @@ from .store.base import Storage
 from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .display import lineage_svg, pretty_json, esc
+from .display import lineage_svg, pretty_json, esc, too_large
 from .batch import list_batches, batch_runs
 
 # %% auto #0
@@ -127,13 +127,10 @@ def _pre(text:str, limit:int=20_000)->pn.pane.HTML:
 
 def artifact_preview(artifacts:ArtifactStore, # the store holding it
                      artifact:Artifact, # metadata from `get_artifact`/`list_artifacts`
-                     max_bytes:int=5_000_000, # larger content is not loaded
                      rows:int=50 # DataFrame rows shown
                     )->pn.viewable.Viewable:
     "A Panel view of `artifact`'s content: table, JSON, text, image or bytes"
-    if artifact.size > max_bytes:
-        return pn.pane.Markdown(f"*{artifact.size:,} bytes: too large to preview here.* Fetch it with "
-                                f"`ArtifactStore.save_artifact_content({artifact.artifact_id!r}, path)`.")
+    if (note := too_large(artifact)) is not None: return pn.pane.HTML(note)
     v = artifacts.get_artifact_content(artifact.artifact_id)
     if isinstance(v, pd.DataFrame):
         note = pn.pane.Markdown(f"{len(v):,} rows × {v.shape[1]} columns" + (f" · first {rows} shown" if len(v) > rows else ''))

@@ -15,7 +15,8 @@ from .chain import ChainResult
 from .orchestrator import OrchestratorResult
 
 # %% auto #0
-__all__ = ['Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'pretty_json', 'lineage_svg']
+__all__ = ['PREVIEW_MAX_BYTES', 'Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'too_large', 'pretty_json',
+           'lineage_svg']
 
 # %% ../nbs/50_display.ipynb #b2875386
 class Markup(str):
@@ -68,6 +69,13 @@ def card(title:Any, # the bold first line
 def pre(text:Any)->Markup:
     "`text` escaped in a wrapping `<pre>` block"
     return Markup(f'<pre style="white-space:pre-wrap;margin:0">{esc(text)}</pre>')
+
+PREVIEW_MAX_BYTES = 5_000_000  # artifacts larger than this are not loaded for a preview (widgets, dashboard)
+
+def too_large(a:Artifact)->Markup|None:
+    "The note shown instead of a preview when `a` is larger than `PREVIEW_MAX_BYTES`, else None"
+    if (a.size or 0) <= PREVIEW_MAX_BYTES: return None
+    return Markup(f"<p><i>{a.size:,} bytes: too large to preview here.</i> Fetch it with {code(f'ArtifactStore.save_artifact_content({a.artifact_id!r}, path)')}.</p>")
 
 def pretty_json(v:Any, # JSON-able data
                 n:int=20_000 # most characters shown

@@ -281,7 +281,8 @@ def show(self:ArtifactBrowser, artifact_id:str # the artifact to preview
     "Preview `artifact_id` (content, versions, lineage, metadata); what is shown, as `selected`"
     try:
         a = self.sm.artifacts.get_artifact(artifact_id)
-        kind,h = preview_html(self.sm.artifacts.get_artifact_content(a.artifact_id), a.content_type)
+        big = too_large(a)  # a large artifact is not loaded into the notebook just to be previewed
+        kind,h = ('too large', big) if big is not None else preview_html(self.sm.artifacts.get_artifact_content(a.artifact_id), a.content_type)
         versions = self.sm.artifacts.list_versions(a.artifact_id)
         lin = self.sm.artifacts.get_lineage(a.artifact_id, 'both', depth=3)
     except DataOpsError as e:

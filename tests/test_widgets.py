@@ -239,3 +239,14 @@ def test_timeline_snapshot_of_recent_turns_diffs_cleanly_against_now(sm, sid):
         sm.add_message(sid, 'user', 'one more')
         assert tl.compare(snap, 'now')['messages_added'] == [6]
     finally: tl.close()
+
+
+def test_browser_does_not_load_an_artifact_too_large_to_preview(sm, sid):
+    import os
+    from dataops_lab.display import PREVIEW_MAX_BYTES
+    big = sm.artifacts.store_artifact(os.urandom(PREVIEW_MAX_BYTES + 1), sid, 'dump', name='raw_dump')
+    b = ArtifactBrowser(sm, session_id=sid)
+    try:
+        shown = b.show(big)
+        assert shown['preview'] == 'too large' and 'save_artifact_content' in b.preview.value
+    finally: b.close()
