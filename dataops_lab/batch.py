@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 from .core import *
-from .config import Settings
+from .config import Settings, load_settings
 from .models import iso
 from .store.base import *
 from .nbparams import *
 from .runner import *
-from .runner import output_root, resolve_settings, settings_file, check_kernel
+from .runner import output_root, settings_file, check_kernel
 
 # %% auto #0
 __all__ = ['BATCHES_TABLE', 'BATCH_RUNS_TABLE', 'BATCH_TABLES', 'RUN_STATUSES', 'SchedulerUnavailableError', 'expand_runs',
@@ -97,7 +97,6 @@ _STORAGES:dict[str, Storage] = {}
 
 def _worker_storage(settings_path:str)->Storage:
     if settings_path not in _STORAGES:
-        from dataops_lab.config import load_settings
         _STORAGES[settings_path] = Storage(load_settings(settings_path))
     return _STORAGES[settings_path]
 
@@ -199,7 +198,7 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
     path = Path(path).resolve()
     spec = inspect_notebook(path)
     params = _validate_all(spec, expand_runs(grid_or_list))
-    s = resolve_settings(settings)
+    s = load_settings(settings)
     kernel = check_kernel(kernel_name or s.batch.kernel_name)
     retries = s.batch.retries if retries is None else retries
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0: raise InvalidInputError(f"retries must be an int >= 0, got {retries!r}", "e.g. retries=2")

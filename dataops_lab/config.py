@@ -189,10 +189,13 @@ def _describe(err, ini:Path|None, data:dict)->str:
     if err['type'] == 'extra_forbidden': return f"{origin}: unknown setting {'.'.join(loc)!r}; allowed keys are listed in settings.ini's comments"
     return f"{origin} = {shown!r} is not allowed: {err['msg'].removeprefix('Value error, ')}"
 
-def load_settings(path:Path|str|None=None, # a settings.ini (default: found by `find_settings_file`)
+def load_settings(path:Settings|Path|str|None=None, # a settings.ini (default: found by `find_settings_file`); a `Settings` is returned as it is
                   **overrides # per-section overrides, e.g. storage={'hot': 'redis://...'}
                  )->Settings:
     "Settings from `overrides`, `DATAOPS_*` environment variables, the settings file and defaults, validated"
+    if isinstance(path, Settings):  # so every API can take Settings, a path or None and call this once
+        if overrides: raise ConfigError("pass overrides with a settings.ini path, not with a Settings object", "use settings.model_copy(update=...) instead")
+        return path
     ini = Path(path) if path else find_settings_file()
     if ini is not None and not ini.is_file(): raise ConfigError(f"settings file {str(ini)!r} does not exist", "pass the path of an existing settings.ini")
     tok = _ini_path.set(ini)

@@ -167,9 +167,6 @@ def batch_charts(rows:list[dict], # `list_batches(...).items` or `batch_runs(...
     return pn.Row(pn.pane.Bokeh(f1), pn.pane.Bokeh(f2))
 
 # %% ../nbs/52_dashboard.ipynb #b7720f70
-def _settings(settings:Settings|str|Path|None)->Settings:
-    return settings if isinstance(settings, Settings) else load_settings(settings)
-
 def _fmt(t)->str: return '' if t is None or (isinstance(t, float) and math.isnan(t)) or t is pd.NaT else pd.Timestamp(t).strftime('%Y-%m-%d %H:%M:%S')
 
 def _table(df:pd.DataFrame, **kw)->pn.widgets.Tabulator:
@@ -182,7 +179,7 @@ class Dashboard:
     def __init__(self, settings:Settings|str|Path|None=None, # Settings or a settings.ini (default: `load_settings()`)
                  *, storage:Storage|None=None, # an open Storage to share (default: `Storage(settings)`, closed by `close`)
                  index:SessionIndex|None=None): # a SessionIndex to share between viewers (default: built now)
-        self.settings = storage.settings if storage is not None and settings is None else _settings(settings)
+        self.settings = storage.settings if storage is not None and settings is None else load_settings(settings)
         self._own = storage is None
         self.storage = storage or Storage(self.settings)
         self.sessions = SessionManager(self.storage)
@@ -462,7 +459,7 @@ def serve_dashboard(settings:Settings|str|Path|None=None, # Settings or a settin
     from tornado.ioloop import IOLoop
     import asyncio
     from panel.io.server import get_server
-    s = _settings(settings)
+    s = load_settings(settings)
     host = host or s.dashboard.host
     port = s.dashboard.port if port is None else port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535: raise InvalidInputError(f"port must be an int from 0 to 65535, got {port!r}", "pass --port 5006, or 0 for a free port")

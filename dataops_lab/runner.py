@@ -20,8 +20,8 @@ from .nbparams import *
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError', 'KernelStartError',
-           'RunResult', 'resolve_settings', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root',
-           'run_notebook', 'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path']
+           'RunResult', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root', 'run_notebook',
+           'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path']
 
 # %% ../nbs/41_runner.ipynb #3171e0d3
 _log = logging.getLogger('dataops_lab.runner')
@@ -142,12 +142,6 @@ class RunResult:
                 f"{'<table><tr><th>record</th><th>type</th><th>value</th></tr>'+recs+'</table>' if recs else ''}</div>")
 
 # %% ../nbs/41_runner.ipynb #8726afb2
-def resolve_settings(settings:Settings|str|Path|None=None # Settings, a settings.ini path, or None (`load_settings()`)
-                    )->Settings:
-    "`settings` as a `Settings`"
-    if isinstance(settings, Settings): return settings
-    return load_settings(settings)
-
 def settings_file(settings:Settings, folder:Path)->Path:
     "A settings.ini the notebook can load to reach the same storage as `settings`"
     if settings.source is not None: return Path(settings.source).resolve()
@@ -232,7 +226,7 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
     path = Path(path)
     spec = inspect_notebook(path)
     params = validate_parameters(spec, parameters)
-    settings = resolve_settings(settings)
+    settings = load_settings(settings)
     kernel = check_kernel(kernel_name or settings.batch.kernel_name)
     run_id = run_id or new_id('run')
     check_key(run_id, 'run_id')
@@ -315,7 +309,7 @@ def open_run(session_id:str|None=None, # `dataops_session_id` as injected by the
              user_id:str='notebook' # owner of a new session
             )->NotebookRun:
     "The storage and session a notebook should use, whether run by `run_notebook`, plain papermill or by hand"
-    s = resolve_settings(settings)
+    s = load_settings(settings)
     sm = SessionManager(Storage(s))
     sid = sm.get_session(session_id).session_id if session_id else sm.create_session(user_id, metadata={'started_by': 'notebook'}).session_id
     return NotebookRun(s, sm, sid)
