@@ -21,7 +21,7 @@ from .store.base import Storage
 from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .display import lineage_svg, pretty_json, esc, too_large
+from .display import lineage_svg, pretty_json, esc, too_large, pre, short
 from .batch import list_batches, batch_runs
 
 # %% auto #0
@@ -122,8 +122,8 @@ class SessionIndex:
 _IMAGES = ('image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/svg+xml')
 
 def _pre(text:str, limit:int=20_000)->pn.pane.HTML:
-    more = f"\n… ({len(text)-limit:,} more characters)" if len(text) > limit else ''
-    return pn.pane.HTML(f'<pre class="preview" style="white-space:pre-wrap;max-height:420px;overflow:auto">{html.escape(text[:limit]+more)}</pre>', sizing_mode='stretch_width')
+    "`text`, escaped and cut to `limit` characters by `display`, in a scrolling box"
+    return pn.pane.HTML(f'<div class="preview" style="max-height:420px;overflow:auto">{pre(short(text, limit))}</div>', sizing_mode='stretch_width')
 
 def artifact_preview(artifacts:ArtifactStore, # the store holding it
                      artifact:Artifact, # metadata from `get_artifact`/`list_artifacts`
