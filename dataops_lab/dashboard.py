@@ -442,7 +442,7 @@ class DashboardServer:
                 if v[0] is srv: pn.state._servers.pop(k, None)
             getattr(pn.state, '_server_config', {}).pop(getattr(srv, '_tornado', None), None)
             self.server = None
-            self.storage.close()
+        self.storage.close()  # also when the server never started (the start timed out)
     @property
     def running(self)->bool: return self.server is not None and (self.thread is None or self.thread.is_alive())
     def __enter__(self): return self
