@@ -10,6 +10,7 @@ import asyncio, base64, copy, hashlib, itertools, json, re, threading, warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Iterable, Literal, get_args, get_origin
 from urllib.parse import quote
 import zstandard
@@ -91,7 +92,7 @@ class GraphShape:
         g = graph.get_graph()
         return cls(tuple(sorted(g.nodes)), tuple(sorted({(e.source, e.target, bool(e.conditional)) for e in g.edges})),
                    tuple(sorted((k, _channel_kind(c)) for k,c in graph.channels.items())))
-    @property
+    @cached_property  # a frozen shape: hashed once, not on every checkpoint
     def fingerprint(self)->str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(',', ':')).encode()).hexdigest()[:16]
     def to_dict(self)->dict: return {'nodes': list(self.nodes), 'edges': [list(e) for e in self.edges], 'channels': [list(c) for c in self.channels]}
