@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 
 # %% ../nbs/21_artifacts.ipynb #fb34f3f5
 from __future__ import annotations
-import datetime as dt, hashlib, math, os, re, secrets
+import base64, datetime as dt, hashlib, math, os, re, secrets
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,8 @@ from .artifact_content import *
 
 # %% auto #0
 __all__ = ['ARTIFACT_VERSIONS_TABLE', 'ARTIFACT_BLOBS_TABLE', 'ARTIFACT_LINKS_TABLE', 'ARTIFACT_SHARES_TABLE', 'ARTIFACT_TABLES',
-           'DEFAULT_TTL_POLICIES', 'ArtifactStore', 'check_name', 'check_id', 'name_key', 'ArtifactList', 'Lineage',
-           'LineageError']
+           'INLINE_MAX', 'DEFAULT_TTL_POLICIES', 'ArtifactStore', 'check_name', 'check_id', 'name_key', 'ArtifactList',
+           'Lineage', 'LineageError']
 
 # %% ../nbs/21_artifacts.ipynb #74bbffd4
 ARTIFACT_VERSIONS_TABLE = TableSpec('dataops_artifact_versions', 'name_key', 'version', indexes=(
@@ -32,6 +32,7 @@ ARTIFACT_LINKS_TABLE = TableSpec('dataops_artifact_links', 'parent_id', 'child_i
 ARTIFACT_SHARES_TABLE = TableSpec('dataops_artifact_shares', 'session_id', 'artifact_id', indexes=(IndexSpec('artifact_id-session_id', 'artifact_id', 'session_id'),), ttl_attribute=None)
 ARTIFACT_TABLES = register_tables(ARTIFACTS_TABLE, ARTIFACT_VERSIONS_TABLE, ARTIFACT_BLOBS_TABLE, ARTIFACT_LINKS_TABLE, ARTIFACT_SHARES_TABLE)
 
+INLINE_MAX = 64*1024  # the largest inline_threshold: an item holds the content twice (versions entry and artifact), base64, under DynamoDB's 400 KB
 DEFAULT_TTL_POLICIES = {ArtifactType.DEBUG: 86400.0, ArtifactType.INTERMEDIATE: 7*86400.0, ArtifactType.RESULT: None, ArtifactType.CONTEXT: None}
 
 # %% ../nbs/21_artifacts.ipynb #c541218a
@@ -102,11 +103,13 @@ class ArtifactStore:
     "Typed, versioned, content-addressed workflow outputs with lineage, sharing and TTL, on any `Storage`"
     def __init__(self, storage:Storage|None=None, # default: `Storage()` from settings (embedded: SQLite + local files)
                  *, ttl_policies:dict|None=None, # {ArtifactType: seconds or None}, over DEFAULT_TTL_POLICIES
-                 compress_threshold:int=1024): # zstd-compress content of at least this many bytes, when it pays
-        if isinstance(compress_threshold, bool) or not isinstance(compress_threshold, int) or compress_threshold < 0:
-            raise ConfigError(f"compress_threshold must be an int >= 0, got {compress_threshold!r}", "e.g. 1024")
+                 compress_threshold:int=1024, # zstd-compress content of at least this many bytes, when it pays
+                 inline_threshold:int=2048): # keep content of at most this many bytes in the metadata item (0: every content in the blob store)
+        for what,v,top in (('compress_threshold', compress_threshold, None), ('inline_threshold', inline_threshold, INLINE_MAX)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (top is not None and v > top):
+                raise ConfigError(f"{what} must be an int from 0{f' to {top:,}' if top else ''}, got {v!r}", f"e.g. {what}=1024")
         pol = {_enum(ArtifactType, k, 'ttl_policies key'): _ttl(v, f"ttl_policies[{k!r}]") for k,v in (ttl_policies or {}).items()}
-        self.ttl_policies,self.compress_threshold = {**DEFAULT_TTL_POLICIES, **pol},compress_threshold
+        self.ttl_policies,self.compress_threshold,self.inline_threshold = {**DEFAULT_TTL_POLICIES, **pol},compress_threshold,inline_threshold
         self._own,self.storage = storage is None,(storage if storage is not None else Storage())
         self.blob = self.storage.blob
         self.items,self.versions,self.blobs,self.links,self.shares = (self.storage.table(s) for s in ARTIFACT_TABLES)
@@ -152,10 +155,11 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
     enc = encode_content(content, content_type)
     try:
         art.content_type,art.encoding,art.size,art.content_hash = enc.content_type,enc.encoding,enc.size,enc.sha256
-        ref = self._acquire(enc)
+        ref = {'blob_key': '', 'stored_size': enc.size} if self._inlined(enc) else self._acquire(enc)
     finally: enc.close()
     art.blob_key,art.stored_size,art.compression = ref['blob_key'],ref['stored_size'],ref.get('compression')
     item = art.to_item()
+    if not art.blob_key: item['inline'] = base64.b64encode(enc.data).decode('ascii')
     item['name_key'] = name_key(art.scope, art.session_id, art.user_id, art.name)
     if art.scope is not Scope.SESSION: item['visibility'] = 'global' if art.scope is Scope.GLOBAL else f"user#{art.user_id}"
     led = None
@@ -168,9 +172,14 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
                 self.items.delete(item['artifact_id'])  # a concurrent read may have completed it from the version entry
                 for p in item['parents']: self.links.delete((p, item['artifact_id']))
                 self.versions.delete((led['name_key'], led['version']))
-            self._release(art.content_hash)
+            if art.blob_key: self._release(art.content_hash)
         raise
     return art.artifact_id
+
+@patch
+def _inlined(self:ArtifactStore, enc:Encoded)->bool:
+    "Whether `enc` is kept in the metadata item: in-memory content of at most `inline_threshold` bytes"
+    return enc.data is not None and enc.size <= self.inline_threshold
 
 @patch
 def _new_artifact(self:ArtifactStore, session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)->Artifact:
@@ -285,7 +294,7 @@ def get_artifact_content(self:ArtifactStore, artifact_id:str,
                         )->Any:
     "The content of `artifact_id` as it was stored (files come back as bytes)"
     it = self._resolve(artifact_id, version)
-    data = read_bytes(self.blob, it['blob_key'], it.get('compression'), it.get('size'))
+    data = base64.b64decode(it['inline']) if 'inline' in it else read_bytes(self.blob, it['blob_key'], it.get('compression'), it.get('size'))
     self._touch(it['artifact_id'])
     return decode_content(data, it.get('encoding', 'bytes'))
 
@@ -365,7 +374,13 @@ def open_artifact_content(self:ArtifactStore, artifact_id:str, version:int|None=
     "The stored (serialised) bytes of `artifact_id`, uncompressed, as an iterator of chunks"
     it = self._resolve(artifact_id, version)
     self._touch(it['artifact_id'])
-    return read_chunks(self.blob, it['blob_key'], it.get('compression'), chunk_size)
+    return _chunks_of(it, self.blob, chunk_size)
+
+def _chunks_of(it:dict, blob:BlobStore, chunk_size:int=CHUNK)->Iterator[bytes]:
+    "The content of stored item `it` as chunks: from the item when inline, else streamed from the blob store"
+    if 'inline' not in it: return read_chunks(blob, it['blob_key'], it.get('compression'), chunk_size)
+    data = base64.b64decode(it['inline'])
+    return iter([data[i:i+chunk_size] for i in range(0, len(data), chunk_size)])
 
 @patch
 def save_artifact_content(self:ArtifactStore, artifact_id:str,
@@ -376,7 +391,7 @@ def save_artifact_content(self:ArtifactStore, artifact_id:str,
     part,h = p.with_name(f".{p.name}.{secrets.token_hex(4)}.part"),hashlib.sha256()
     try:
         with open(part, 'wb') as f:
-            for ch in read_chunks(self.blob, it['blob_key'], it.get('compression')): h.update(ch); f.write(ch)
+            for ch in _chunks_of(it, self.blob): h.update(ch); f.write(ch)
         if h.hexdigest() != it['content_hash']:
             raise StorageError(f"the content of artifact {it['artifact_id']!r} does not match its sha256 (blob {it['blob_key']!r})", "the blob was changed outside dataops-lab; restore it or store the artifact again")
         os.replace(part, p)
@@ -483,7 +498,7 @@ def _drop(self:ArtifactStore, led:dict, purge:bool)->bool:
     for e in list(self.links.query_all(aid)): self.links.delete((aid, e['child_id']))
     for e in list(self.links.query_all(aid, index='child_id-parent_id')): self.links.delete((e['parent_id'], aid))
     for s in list(self.shares.query_all(aid, index='artifact_id-session_id')): self.shares.delete((s['session_id'], aid))
-    if claimed: self._release(led['content_hash'])
+    if claimed and led.get('blob_key'): self._release(led['content_hash'])  # inline content went with the items
     if purge: self.versions.delete(key)
     return claimed
 

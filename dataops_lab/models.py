@@ -132,7 +132,7 @@ class Artifact(Record):
     stored_size: int = 0
     compression: str|None = None
     content_hash: str = ''
-    blob_key: str = ''
+    blob_key: str = ''  # empty when the content is inline in the stored item
     parents: list[str] = Field(default_factory=list)
     scope: Scope = Scope.SESSION
     shared_with: list[str] = Field(default_factory=list)
