@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/chain.html.md"""
 # %% ../nbs/39_chain.ipynb #009746a8
 from __future__ import annotations
 import operator, time, traceback, uuid
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Iterator, TypedDict
@@ -77,20 +78,27 @@ class ChainResult(BaseModel):
     failed_step: str|None = None
     error: str|None = None
     final: Any = None
+    durability: str|None = None  # when this run wrote checkpoints: 'sync', 'async' or 'exit' ('auto' picks per run)
     def _repr_markdown_(self):
         rows = '\n'.join(f"| `{s}` | {'✅' if s in self.outputs else '❌' if s == self.failed_step else '—'} | {self.timings.get(s, 0)*1000:.1f} ms | `{self.artifacts.get(s, '')}` |"
                          for s in list(self.timings) + ([self.failed_step] if self.failed_step and self.failed_step not in self.timings else []))
         err = f"\n\n**failed at `{self.failed_step}`**: {self.error} — resume with `run_id={self.run_id!r}, resume=True`" if self.status == 'failed' else ''
         return f"**{self.chain}** run `{self.run_id}`: *{self.status}*\n\n| step | ok | time | artifact |\n|---|---|---|---|\n{rows}{err}"
 
+_DURABILITIES = ('auto', 'sync', 'async', 'exit')
+
 class WorkflowChain:
     "Workflows composed into one checkpointed LangGraph graph"
     def __init__(self, name:str, registry:WorkflowRegistry|None=None, session_manager:SessionManager|None=None,
                  artifact_store:ArtifactStore|None=None, checkpointer=None,
-                 durability:str='sync' # LangGraph durability: 'sync'/'async' checkpoint every step; 'exit' once when a run ends
+                 durability:str='auto', # 'sync'/'async': checkpoint every step; 'exit': once when a run ends; 'auto': 'exit' while recent runs are quick
+                 sync_after:float=0.1 # 'auto': seconds a recent run may take for the next run to use 'exit'
                 ):
-        if durability not in ('sync', 'async', 'exit'): raise InvalidInputError(f"durability={durability!r} is not allowed", "use 'sync' (default), 'async' or 'exit'")
-        self.name,self.registry,self.durability = name,registry or WorkflowRegistry(),durability
+        if durability not in _DURABILITIES: raise InvalidInputError(f"durability={durability!r} is not allowed", f"use one of {list(_DURABILITIES)} ('auto' is the default)")
+        if isinstance(sync_after, bool) or not isinstance(sync_after, (int, float)) or not sync_after >= 0:
+            raise InvalidInputError(f"sync_after must be seconds >= 0, got {sync_after!r}", "e.g. sync_after=0.1 (0: every 'auto' run checkpoints each step)")
+        self.name,self.registry,self.durability,self.sync_after = name,registry or WorkflowRegistry(),durability,float(sync_after)
+        self._recent = deque(maxlen=10)  # wall seconds of this chain's latest runs in this process, for 'auto'
         self._sm,self._arts = session_manager,artifact_store
         self._checkpointer = checkpointer
         self.steps:dict[str, Step] = {}
@@ -225,6 +233,13 @@ def compile(self:WorkflowChain):
 
 # %% ../nbs/39_chain.ipynb #794c85b4
 @patch
+def run_durability(self:WorkflowChain, resume:bool=False)->str:
+    "The durability the next run (a resume if `resume`) uses: `durability`, or for 'auto', 'exit' while recent runs were quick"
+    if self.durability != 'auto': return self.durability
+    recent = list(self._recent)
+    return 'exit' if not resume and len(recent) >= 3 and max(recent) < self.sync_after else 'sync'
+
+@patch
 def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|None=None, resume:bool=False, _events:bool=True)->Iterator[Event]:
     "Run (or resume) the chain in `session_id`, yielding typed events; the last is 'result' or 'error'"
     self.sessions.get_session(session_id)
@@ -234,9 +249,9 @@ def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|
     g = self.compile()
     if resume and not g.get_state(cfg).next: raise InvalidInputError(f"run {run_id!r} of chain {self.name!r} has nothing to resume", "it finished, or never started in this chain")
     E = lambda t, **kw: Event(type=t, session_id=session_id, workflow=self.name, **kw)
-    state,failed,err = {},None,None
+    state,failed,err,dur,t0 = {},None,None,self.run_durability(resume),time.perf_counter()
     try:
-        for mode,chunk in g.stream(None if resume else {'input': dict(input or {})}, cfg, stream_mode=['custom', 'values'] if _events else ['values'], durability=self.durability):
+        for mode,chunk in g.stream(None if resume else {'input': dict(input or {})}, cfg, stream_mode=['custom', 'values'] if _events else ['values'], durability=dur):
             if mode == 'values': state = chunk
             elif chunk.get('event') == 'step_started': yield E('step_started', node=chunk['step'])
             elif chunk.get('event') == 'retry': yield E('retry', node=chunk['step'], data=chunk)
@@ -253,7 +268,8 @@ def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|
                                             session_id=session_id, workflow_name=self.name, name=f"{self.name}.{failed}.error", artifact_type=ArtifactType.DEBUG,
                                             parents=list((state.get('artifacts') or {}).values()), created_by=failed, metadata={'run_id': run_id})
         yield E('artifact_stored', node=failed, data={'artifact_id': aid, 'type': 'debug'})
-    res = ChainResult(chain=self.name, run_id=run_id, session_id=session_id, status='failed' if failed else 'completed',
+    self._recent.append(time.perf_counter()-t0)
+    res = ChainResult(chain=self.name, run_id=run_id, session_id=session_id, status='failed' if failed else 'completed', durability=dur,
                       outputs=jsonable(state.get('outputs', {})), artifacts=state.get('artifacts', {}), timings=state.get('timings', {}), failed_step=failed, error=err)
     if not failed:
         last = [n for n in topo_order(self.steps) if n in res.outputs and not any(n in s.depends_on for s in self.steps.values())]
