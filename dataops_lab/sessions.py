@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/sessions.html.md"""
 
 # %% ../nbs/23_sessions.ipynb #73358d89
 from __future__ import annotations
-import io, json, logging, random, threading, time, datetime as dt
+import io, json, logging, math, random, threading, time, datetime as dt
 from typing import Any, Callable, Iterable
 import zstandard
 from pydantic import BaseModel, Field
@@ -34,7 +34,7 @@ class SessionPolicy(BaseModel):
     "Timings and limits of the session life-cycle (seconds, characters, tokens)"
     idle_after: float = Field(30*60, gt=0, description="no activity for this long: active → idle")
     expire_after: float = Field(7*24*3600, gt=0, description="no activity for this long: archived (history moved to the blob store)")
-    hot_ttl: float = Field(3600, gt=0, description="how long an unused session stays in the hot cache (slides on access)")
+    hot_ttl: float = Field(3600, gt=0, description="how long an unused session stays in the hot cache (slides on access, reset at most every tenth of it)")
     max_message_chars: int = Field(200_000, gt=0, description="longest message accepted")
     summarise_over_tokens: int = Field(6000, gt=0, description="summarise when un-summarised history passes this many tokens")
     keep_recent: int = Field(10, ge=0, description="newest turns never folded into a summary")
@@ -46,6 +46,7 @@ class HotTier:
     def __init__(self, cache:HotCache, policy:SessionPolicy):
         self.cache,self.policy = cache,policy
         self.down_until,self.failures,self._was_down,self._lock = 0.0,0,False,threading.RLock()
+        self._slid = {}  # session id -> time.monotonic() this process last reset its cache TTL
 
     @property
     def up(self)->bool: return time.monotonic() >= self.down_until
@@ -84,8 +85,16 @@ class HotTier:
     def get_session(self, sid:str)->dict|None:
         raw = self.call(self.cache.get, f"sessions/{sid}")
         if raw is None: return None
-        self.call(self.cache.expire, f"sessions/{sid}", self.policy.hot_ttl)
+        self._slide(sid)
         return json.loads(raw)
+
+    def _slide(self, sid:str)->None:
+        "Reset the cached session's TTL, unless this process did within the last tenth of it (a write per read would double a chat turn's writes)"
+        now = time.monotonic()
+        if now - self._slid.get(sid, -math.inf) < self.policy.hot_ttl/10: return
+        if self.call(self.cache.expire, f"sessions/{sid}", self.policy.hot_ttl):
+            if len(self._slid) >= 10_000: self._slid.clear()
+            self._slid[sid] = now
 
     def put_session(self, item:dict, token:int|None)->None:
         "Cache `item` (read or written after `token()` returned `token`) unless the cache holds the same or a newer version"
@@ -94,10 +103,11 @@ class HotTier:
             if token is None or token != self.failures: return  # the tier failed since: a newer version may have bypassed it
             cur = self.call(self.cache.get, key)
             if cur is not None and json.loads(cur).get('_version', 0) >= item.get('_version', 0): return
-            if self.call(self.cache.compare_and_set, key, cur, new, ttl=self.policy.hot_ttl, default=True): return
+            if self.call(self.cache.compare_and_set, key, cur, new, ttl=self.policy.hot_ttl, default=True):
+                self._slid[item['session_id']] = time.monotonic(); return
 
-    def drop(self, sid:str)->None: self.call(self.cache.delete, f"sessions/{sid}")
-    def forget(self, sid:str)->None: self.call(self.cache.delete, f"sessions/{sid}", f"sessions/{sid}/seq")
+    def drop(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}")
+    def forget(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}", f"sessions/{sid}/seq")
 
 # %% ../nbs/23_sessions.ipynb #fc010970
 _UPDATABLE = {'status', 'metadata', 'global_context', 'active_workflows', 'summary_artifact_id', 'hidden_ranges'}
