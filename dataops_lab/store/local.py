@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/store_local.html.md"""
 
 # %% ../../nbs/11_store_local.ipynb #a5252051
 from __future__ import annotations
-import functools, json, os, re, sqlite3, stat, threading, time, weakref
+import functools, json, os, re, sqlite3, stat, threading, time, urllib.parse, weakref
 from collections import deque
 from typing import Any, BinaryIO, Iterable, Iterator
 from fastcore.basics import patch
@@ -16,7 +16,8 @@ try: import fcntl
 except ImportError: fcntl = None  # Windows: threads are serialised, processes are not
 
 # %% auto #0
-__all__ = ['valid_key', 'FileBlobStore', 'sqlite_path', 'SQLiteBackend', 'SQLiteTable', 'SQLiteCache', 'SQLiteSubscription']
+__all__ = ['WAL_WAKE_EVERY', 'WAL_SAFETY_PAGES', 'valid_key', 'FileBlobStore', 'sqlite_path', 'SQLiteBackend', 'SQLiteTable',
+           'SQLiteCache', 'SQLiteSubscription']
 
 # %% ../../nbs/11_store_local.ipynb #c5a1a6d3
 _DURABILITY = ('off', 'normal', 'full')
@@ -66,6 +67,7 @@ def _after_fork_in_child():
     global _notifiers_lock
     _notifiers.clear(); _notifiers_lock = threading.Lock()  # another thread may have held it at the fork
     _write_locks.clear()  # likewise each database's in-process write lock
+    _WalKeeper._guard = threading.Lock()  # (their threads did not survive the fork; the next write restarts one)
     for o in list(_fork_aware): o._after_fork()
 
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -344,6 +346,53 @@ def _write_lock(path:str)->threading.Lock:
     with _write_locks_guard: return _write_locks.setdefault(path, threading.Lock())
 
 _WRITES = ('INSERT', 'UPDATE', 'DELETE', 'REPLAC', 'BEGIN ')
+WAL_WAKE_EVERY = 200  # write transactions between background checkpoints (about 1000 WAL pages of small items)
+WAL_SAFETY_PAGES = 10_000  # a caller's commit checkpoints itself only if the WAL has grown this long
+
+class _WalKeeper:
+    "Copies a database file's WAL into the database from a daemon thread (a `PASSIVE` checkpoint), so no caller's write pays for it"
+    _all,_guard = {},threading.Lock()  # path -> keeper, for the backends open in this process
+    def __init__(self, path:str):
+        self.path,self.refs,self.writes,self.checkpoints = path,0,0,0
+        self.wake,self.stop,self.thread = threading.Event(),threading.Event(),None
+
+    @classmethod
+    def hold(cls, path:str)->_WalKeeper:
+        "The keeper of `path`, counting one more open backend"
+        with cls._guard:
+            k = cls._all.setdefault(path, None) or cls(path)
+            cls._all[path] = k; k.refs += 1
+            return k
+    def release(self):
+        "One backend on the file was closed; the last one stops the thread"
+        with self._guard:
+            self.refs -= 1
+            if self.refs > 0: return
+            if self._all.get(self.path) is self: del self._all[self.path]
+            self.stop.set(); self.wake.set()
+
+    def wrote(self):
+        "A write transaction of this process committed (called under the file's write lock)"
+        self.writes += 1
+        if self.writes % WAL_WAKE_EVERY: return
+        if self.thread is None or not self.thread.is_alive():  # first use, or the child of a fork (threads do not survive it)
+            if self.stop.is_set(): return
+            self.thread = threading.Thread(target=self._run, name=f"dataops-wal:{os.path.basename(self.path)}", daemon=True)
+            self.thread.start()
+        self.wake.set()
+
+    def _run(self):
+        c = None
+        try:
+            while True:
+                self.wake.wait(); self.wake.clear()
+                if self.stop.is_set(): return
+                if c is None: c = sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=rw", uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+                c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+        except sqlite3.Error: pass  # the file went away or is damaged: callers' own checkpoints and errors take over
+        finally:
+            if c is not None: c.close()
 
 class _Rows:
     "The rows of a finished `... RETURNING` write (its transaction already committed), read like a cursor"
@@ -356,7 +405,7 @@ class _Rows:
 class _Conn(sqlite3.Connection):
     """A `sqlite3.Connection` that can be weakly referenced (so `close()` finds every thread's connection), and that
     queues this process's writers on a lock instead of SQLite's sleeping busy handler"""
-    wlock,timeout,holding = None,30.0,False
+    wlock,timeout,holding,keeper = None,30.0,False,None
     def execute(self, sql:str, params=()):
         if self.holding:  # inside our BEGIN IMMEDIATE ... COMMIT/ROLLBACK
             try: return super().execute(sql, params)
@@ -370,7 +419,11 @@ class _Conn(sqlite3.Connection):
             return _Rows(cur) if 'RETURNING' in sql else cur  # a RETURNING statement commits once its rows are read
         finally:
             if not self.in_transaction: self._release()
-    def _release(self): self.holding = False; self.wlock.release()
+    def _release(self):
+        self.holding = False
+        try:
+            if self.keeper is not None: self.keeper.wrote()
+        finally: self.wlock.release()
     def close(self):
         try: super().close()
         finally:
@@ -406,11 +459,20 @@ class SQLiteBackend:
         "A new connection with our settings"
         try:
             c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False, factory=_Conn, cached_statements=256)
-            c.wlock,c.timeout = _write_lock(self.path),self.timeout
+            c.wlock,c.timeout,c.keeper = _write_lock(self.path),self.timeout,self._wal_keeper()
             c.execute(f"PRAGMA synchronous={_SYNC[self.durability]}")
+            c.execute(f"PRAGMA wal_autocheckpoint={WAL_SAFETY_PAGES}")
         except sqlite3.Error as e: raise self._unavailable(f"cannot open {self.path}: {e}") from None
         self._conns.add(c)
         return c
+
+    def _wal_keeper(self)->_WalKeeper:
+        "The background checkpointer of this file, held until `close()` (or until this backend is garbage-collected)"
+        k = getattr(self, '_keeper', None)
+        if k is None or k.stop.is_set():
+            k = self._keeper = _WalKeeper.hold(self.path)
+            self._keeper_done = weakref.finalize(self, k.release)
+        return k
 
     def _conn(self)->sqlite3.Connection:
         "This thread's connection: its own, else one an ended thread left, else a new one"
@@ -447,6 +509,7 @@ class SQLiteBackend:
         "Close every thread's connection, pooled ones included"
         conns,self._conns,self._local,self._idle = list(self._conns),weakref.WeakSet(),threading.local(),deque()
         for c in conns: c.close()
+        if (done := getattr(self, '_keeper_done', None)) is not None: done()  # runs once
     def _after_fork(self): self._local,self._conns,self._idle = threading.local(),weakref.WeakSet(),deque()
 
     def _unavailable(self, msg:str)->BackendUnavailableError:
