@@ -114,6 +114,7 @@ class ArtifactStore:
         self.blob = self.storage.blob
         self.items,self.versions,self.blobs,self.links,self.shares = (self.storage.table(s) for s in ARTIFACT_TABLES)
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
+        self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
 
     def ensure(self)->ArtifactStore:
         "Create the blob bucket/folder and the artifact tables if missing (explicit provisioning); returns self"
@@ -234,13 +235,19 @@ def _release(self:ArtifactStore, h:str)->bool:
 def _allocate(self:ArtifactStore, item:dict)->dict:
     "Claim the next version of `item`'s scoped name; the stored versions-table entry"
     nk = item['name_key']
+    guess = self._next_version.pop(nk, None)  # the number after the one this store claimed last: free unless another writer took it
     for _ in range(1000):
-        last = self.versions.query(nk, descending=True, limit=1).items
-        item['version'] = last[0]['version']+1 if last else 1
+        if guess is None:
+            last = self.versions.query(nk, descending=True, limit=1).items
+            guess = last[0]['version']+1 if last else 1
+        item['version'] = guess
         led = dict(item)
         if item.get('expires_at') is not None: led['expiring'],led['expiry'] = 'y',math.floor(item['expires_at'])
-        try: return self.versions.put(led, if_absent=True)
-        except ConflictError: continue
+        try: out = self.versions.put(led, if_absent=True)
+        except ConflictError: guess = None; continue
+        if len(self._next_version) >= 10_000: self._next_version.clear()
+        self._next_version[nk] = guess+1
+        return out
     raise ConflictError(f"could not allocate a version of {nk!r} after 1000 attempts", "too many writers store this name at once; retry later")
 
 @patch
@@ -499,7 +506,7 @@ def _drop(self:ArtifactStore, led:dict, purge:bool)->bool:
     for e in list(self.links.query_all(aid, index='child_id-parent_id')): self.links.delete((e['parent_id'], aid))
     for s in list(self.shares.query_all(aid, index='artifact_id-session_id')): self.shares.delete((s['session_id'], aid))
     if claimed and led.get('blob_key'): self._release(led['content_hash'])  # inline content went with the items
-    if purge: self.versions.delete(key)
+    if purge: self.versions.delete(key); self._next_version.pop(key[0], None)
     return claimed
 
 @patch

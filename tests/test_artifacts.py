@@ -199,6 +199,17 @@ WORKER = textwrap.dedent("""
     print(json.dumps(ids))
 """)
 
+def test_remembered_next_version_yields_to_other_writers(storage):
+    "A store tries the version after its last one first; when another store took it, it reads the latest and takes the next"
+    mine, theirs, s = ArtifactStore(storage), ArtifactStore(storage), sid()
+    ids = [mine.store_artifact({'v': 1}, s, 'wf', name='n'), mine.store_artifact({'v': 2}, s, 'wf', name='n')]
+    ids += [theirs.store_artifact({'v': 3}, s, 'wf', name='n'), theirs.store_artifact({'v': 4}, s, 'wf', name='n')]
+    ids += [mine.store_artifact({'v': 5}, s, 'wf', name='n'), theirs.store_artifact({'v': 6}, s, 'wf', name='n')]
+    assert [mine.get_artifact(i).version for i in ids] == [1, 2, 3, 4, 5, 6]
+    assert [mine.get_artifact_content(i) for i in ids] == [{'v': k} for k in range(1, 7)]
+    assert mine.purge_session_artifacts(s) == 6
+    assert mine.get_artifact(mine.store_artifact({'v': 1}, s, 'wf', name='n')).version == 1  # a purge forgets the remembered number
+
 def test_two_processes_get_distinct_gap_free_versions(ini, storage, tmp_path):
     import json
     session, n, go = sid(), 15, tmp_path / 'go'
