@@ -174,8 +174,8 @@ class TailProbe:
         slow = sorted(rows, key=lambda r: -r[0])[:k]
         med = lambda xs: f"{statistics.median(xs):.2f} ms" if xs else '-'
         print(f"   tail of {what}: {len(wal)} of {len(rows)} calls saw a WAL reset of a layer SQLite file "
-              f"({', '.join(f'{n} x{c}' for n, c in per_file.items()) or 'none'}), i.e. SQLite's auto-checkpoint (every 1000 WAL pages, "
-              f"not changed by the layer) copied the WAL into the database and synced it inside that call; {len(gcp)} calls had a GC pause "
+              f"({', '.join(f'{n} x{c}' for n, c in per_file.items()) or 'none'}), i.e. that call's commit started the WAL over after the layer's "
+              f"background checkpoint (one fsync of the WAL header; a caller's own checkpoint only past 20,000 pages); {len(gcp)} calls had a GC pause "
               f"≥ {pause_ms:g} ms (longest {max(r[1] for r in rows):.1f} ms)")
         print(f"     median with a WAL reset {med([r[0] for r in wal])}, with a GC pause {med([r[0] for r in gcp])}, with neither {med(calm)}; "
               f"the slowest 1% ({k} call(s), ≥ {slow[-1][0]:.2f} ms): {sum(1 for r in slow if r[2])} with a WAL reset, "
