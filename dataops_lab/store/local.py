@@ -347,7 +347,7 @@ def _write_lock(path:str)->threading.Lock:
 
 _WRITES = ('INSERT', 'UPDATE', 'DELETE', 'REPLAC', 'BEGIN ')
 WAL_WAKE_EVERY = 1000  # write transactions between background checkpoints (a few thousand WAL pages of small items)
-WAL_SAFETY_PAGES = 20_000  # a caller's commit checkpoints itself only if the WAL has grown this long (80 MB)
+WAL_SAFETY_PAGES = 10_000  # a caller's commit checkpoints itself only if the WAL has grown this long (40 MB)
 
 class _WalKeeper:
     "Copies a database file's WAL into the database from a daemon thread (a `PASSIVE` checkpoint), so no caller's write pays for it"
