@@ -155,10 +155,12 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
     art = self._new_artifact(session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)
     enc = encode_content(content, content_type)
     try:
-        art.content_type,art.encoding,art.size,art.content_hash = enc.content_type,enc.encoding,enc.size,enc.sha256
+        art.content_hash = enc.sha256
         ref = {'blob_key': '', 'stored_size': enc.size} if self._inlined(enc) else self._acquire(enc)
     finally: enc.close()
-    art.blob_key,art.stored_size,art.compression = ref['blob_key'],ref['stored_size'],ref.get('compression')
+    # one copy with every content field (values this store computed), not seven validated assignments
+    art = art.model_copy(update={'content_type': enc.content_type, 'encoding': enc.encoding, 'size': enc.size,
+                                 'blob_key': ref['blob_key'], 'stored_size': ref['stored_size'], 'compression': ref.get('compression')})
     item = art.to_item()
     if not art.blob_key: item['inline'] = base64.b64encode(enc.data).decode('ascii')
     item['name_key'] = name_key(art.scope, art.session_id, art.user_id, art.name)
