@@ -8,6 +8,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 from __future__ import annotations
 import base64, datetime as dt, hashlib, math, os, re, secrets
 from contextlib import suppress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -115,6 +116,7 @@ class ArtifactStore:
         self.items,self.versions,self.blobs,self.links,self.shares = (self.storage.table(s) for s in ARTIFACT_TABLES)
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
         self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
+        self._stored = OrderedDict()  # artifact_id -> expires_at (None: never) of the latest artifacts this store stored
 
     def ensure(self)->ArtifactStore:
         "Create the blob bucket/folder and the artifact tables if missing (explicit provisioning); returns self"
@@ -177,7 +179,15 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
                 self.versions.delete((led['name_key'], led['version']))
             if art.blob_key: self._release(art.content_hash)
         raise
+    self._stored[art.artifact_id] = art.expires_at
+    if len(self._stored) > 1024: self._stored.popitem(last=False)
     return art.artifact_id
+
+@patch
+def _stored_live(self:ArtifactStore, aid:str)->bool:
+    "Whether `aid` is one of the latest artifacts this store stored, not dropped by it and not past its expiry: a parent known to exist without a read"
+    exp = self._stored.get(aid, False)
+    return exp is None or (exp is not False and exp > now_ts())
 
 @patch
 def _inlined(self:ArtifactStore, enc:Encoded)->bool:
@@ -199,7 +209,8 @@ def _new_artifact(self:ArtifactStore, session_id, workflow_name, name, artifact_
         check_json(metadata, 'metadata')
     ttl = self.ttl_policies[atype] if ttl is None else _ttl(ttl)
     pids = list(dict.fromkeys(self._aid(p) for p in ([parents] if isinstance(parents, (str, Artifact, ArtifactRef)) else parents or ())))
-    for p in pids: self._live(p)
+    for p in pids:
+        if not self._stored_live(p): self._live(p)  # raises for an unknown or expired parent
     now = utcnow()
     return Artifact(session_id=sid, user_id=user_id, workflow_name=wf, name=name, artifact_type=atype, created_at=now, created_by=created_by,
                     parents=pids, scope=scope, ttl=ttl, expires_at=now.timestamp()+ttl if ttl else None, metadata=metadata or {})
@@ -503,6 +514,7 @@ def _drop(self:ArtifactStore, led:dict, purge:bool)->bool:
             led = self.versions.get(key)
     if led is None: return False
     aid = led['artifact_id']
+    self._stored.pop(aid, None)
     self.items.delete(aid)
     for e in list(self.links.query_all(aid)): self.links.delete((aid, e['child_id']))
     for e in list(self.links.query_all(aid, index='child_id-parent_id')): self.links.delete((e['parent_id'], aid))
