@@ -360,8 +360,8 @@ class _WalKeeper:
     def hold(cls, path:str)->_WalKeeper:
         "The keeper of `path`, counting one more open backend"
         with cls._guard:
-            k = cls._all.setdefault(path, None) or cls(path)
-            cls._all[path] = k; k.refs += 1
+            if (k := cls._all.get(path)) is None: k = cls._all[path] = cls(path)
+            k.refs += 1
             return k
     def release(self):
         "One backend on the file was closed; the last one stops the thread"
