@@ -164,6 +164,7 @@ class TailProbe:
         if self._cb in gc.callbacks: gc.callbacks.remove(self._cb)
     def report(self, what:str, pause_ms:float=5.0):
         "Where the tail comes from: calls with a WAL reset or a GC pause, next to the rest"
+        from dataops_lab.store.local import WAL_SAFETY_PAGES
         rows = self.rows
         if not rows: return
         wal = [r for r in rows if r[2]]
@@ -175,7 +176,7 @@ class TailProbe:
         med = lambda xs: f"{statistics.median(xs):.2f} ms" if xs else '-'
         print(f"   tail of {what}: {len(wal)} of {len(rows)} calls saw a WAL reset of a layer SQLite file "
               f"({', '.join(f'{n} x{c}' for n, c in per_file.items()) or 'none'}), i.e. that call's commit started the WAL over after the layer's "
-              f"background checkpoint (one fsync of the WAL header; a caller's own checkpoint only past 20,000 pages); {len(gcp)} calls had a GC pause "
+              f"background checkpoint (one fsync of the WAL header; a caller's own checkpoint only past {WAL_SAFETY_PAGES:,} pages); {len(gcp)} calls had a GC pause "
               f"≥ {pause_ms:g} ms (longest {max(r[1] for r in rows):.1f} ms)")
         print(f"     median with a WAL reset {med([r[0] for r in wal])}, with a GC pause {med([r[0] for r in gcp])}, with neither {med(calm)}; "
               f"the slowest 1% ({k} call(s), ≥ {slow[-1][0]:.2f} ms): {sum(1 for r in slow if r[2])} with a WAL reset, "

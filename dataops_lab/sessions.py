@@ -92,9 +92,12 @@ class HotTier:
         "Reset the cached session's TTL, unless this process did within the last tenth of it (a write per read would double a chat turn's writes)"
         now = time.monotonic()
         if now - self._slid.get(sid, -math.inf) < self.policy.hot_ttl/10: return
-        if self.call(self.cache.expire, f"sessions/{sid}", self.policy.hot_ttl):
-            if len(self._slid) >= 10_000: self._slid.clear()
-            self._slid[sid] = now
+        if self.call(self.cache.expire, f"sessions/{sid}", self.policy.hot_ttl): self._slid_now(sid, now)
+
+    def _slid_now(self, sid:str, now:float)->None:
+        "Record that the cached session's TTL was just reset (the record is bounded: dropping it only costs one more reset)"
+        if len(self._slid) >= 10_000: self._slid.clear()
+        self._slid[sid] = now
 
     def put_session(self, item:dict, token:int|None)->None:
         "Cache `item` (read or written after `token()` returned `token`) unless the cache holds the same or a newer version"
@@ -104,7 +107,7 @@ class HotTier:
             cur = self.call(self.cache.get, key)
             if cur is not None and json.loads(cur).get('_version', 0) >= item.get('_version', 0): return
             if self.call(self.cache.compare_and_set, key, cur, new, ttl=self.policy.hot_ttl, default=True):
-                self._slid[item['session_id']] = time.monotonic(); return
+                self._slid_now(item['session_id'], time.monotonic()); return
 
     def drop(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}")
     def forget(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}", f"sessions/{sid}/seq")
