@@ -312,12 +312,23 @@ def show_older(self:Dashboard)->int:
     return len(msgs)
 
 @patch
-def open_session(self:Dashboard, session_id:str)->Session:
+def _turns_from(self:Dashboard, keep_from:int|None)->tuple[list[Message], bool]:
+    "The newest page of turns, reaching back to seq `keep_from` if that is older, and whether older turns exist"
+    msgs,older = self._page_of_turns()
+    if keep_from is not None and older and msgs and keep_from < msgs[0].seq:
+        msgs = self.sessions.get_history(self.session_id, after=keep_from-1, before=msgs[0].seq) + msgs
+        older = bool(self.sessions.get_history(self.session_id, limit=1, before=msgs[0].seq))
+    return msgs,older
+
+@patch
+def open_session(self:Dashboard, session_id:str,
+                 keep_from:int|None=None # also show the turns from this seq on (a refresh keeps what *Show older* opened)
+                )->Session:
     "Show `session_id`'s conversation, state, artifacts and checkpoints"
     s = self.sessions.get_session(session_id)
     self.session_id,self.artifact_id,self._shown = s.session_id,None,(s.last_active, s.message_count, s.status)
     self.header.object = s._repr_html_()
-    msgs,older = self._page_of_turns()
+    msgs,older = self._turns_from(keep_from)
     self._first_seq = msgs[0].seq if msgs else None
     self.conversation.objects = [_message_pane(m) for m in msgs] or [pn.pane.Markdown('*no messages*')]
     self._older_button(older)
@@ -401,7 +412,7 @@ def refresh(self:Dashboard, background:bool=True # rebuild the index in a thread
         if s is None: self.session_id,self.header.object,self.conversation.objects = None,'<i>The session was purged.</i>',[]
         elif (s.last_active, s.message_count, s.status) != self._shown:
             aid = self.artifact_id
-            self.open_session(s.session_id)
+            self.open_session(s.session_id, keep_from=self._first_seq)  # the older turns the reader opened stay open
             if aid is not None:
                 try: self.open_artifact(aid)
                 except NotFoundError: pass
