@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 
 # %% ../nbs/21_artifacts.ipynb #fb34f3f5
 from __future__ import annotations
-import base64, datetime as dt, hashlib, math, os, re, secrets
+import base64, datetime as dt, hashlib, heapq, math, os, re, secrets
 from contextlib import suppress
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -378,12 +378,13 @@ def search(self:ArtifactStore, workflow_name:str|None=None, name:str|None=None, 
     n,keep = _limit(limit),self._matcher(artifact_type, workflow_name, name, metadata, check_id(user_id, 'user_id') if user_id is not None else None)
     if workflow_name is not None: found = _take(self.items.query_all(workflow_name, index='workflow_name-created_at', descending=True, limit=min(n, 100)), keep, n)
     else:
-        found,cursor = [],None
-        while True:
-            page = self.items.scan(limit=1000, cursor=cursor)
-            found += [it for it in page.items if keep(it)]
-            if not (cursor := page.cursor): break
-        found = sorted(found, key=lambda it: (it['created_at'], it['artifact_id']), reverse=True)[:n]
+        def scanned():
+            cursor = None
+            while True:
+                page = self.items.scan(limit=1000, cursor=cursor)
+                yield from filter(keep, page.items)
+                if not (cursor := page.cursor): return
+        found = heapq.nlargest(n, scanned(), key=lambda it: (it['created_at'], it['artifact_id']))  # memory: `limit` items and one page
     return ArtifactList(Artifact.from_item(it) for it in found)
 
 # %% ../nbs/21_artifacts.ipynb #6f876011

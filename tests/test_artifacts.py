@@ -330,7 +330,7 @@ def test_listing_search_and_sharing(store):
     assert ids(store.list_artifacts(s1, since=t1)) == [c] and ids(store.list_artifacts(s1, until=t1)) == [b, a]
     assert ids(store.list_artifacts(s1, since=t0, until=t1, artifact_type='result')) == [a]
     assert ids(store.search(workflow_name='profile')) == [d, b, a]
-    assert ids(store.search(name='orders_profile')) == [d, a]
+    assert ids(store.search(name='orders_profile')) == [d, a] and ids(store.search(name='orders_profile', limit=1)) == [d]
     assert ids(store.search(metadata={'table': 'orders'})) == [b, a]
     assert ids(store.search(workflow_name='profile', metadata={'table': 'customers'})) == [d]
     assert ids(store.search(user_id='user_1')) == [a] and ids(store.search(artifact_type='debug', limit=5)) == [b]
