@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/widgets.html.md"""
 
 # %% ../nbs/51_widgets.ipynb #e4a89f14
 from __future__ import annotations
-import base64, json, threading, time
+import base64, functools, json, threading, time
 from pathlib import Path
 from typing import Any, Iterable
 import ipywidgets as W
@@ -27,6 +27,17 @@ __all__ = ['SessionInspector', 'artifact_rows', 'json_tree', 'preview_html', 'Ar
 class _View:
     "What every view shares: its managers, its root widget, display and close"
     widget: W.Widget
+    def __init_subclass__(cls, **kw):
+        "A view whose constructor fails, at any point, closes the storage it opened before the error reaches the caller"
+        super().__init_subclass__(**kw)
+        if (init := cls.__dict__.get('__init__')) is None: return
+        @functools.wraps(init)  # the signature and docs stay the constructor's own
+        def __init__(self, *args, **kws):
+            try: init(self, *args, **kws)
+            except BaseException:
+                self._release(); raise
+        cls.__init__ = __init__
+
     def _open(self, settings):
         if isinstance(settings, SessionManager): self.sm,self._own = settings,False
         elif settings is None or isinstance(settings, Settings): self.sm,self._own = SessionManager(settings),True
@@ -34,11 +45,6 @@ class _View:
         else: raise InvalidInputError(f"settings must be a Settings, a SessionManager, a settings.ini path or None, got {type(settings).__name__}",
                                       "pass e.g. load_settings('settings.ini'), or None to use the settings.ini found from here")
         self.ctx = ContextManager(self.sm)
-
-    def _session(self, session_id:str)->Session:
-        try: return self.sm.get_session(session_id)
-        except DataOpsError:
-            self._release(); raise
 
     def _release(self):
         if getattr(self, '_own', False): self.sm.close(); self._own = False
@@ -59,6 +65,11 @@ class _View:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+def _count(v, what:str, example:str)->int:
+    "`v`, if it is a positive int; else an `InvalidInputError` naming it"
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InvalidInputError(f"{what} must be a positive int, got {v!r}", f"pass e.g. {example}")
+    return v
+
 def _tab(pairs:dict)->W.Tab: return W.Tab(children=list(pairs.values()), titles=tuple(pairs))
 def _sections(pairs:dict)->Markup:
     "Static copies of tabs: one open `<details>` per title"
@@ -73,8 +84,9 @@ class SessionInspector(_View):
                  history:int=200): # newest turns shown
         if poll is not None and (isinstance(poll, bool) or not isinstance(poll, (int, float)) or poll < 0):
             raise InvalidInputError(f"poll must be a number of seconds >= 0 or None, got {poll!r}", "e.g. poll=1.0, or poll=0 to refresh by hand")
+        _count(history, 'history', 'history=200 (the newest turns shown)')
         self._open(settings)
-        self.session_id,self.poll,self.history = self._session(session_id).session_id,poll,history
+        self.session_id,self.poll,self.history = self.sm.get_session(session_id).session_id,poll,history
         self.data,self.refreshes,self.error,self._msgs,self._history_key = {},0,None,[],None
         self._lock,self._stop,self._thread = threading.RLock(),threading.Event(),None
         self.header,self.footer = W.HTML(),W.HTML()
@@ -224,12 +236,13 @@ class ArtifactBrowser(_View):
                  workflow:str|None=None, # only artifacts of this workflow
                  artifact_type:ArtifactType|str|None=None, # only this type: result, intermediate, debug or context
                  limit:int|None=None): # most artifacts listed (default: [dashboard] page_size)
+        if limit is not None: _count(limit, 'limit', 'limit=50, or None for [dashboard] page_size')
         atype = None
         if artifact_type is not None:
             try: atype = ArtifactType(artifact_type.value if isinstance(artifact_type, ArtifactType) else artifact_type)
             except ValueError: raise InvalidInputError(f"artifact_type {artifact_type!r} is not known", f"use one of {[t.value for t in ArtifactType]}") from None
         self._open(settings)
-        if session_id: self._session(session_id)
+        if session_id: self.sm.get_session(session_id)
         self.limit = limit or self.sm.storage.settings.dashboard.page_size
         self.rows,self.selected,self.message = [],{},''
         self.session_box = W.Text(value=session_id or '', description='session', placeholder='any session', continuous_update=False)
@@ -323,7 +336,7 @@ class CheckpointTimeline(_View):
     def __init__(self, session_id:str, # the session
                  settings:Settings|SessionManager|str|None=None): # Settings, a SessionManager to share, a settings.ini path, or None
         self._open(settings)
-        self.session_id = self._session(session_id).session_id
+        self.session_id = self.sm.get_session(session_id).session_id
         self.records,self.rows,self.diff = [],[],{}
         self.status = {'pending': None, 'target': None, 'message': '', 'done': [], 'forked_session': None}
         self.table,self.diff_view,self.note = W.HTML(),W.HTML(),W.HTML()

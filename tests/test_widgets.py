@@ -65,6 +65,27 @@ def test_inspector_refuses_unknown_session_and_bad_poll(sm, sid):
     insp.close()
 
 
+def test_a_view_that_fails_to_build_closes_the_storage_it_opened(tmp_path, sm, sid):
+    "Each view opens its own storage from a settings path; a constructor that fails leaves no database connection open"
+    from dataops_lab.store.local import _WalKeeper
+    ini = tmp_path/'settings.ini'
+    open_here = lambda: sorted(p for p in _WalKeeper._all if p.startswith(str(tmp_path)))
+    assert open_here()  # the fixture's manager holds the folder's databases: the probe sees an open backend
+    with pytest.raises(InvalidInputError, match="history must be a positive int, got -3"): SessionInspector(sid, sm, history=-3)
+    with pytest.raises(InvalidInputError, match="limit must be a positive int, got '10'"): ArtifactBrowser(sm, limit='10')
+    sm.close()
+    assert open_here() == []
+    for build in (lambda: SessionInspector('sess_missing', ini, poll=0), lambda: ArtifactBrowser(ini, session_id='sess_missing'),
+                  lambda: CheckpointTimeline('sess_missing', ini)):
+        with pytest.raises(NotFoundError, match='sess_missing') as err: build()
+        # closed before the error reached us, though its traceback (as Jupyter keeps the last one) still holds the half-built view
+        assert err.tb is not None and open_here() == []
+    insp = SessionInspector(sid, ini, poll=0)  # the same path builds fine, and holds the files until closed
+    assert open_here() and insp.data['messages'][0]['content'] == 'Profile the orders table'
+    insp.close()
+    assert open_here() == []
+
+
 def test_inspector_follows_a_chain_run_in_the_background(sm, sid):
     reg = WorkflowRegistry()
     gate = threading.Event()
