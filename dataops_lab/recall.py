@@ -56,7 +56,7 @@ def rank_messages(messages:list[Message], # candidate turns, oldest first
     corpus = terms_of([m.content for m in messages])
     if not any(corpus): return []
     r = bm25s.BM25()
-    r.index(bm25s.tokenize([m.content for m in messages], stopwords='en', stemmer=_stem, show_progress=False), show_progress=False)
+    r.index(corpus, show_progress=False)  # the terms above, not a second tokenizer pass
     known = [t for t in qt if t in r.vocab_dict]
     scores = r.get_scores(known) if known else [0.0]*len(messages)
     newest = newest_seq if newest_seq is not None else messages[-1].seq
