@@ -2,7 +2,7 @@ import os, sys, uuid
 from pathlib import Path
 import pytest
 sys.path.insert(0, str(Path(__file__).parent))
-from servers import RedisServer, MotoServer
+from servers import RedisServer, MotoServer, PostgresServer
 
 # boto3 must never reach a real AWS account from the tests: fixed fake credentials, no config files.
 os.environ.update(AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing', AWS_DEFAULT_REGION='us-east-1',
@@ -14,6 +14,14 @@ def redis_server():
     srv = RedisServer().start()
     yield srv
     srv.stop()
+
+@pytest.fixture(scope='session')
+def postgres_server():
+    """A private PostgreSQL server (initdb in a temp folder) on a free loopback port; fails loudly if PostgreSQL is missing.
+    It skips fsync: the tests check our behaviour, not the disk's, and the machine is shared"""
+    srv = PostgresServer(settings={'fsync': 'off', 'synchronous_commit': 'off', 'full_page_writes': 'off'}).start()
+    yield srv
+    srv.cleanup()
 
 @pytest.fixture(scope='session')
 def moto_server():

@@ -1,6 +1,6 @@
-"""Real servers for the test suite: a redis-server and an S3/DynamoDB-compatible HTTP server (moto),
-each started on a free loopback port. A server that cannot be started fails the test run loudly."""
-import os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+"""Real servers for the test suite: a redis-server, a PostgreSQL server and an S3/DynamoDB-compatible HTTP server
+(moto), each started on a free loopback port. A server that cannot be started fails the test run loudly."""
+import glob, os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from urllib.parse import quote
 from pathlib import Path
 
@@ -45,6 +45,66 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate(); self.proc.wait(10)
         self.proc = None
+
+def postgres_bin(name: str) -> str | None:
+    "The newest installed PostgreSQL server program `name` (Debian keeps them in /usr/lib/postgresql/<version>/bin)"
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split('/')[4]) if p.split('/')[4].isdigit() else 0)
+    return found[-1] if found else shutil.which(name)
+
+class PostgresServer:
+    """A private PostgreSQL server in a temporary folder, on a free loopback port, with a password (put in `url`).
+    PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user (Debian's package creates it), else
+    as `nobody`. `settings`: extra server settings, e.g. `{'fsync': 'off'}` (default: PostgreSQL's, fsync on)."""
+    def __init__(self, settings: dict | None = None, password: str | None = None):
+        self.initdb, self.postgres = postgres_bin('initdb'), postgres_bin('postgres')
+        if not (self.initdb and self.postgres):
+            raise RuntimeError("PostgreSQL is not installed: run the README's test command (`./run test`), "
+                               "which installs it, or `apt-get install postgresql`")
+        self.settings, self.password = dict(settings or {}), password or secrets.token_urlsafe(12)
+        self.port, self.proc, self.user = free_port(), None, 'dataops'
+        self.dir = tempfile.mkdtemp(prefix='dataops-postgres-')
+        self.data = os.path.join(self.dir, 'data')
+        self.url = f"postgresql://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/postgres"
+        self._as = {}
+        if os.geteuid() == 0:
+            import pwd
+            try: pw = pwd.getpwnam('postgres')
+            except KeyError: pw = pwd.getpwnam('nobody')
+            self._as = {'user': pw.pw_uid, 'group': pw.pw_gid, 'extra_groups': []}
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.log_path = os.path.join(self.dir, 'postgres.log')
+    def _init(self):
+        pwfile = os.path.join(self.dir, 'pwfile')
+        with open(pwfile, 'w') as f: f.write(self.password)
+        if self._as: os.chown(pwfile, self._as['user'], self._as['group'])
+        r = subprocess.run([self.initdb, '-D', self.data, '-U', self.user, f'--pwfile={pwfile}', '--auth=scram-sha-256',
+                            '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync'], capture_output=True, text=True, **self._as)
+        os.remove(pwfile)
+        if r.returncode: raise RuntimeError(f"initdb failed ({r.returncode}): {r.stderr[-2000:]}")
+    def start(self):
+        if not os.path.exists(self.data): self._init()
+        opts = {'listen_addresses': '127.0.0.1', 'port': str(self.port), 'unix_socket_directories': self.dir,
+                'max_connections': '200', 'shared_buffers': '32MB', **self.settings}
+        log = open(self.log_path, 'ab')
+        if self._as: os.chown(self.log_path, self._as['user'], self._as['group'])
+        self.proc = subprocess.Popen([self.postgres, '-D', self.data, *[x for k, v in opts.items() for x in ('-c', f"{k}={v}")]],
+                                     stdout=log, stderr=subprocess.STDOUT, **self._as)
+        log.close()
+        def ready():
+            if self.proc.poll() is not None: return True
+            return _port_open(self.port) and b'ready to accept connections' in open(self.log_path, 'rb').read()
+        wait_for(ready, 60, 'postgres')
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {self.proc.returncode}: {open(self.log_path, errors='replace').read()[-2000:]}")
+        return self
+    def stop(self):
+        "Fast shutdown (SIGINT): connections are closed, committed data stays on disk for the next `start()`"
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2); self.proc.wait(30)
+        self.proc = None
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 # moto's DynamoDB applies an UpdateItem or a conditional PutItem as a read followed by a write with
 # no lock, so concurrent requests can both pass one condition; real DynamoDB applies each request

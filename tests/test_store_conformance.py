@@ -1,9 +1,9 @@
 """The storage conformance suite, one pytest test per check, against every backend:
-the embedded default (SQLite + files) and real servers (redis-server, moto's S3 + DynamoDB over HTTP)."""
+the embedded default (SQLite + files) and real servers (redis-server, PostgreSQL, moto's S3 + DynamoDB over HTTP)."""
 import pytest
 from dataops_lab.store.conformance import StoreTarget, checks, run_check
 
-BACKENDS = {'blob': ['file', 's3'], 'table': ['sqlite', 'dynamodb'], 'cache': ['sqlite', 'redis']}
+BACKENDS = {'blob': ['file', 's3'], 'table': ['sqlite', 'dynamodb', 'postgres'], 'cache': ['sqlite', 'redis']}
 
 @pytest.fixture(scope='module')
 def targets(request, tmp_path_factory):
@@ -12,6 +12,8 @@ def targets(request, tmp_path_factory):
     def get(kind, backend):
         if backend == 'file': return StoreTarget('blob', f"file://{tmp}/blobs")
         if backend == 'sqlite': return StoreTarget(kind, f"sqlite:///{tmp}/{kind}.db")
+        if backend == 'postgres':
+            return StoreTarget('table', request.getfixturevalue('postgres_server').url + '?schema=conformance')
         if backend == 'redis':
             srv = request.getfixturevalue('redis_server')
             return StoreTarget('cache', srv.url + '?prefix=conformance:')
