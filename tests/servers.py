@@ -62,7 +62,8 @@ class PostgresServer:
                                "which installs it, or `apt-get install postgresql`")
         self.settings, self.password = dict(settings or {}), password or secrets.token_urlsafe(12)
         self.port, self.proc, self.user = free_port(), None, 'dataops'
-        self.dir = tempfile.mkdtemp(prefix='dataops-postgres-')
+        # as root, in /tmp: the postgres user must reach the folder, and $TMPDIR may be private to root
+        self.dir = tempfile.mkdtemp(prefix='dataops-postgres-', dir='/tmp' if os.geteuid() == 0 and os.path.isdir('/tmp') else None)
         self.data = os.path.join(self.dir, 'data')
         self.url = f"postgresql://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/postgres"
         self._as = {}

@@ -1,5 +1,5 @@
-"""DataOpsSaver, the LangGraph checkpointer on our stores, on the embedded default (SQLite + files) and on
-Redis + DynamoDB + S3 (real servers: redis-server and moto over HTTP):
+"""DataOpsSaver, the LangGraph checkpointer on our stores, on the embedded default (SQLite + files), on
+Redis + DynamoDB + S3 (real servers: redis-server and moto over HTTP) and on Redis + PostgreSQL + S3:
 
 - LangGraph's own conformance suite (langgraph-checkpoint-conformance), one test per capability and tier,
   for the five base capabilities and the three extended ones DataOpsSaver implements;
@@ -26,11 +26,16 @@ from dataops_lab.checkpoint import *
 from dataops_lab.checkpoint import ITEM_BUDGET, _blob_prefix
 
 KiB = 1024
-TIER_NAMES = ('embedded', 'aws')
+TIER_NAMES = ('embedded', 'aws', 'postgres')
 
 def write_settings(folder: Path, tier: str, request) -> Path:
-    "A settings.ini in `folder` for `tier`: SQLite + files, or Redis + DynamoDB + S3 with a fresh bucket and table prefix"
+    "A settings.ini in `folder` for `tier`: SQLite + files, or Redis + DynamoDB (or PostgreSQL) + S3 with a fresh bucket and table prefix"
     if tier == 'embedded': body = "[storage]\nhot = sqlite:///.dataops/cache.db\ncold = sqlite:///.dataops/meta.db\nblob = file://.dataops/blobs\n"
+    elif tier == 'postgres':
+        redis, moto, pg = (request.getfixturevalue(f) for f in ('redis_server', 'moto_server', 'postgres_server'))
+        u = uuid.uuid4().hex[:10]
+        body = (f"[storage]\nhot = {redis.url}\ncold = {pg.url}?schema=lg{u}\n"
+                f"blob = s3://lg-{u}/cp?region=us-east-1&endpoint_url={moto.endpoint}\n")
     else:
         redis, moto, u = request.getfixturevalue('redis_server'), request.getfixturevalue('moto_server'), uuid.uuid4().hex[:10]
         body = (f"[storage]\nhot = {redis.url}\ncold = dynamodb://us-east-1?endpoint_url={moto.endpoint}\n"

@@ -1,16 +1,16 @@
-"""Notebook lesson cells flagged `#| redis` or `#| s3` need a server, so plain `nbdev-test` skips them.
+"""Notebook lesson cells flagged `#| redis`, `#| s3` or `#| postgres` need a server, so plain `nbdev-test` skips them.
 Here they run against the real servers the test session starts."""
 import os, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def test_server_flagged_lessons(redis_server, moto_server):
-    env = {**os.environ, 'DATAOPS_TEST_REDIS_URL': redis_server.url.replace('/0', '/15'),
+def test_server_flagged_lessons(redis_server, moto_server, postgres_server):
+    env = {**os.environ, 'DATAOPS_TEST_REDIS_URL': redis_server.url.replace('/0', '/15'), 'DATAOPS_TEST_POSTGRES_URL': postgres_server.url,
            'DATAOPS_TEST_AWS_ENDPOINT': moto_server.endpoint,
            'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}
     nbdev_test = Path(sys.executable).parent / 'nbdev-test'
-    res = subprocess.run([str(nbdev_test), '--flags', 'redis s3', '--n-workers', '1', '--file-re', r'^1[345]_'],
+    res = subprocess.run([str(nbdev_test), '--flags', 'redis s3 postgres', '--n-workers', '1', '--file-re', r'^1[3456]_'],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and 'Success' in res.stdout, res.stdout[-4000:] + res.stderr[-4000:]
 
