@@ -32,11 +32,12 @@ def moto_server():
 
 # ---------------------------------------------------------------- storage tiers shared by the manager tests
 
-TIERS = ('embedded', 'aws')
+TIERS = ('embedded', 'aws', 'postgres')
 
 def write_ini(folder: Path, backend: str, request=None, *, redis_url: str | None = None, moto_endpoint: str | None = None) -> Path:
-    """A settings.ini in `folder` selecting the embedded backends (SQLite + files) or Redis + DynamoDB + S3
-    (a fresh bucket and table prefix on the test session's servers, or on `redis_url`/`moto_endpoint` when given)"""
+    """A settings.ini in `folder` selecting the embedded backends (SQLite + files), Redis + DynamoDB + S3 ('aws') or
+    Redis + PostgreSQL + S3 ('postgres'): a fresh bucket and table prefix (PostgreSQL: schema) on the test session's
+    servers, or on `redis_url`/`moto_endpoint` when given"""
     if backend == 'embedded':
         body = "[storage]\nhot = sqlite:///.dataops/cache.db\ncold = sqlite:///.dataops/meta.db\nblob = file://.dataops/blobs\n"
     elif backend == 'aws':
@@ -45,6 +46,12 @@ def write_ini(folder: Path, backend: str, request=None, *, redis_url: str | None
         u = uuid.uuid4().hex[:10]
         body = (f"[storage]\nhot = {redis_url}\ncold = dynamodb://us-east-1?endpoint_url={moto_endpoint}\n"
                 f"blob = s3://art-{u}/data?region=us-east-1&endpoint_url={moto_endpoint}\ntable_prefix = t{u}_\n")
+    elif backend == 'postgres':
+        redis_url = redis_url or request.getfixturevalue('redis_server').url
+        moto_endpoint = moto_endpoint or request.getfixturevalue('moto_server').endpoint
+        pg, u = request.getfixturevalue('postgres_server'), uuid.uuid4().hex[:10]
+        body = (f"[storage]\nhot = {redis_url}\ncold = {pg.url}?schema=t{u}\n"
+                f"blob = s3://art-{u}/data?region=us-east-1&endpoint_url={moto_endpoint}\n")
     else: raise ValueError(f"unknown tier {backend!r}; use one of {TIERS}")
     ini = folder / 'settings.ini'
     ini.write_text(body)
@@ -52,7 +59,7 @@ def write_ini(folder: Path, backend: str, request=None, *, redis_url: str | None
 
 @pytest.fixture(params=TIERS)
 def backend(request):
-    "The tier under test: 'embedded' (SQLite + local files) or 'aws' (redis-server + moto's DynamoDB and S3 over HTTP)"
+    "The tier under test: 'embedded' (SQLite + local files), 'aws' (redis-server + moto's DynamoDB and S3 over HTTP) or 'postgres' (redis-server + PostgreSQL + moto's S3)"
     return request.param
 
 @pytest.fixture
