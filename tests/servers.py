@@ -54,13 +54,16 @@ def postgres_bin(name: str) -> str | None:
 class PostgresServer:
     """A private PostgreSQL server in a temporary folder, on a free loopback port, with a password (put in `url`).
     PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user (Debian's package creates it), else
-    as `nobody`. `settings`: extra server settings, e.g. `{'fsync': 'off'}` (default: PostgreSQL's, fsync on)."""
-    def __init__(self, settings: dict | None = None, password: str | None = None):
+    as `nobody`. `settings`: extra server settings, e.g. `{'fsync': 'off'}` (default: PostgreSQL's, fsync on).
+    The databases sort text by ICU's en-US collation, as most production databases do (en_US.UTF-8), not by code point."""
+    def __init__(self, settings: dict | None = None, password: str | None = None,
+                 initdb_args: tuple = ('--locale-provider=icu', '--icu-locale=en-US')):
         self.initdb, self.postgres = postgres_bin('initdb'), postgres_bin('postgres')
         if not (self.initdb and self.postgres):
             raise RuntimeError("PostgreSQL is not installed: run the README's test command (`./run test`), "
                                "which installs it, or `apt-get install postgresql`")
         self.settings, self.password = dict(settings or {}), password or secrets.token_urlsafe(12)
+        self.initdb_args = tuple(initdb_args)
         self.port, self.proc, self.user = free_port(), None, 'dataops'
         # as root, in /tmp: the postgres user must reach the folder, and $TMPDIR may be private to root
         self.dir = tempfile.mkdtemp(prefix='dataops-postgres-', dir='/tmp' if os.geteuid() == 0 and os.path.isdir('/tmp') else None)
@@ -79,7 +82,7 @@ class PostgresServer:
         with open(pwfile, 'w') as f: f.write(self.password)
         if self._as: os.chown(pwfile, self._as['user'], self._as['group'])
         r = subprocess.run([self.initdb, '-D', self.data, '-U', self.user, f'--pwfile={pwfile}', '--auth=scram-sha-256',
-                            '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync'], capture_output=True, text=True, **self._as)
+                            '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync', *self.initdb_args], capture_output=True, text=True, **self._as)
         os.remove(pwfile)
         if r.returncode: raise RuntimeError(f"initdb failed ({r.returncode}): {r.stderr[-2000:]}")
     def start(self):
