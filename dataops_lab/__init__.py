@@ -37,7 +37,7 @@ from .batch import *
 import dataops_lab.display  # rich HTML for sessions, artifacts, checkpoints and results in JupyterLab
 
 # %% ../nbs/99_package.ipynb #cfef77e3
-_LAZY = {**{n: 'store.local' for n in ('FileBlobStore', 'SQLiteTable', 'SQLiteCache')},
+_LAZY = {'FileBlobStore': 'store.files', 'SQLiteTable': 'store.sqlite', 'SQLiteCache': 'store.sqlite_cache',
          'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
          **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline')},
          **{n: 'progress' for n in ('RunProgress', 'ChainRunner')},
