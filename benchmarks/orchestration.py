@@ -467,7 +467,7 @@ def heartbeat_workflow():
 
 def section_routing(a, sm):
     from routing_queries import QUERIES
-    from dataops_lab.examples import default_registry
+    from dataops_lab.examples.workflows import default_registry
     from dataops_lab.orchestrator import Orchestrator
     reg = default_registry()
     orch = Orchestrator(reg, sm)
@@ -640,7 +640,7 @@ def main():
     print(versions())
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    import dataops_lab.chain, dataops_lab.orchestrator, dataops_lab.examples  # noqa: F401  (import time shown once, not inside a figure)
+    import dataops_lab.chain, dataops_lab.orchestrator, dataops_lab.examples.workflows  # noqa: F401  (import time shown once, not inside a figure)
     logging.getLogger('bm25s').setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import: a line per index build
     tmp = Path(tempfile.mkdtemp(prefix='dataops-bench-orch-'))
     sm = None
