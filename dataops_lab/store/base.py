@@ -73,6 +73,11 @@ class Backend:
     def describe(self)->str: return f"{type(self).__name__}({mask_url(self.url)})"
     def check(self)->None: "Raise `BackendUnavailableError`/`NotFoundError` with a hint unless the backend is usable"
     def ensure(self)->None: "Create the bucket, table or folder if missing (explicit provisioning step)"
+    def provision(self)->list[str]:
+        "`ensure()`, then the data-protection settings the backend supports; one line per thing done or found"
+        self.ensure()
+        return []
+    def advice(self)->list[str]: "Warnings about settings that put data at risk (a server that persists nothing); none by default"; return []
     def close(self)->None: pass
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -414,10 +419,17 @@ class Storage:
         self.blob.ensure(); self.cache.ensure()
         for s in (TABLES.values() if specs is None else specs): self.table(s).ensure()
         return self
-    def check(self, specs:Iterable[TableSpec]|None=None)->None:
-        "Raise a clear error unless every backend and table (default: every registered one) is reachable and exists"
+    def provision(self, specs:Iterable[TableSpec]|None=None)->list[tuple[str, str]]:
+        "`ensure()` with each backend's data-protection settings (`Backend.provision`); `(role, what was done or found)` pairs"
+        out = [('blob', line) for line in self.blob.provision()] + [('hot', line) for line in self.cache.provision()]
+        for s in (TABLES.values() if specs is None else specs): out += [('cold', line) for line in self.table(s).provision()]
+        return out
+    def check(self, specs:Iterable[TableSpec]|None=None)->list[str]:
+        "Raise a clear error unless every backend and table (default: every registered one) is reachable and exists; the backends' `advice()`"
         self.blob.check(); self.cache.check()
-        for s in (TABLES.values() if specs is None else specs): self.table(s).check()
+        tables = [self.table(s) for s in (TABLES.values() if specs is None else specs)]
+        for t in tables: t.check()
+        return [*self.blob.advice(), *self.cache.advice(), *dict.fromkeys(a for t in tables for a in t.advice())]
     def close(self):
         for b in [self._cache, self._blob, *self._tables.values()]:
             if b is not None: b.close()

@@ -93,7 +93,8 @@ def aws_error(e:Exception, # an exception raised by a boto3 call
 MiB = 1024*1024
 _BUCKET = re.compile(r'^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')
 _SSE = ('AES256', 'aws:kms', 'aws:kms:dsse')
-S3_OPTIONS = {**AWS_OPTIONS, 'sse': str, 'kms_key_id': str, 'part_size': int, 'addressing_style': str}
+S3_OPTIONS = {**AWS_OPTIONS, 'sse': str, 'kms_key_id': str, 'part_size': int, 'addressing_style': str,
+              'versioning': str, 'noncurrent_days': int, 'archive_days': int, 'abort_multipart_days': int}
 
 class S3BlobStore(BlobStore):
     "`BlobStore` on an S3 bucket (or any S3-compatible server): `s3://bucket/prefix?region=..&endpoint_url=..&sse=.."
@@ -173,6 +174,102 @@ def ensure(self:S3BlobStore)->None:
         if code == 'BucketAlreadyOwnedByYou': return
         if code == 'BucketAlreadyExists': raise ConflictError(f"bucket name {self.bucket!r} is taken by another AWS account", "bucket names are global: choose another in the s3:// URL") from None
         raise self._error(e) from None
+
+# %% ../../nbs/14_store_s3.ipynb #e8436c61
+_UNSUPPORTED = {'NotImplemented', 'XNotImplemented', 'MethodNotAllowed', '501', '405'}
+
+@patch
+def _protect_opts(self:S3BlobStore)->dict:
+    "The provisioning options, checked: versioning (bool) and the lifecycle days"
+    o,where = self.opts,mask_url(self.url)
+    v = str(o.get('versioning', 'true')).lower()
+    if v not in ('true', 'false', '1', '0', 'yes', 'no', 'on', 'off'): raise ConfigError(f"{where}: versioning={v!r} is not true or false", "write versioning=true or versioning=false")
+    out = {'versioning': v in ('true', '1', 'yes', 'on'), 'noncurrent_days': o.get('noncurrent_days', 30), 'archive_days': o.get('archive_days'),
+           'abort_multipart_days': o.get('abort_multipart_days', 7)}
+    for k in ('noncurrent_days', 'archive_days', 'abort_multipart_days'):
+        if out[k] is not None and out[k] < 0: raise ConfigError(f"{where}: {k}={out[k]} is negative", f"give {k} as a number of days (0: no rule)")
+    return out
+
+@patch
+def lifecycle_rules(self:S3BlobStore)->list[dict]:
+    "The lifecycle rules `provision()` keeps on the bucket for this store's prefix"
+    o,label,root = self._protect_opts(),f"dataops-lab {self.root or '/'}",self.root
+    rules = []
+    if o['noncurrent_days']: rules.append({'ID': f"{label} old versions", 'Filter': {'Prefix': root}, 'Status': 'Enabled',
+                                           'Expiration': {'ExpiredObjectDeleteMarker': True}, 'NoncurrentVersionExpiration': {'NoncurrentDays': o['noncurrent_days']}})
+    if o['abort_multipart_days']: rules.append({'ID': f"{label} unfinished uploads", 'Filter': {'Prefix': root}, 'Status': 'Enabled',
+                                                'AbortIncompleteMultipartUpload': {'DaysAfterInitiation': o['abort_multipart_days']}})
+    if o['archive_days']: rules.append({'ID': f"{label} archives", 'Filter': {'Prefix': root+'archives/'}, 'Status': 'Enabled', 'Expiration': {'Days': o['archive_days']}})
+    return rules
+
+@patch
+def _bucket_call(self:S3BlobStore, what:str, fn, *args, **kw):
+    "`fn(...)`, or `None` if the server does not implement it (raised as `_Unsupported(what)`)"
+    try: return fn(*args, **kw)
+    except Exception as e:
+        if error_code(e) in _UNSUPPORTED: raise _Unsupported(f"skipped: {what} (the server does not implement it: {error_code(e)})") from None
+        raise self._error(e) from None
+
+class _Unsupported(Exception): "A bucket setting the server does not implement"
+
+@patch
+def _provision_versioning(self:S3BlobStore, want:bool)->str:
+    status = self._bucket_call('versioning', self.client.get_bucket_versioning, Bucket=self.bucket).get('Status')
+    if not want: return f"versioning left {status or 'off'} (versioning=false)"
+    if status == 'Enabled': return "versioning: already on"
+    self._bucket_call('versioning', self.client.put_bucket_versioning, Bucket=self.bucket, VersioningConfiguration={'Status': 'Enabled'})
+    return "versioning: turned on (overwritten and deleted blobs stay recoverable)"
+
+@patch
+def _provision_encryption(self:S3BlobStore)->str:
+    alg,key = self.extra.get('ServerSideEncryption', 'AES256'),self.extra.get('SSEKMSKeyId')
+    want = {'SSEAlgorithm': alg, **({'KMSMasterKeyID': key} if key else {})}
+    try: rules = self.client.get_bucket_encryption(Bucket=self.bucket)['ServerSideEncryptionConfiguration']['Rules']
+    except Exception as e:
+        if error_code(e) in _UNSUPPORTED: raise _Unsupported(f"skipped: default encryption (the server does not implement it: {error_code(e)})") from None
+        if error_code(e) != 'ServerSideEncryptionConfigurationNotFoundError': raise self._error(e) from None
+        rules = []
+    have = rules[0].get('ApplyServerSideEncryptionByDefault', {}) if rules else {}
+    if have.get('SSEAlgorithm') == alg and (not key or have.get('KMSMasterKeyID') == key): return f"default encryption: already {alg}"
+    self._bucket_call('default encryption', self.client.put_bucket_encryption, Bucket=self.bucket,
+                      ServerSideEncryptionConfiguration={'Rules': [{'ApplyServerSideEncryptionByDefault': want, 'BucketKeyEnabled': alg != 'AES256'}]})
+    return f"default encryption: set to {alg}{f' with key {key}' if key else ''}" + (f" (was {have.get('SSEAlgorithm')})" if have else '')
+
+def _rule_text(r:dict)->str:
+    p = r['Filter']['Prefix'] or '(whole bucket)'
+    if 'AbortIncompleteMultipartUpload' in r: return f"abort unfinished multipart uploads under {p} after {r['AbortIncompleteMultipartUpload']['DaysAfterInitiation']} days"
+    if 'NoncurrentVersionExpiration' in r: return f"expire old versions under {p} {r['NoncurrentVersionExpiration']['NoncurrentDays']} days after they were replaced or deleted"
+    return f"expire {p} after {r['Expiration']['Days']} days"
+
+@patch
+def _provision_lifecycle(self:S3BlobStore)->list[str]:
+    label,ours = f"dataops-lab {self.root or '/'} ",self.lifecycle_rules()
+    try: have = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get('Rules', [])
+    except Exception as e:
+        if error_code(e) in _UNSUPPORTED: raise _Unsupported(f"skipped: lifecycle rules (the server does not implement them: {error_code(e)})") from None
+        if error_code(e) != 'NoSuchLifecycleConfiguration': raise self._error(e) from None
+        have = []
+    mine = [r for r in have if r.get('ID', '').startswith(label)]
+    keys = ('ID', 'Filter', 'Status', 'Expiration', 'NoncurrentVersionExpiration', 'AbortIncompleteMultipartUpload')
+    norm = lambda rs: sorted(({k: r[k] for k in keys if k in r} for r in rs), key=lambda r: r['ID'])
+    keep = "" if self._protect_opts()['archive_days'] else f"; archives under {self.root}archives/ kept (archive_days=N expires them)"
+    if norm(mine) == norm(ours): return [f"lifecycle: already {'; '.join(map(_rule_text, ours)) or 'no rules'}{keep}"]
+    others = [r for r in have if not r.get('ID', '').startswith(label)]
+    if others or ours: self._bucket_call('lifecycle rules', self.client.put_bucket_lifecycle_configuration, Bucket=self.bucket, LifecycleConfiguration={'Rules': others + ours})
+    else: self._bucket_call('lifecycle rules', self.client.delete_bucket_lifecycle, Bucket=self.bucket)
+    return [f"lifecycle: {_rule_text(r)}" for r in ours] + ([f"lifecycle: archives under {self.root}archives/ kept (archive_days=N expires them)"] if keep else []) + \
+           ([f"lifecycle: kept {len(others)} rule(s) of other prefixes or tools"] if others else [])
+
+@patch
+def provision(self:S3BlobStore)->list[str]:
+    "`ensure()`, then versioning, default encryption and lifecycle rules as the URL's options ask; one line per setting"
+    o = self._protect_opts()
+    self.ensure()
+    out = [f"bucket {self.bucket}: ready"]
+    for step in (lambda: [self._provision_versioning(o['versioning'])], lambda: [self._provision_encryption()], self._provision_lifecycle):
+        try: out += step()
+        except _Unsupported as e: out.append(str(e))
+    return out
 
 # %% ../../nbs/14_store_s3.ipynb #73c73341
 _MIME = re.compile(r'^=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=$', re.I)
