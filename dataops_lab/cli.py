@@ -81,12 +81,15 @@ def cmd_demo(args):
 def cmd_storage(args):
     with open_storage(_settings(args)) as st:
         if args.action == 'init':
-            st.ensure()
-            for role,url in st.urls.items(): print(f"ready  {role:<5} {mask_url(url)}")
+            done = st.provision()
+            for role,url in st.urls.items():
+                print(f"ready  {role:<5} {mask_url(url)}")
+                for line in dict.fromkeys(l for r,l in done if r == role): print(f"       {line}")
             print(f"tables {', '.join(s.prefixed(st.settings.storage.table_prefix).name for s in TABLES.values())}")
         else:
-            st.check()
-            print("ok: every backend is reachable and provisioned")
+            advice = st.check()
+            for a in advice: print(f"warning: {a}")
+            print("ok: every backend is reachable and provisioned" + (f"; {len(advice)} warning(s) above" if advice else ''))
 
 def cmd_settings(args):
     s = _settings(args)

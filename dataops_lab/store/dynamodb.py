@@ -57,7 +57,7 @@ def item_size(item:dict)->int:
 _log = logging.getLogger(__name__)
 OFFLOAD_THRESHOLD = 350_000
 DYNAMO_OPTIONS = {**AWS_OPTIONS, 'billing': str, 'read_capacity': int, 'write_capacity': int,
-                  'offload': object, 'offload_threshold': int, 'wait_timeout': float}
+                  'offload': object, 'offload_threshold': int, 'wait_timeout': float, 'sse': str, 'kms_key_id': str, 'pitr': str}
 
 class DynamoTable(MetadataTable):
     "`MetadataTable` on DynamoDB: `dynamodb://<region>?endpoint_url=..&profile=..&billing=PAY_PER_REQUEST`"
@@ -75,6 +75,9 @@ class DynamoTable(MetadataTable):
         if self.billing not in ('PAY_PER_REQUEST', 'PROVISIONED'): raise ConfigError(f"{where}: billing={self.billing!r} is not PAY_PER_REQUEST or PROVISIONED", "leave it out for on-demand capacity")
         self.capacity = {'ReadCapacityUnits': opts.get('read_capacity', 5), 'WriteCapacityUnits': opts.get('write_capacity', 5)}
         self.threshold,self.wait_timeout = opts.get('offload_threshold', OFFLOAD_THRESHOLD),opts.get('wait_timeout', 300)
+        self.sse,self.kms_key_id = opts.get('sse', 'aws-owned').lower(),opts.get('kms_key_id')
+        if self.sse not in ('aws-owned', 'kms') or (self.kms_key_id and self.sse != 'kms'): raise ConfigError(f"{where}: sse={self.sse!r}{' with kms_key_id' if self.kms_key_id else ''} is not allowed", "use sse=kms (optionally with kms_key_id=...) or leave sse out for DynamoDB's default AWS owned key")
+        self.pitr = str(opts.get('pitr', 'true')).lower() in ('true', '1', 'yes', 'on')
         off = opts.get('offload')
         if off is not None and not isinstance(off, (str, BlobStore)): raise ConfigError(f"{where}: offload must be a BlobStore or a blob URL, got {type(off).__name__}", "pass e.g. offload='s3://bucket/prefix'")
         self._own_offload = isinstance(off, str)
@@ -98,6 +101,7 @@ def definition(self:DynamoTable)->dict:
     attrs = dict.fromkeys([*spec.key_attrs, *[a for ix in spec.indexes for a in (ix.partition_key, ix.sort_key) if a]])
     req = dict(TableName=self.name, KeySchema=ks(spec.partition_key, spec.sort_key), BillingMode=self.billing,
                AttributeDefinitions=[{'AttributeName': a, 'AttributeType': 'N' if spec.attr_type(a) is int else 'S'} for a in attrs], **prov)
+    if self.sse == 'kms': req['SSESpecification'] = {'Enabled': True, 'SSEType': 'KMS', **({'KMSMasterKeyId': self.kms_key_id} if self.kms_key_id else {})}
     if spec.indexes: req['GlobalSecondaryIndexes'] = [{'IndexName': ix.name, 'KeySchema': ks(ix.partition_key, ix.sort_key), 'Projection': {'ProjectionType': 'ALL'}, **prov} for ix in spec.indexes]
     return req
 
@@ -222,6 +226,30 @@ def ensure(self:DynamoTable)->None:
         except DataOpsError: raise
         except Exception as e:
             if 'already enabled' not in str(e).lower(): raise self._error(e) from None
+
+# %% ../../nbs/15_store_dynamodb.ipynb #e742569e
+@patch
+def provision(self:DynamoTable)->list[str]:
+    "`ensure()`, then encryption at rest and point-in-time recovery as the options ask; one line per setting"
+    self.ensure()
+    out,desc = [f"table {self.name}: ready, items expire by {self.spec.ttl_attribute!r} (DynamoDB TTL)" if self.spec.ttl_attribute else f"table {self.name}: ready"],self._describe()
+    sse = desc.get('SSEDescription') or {}
+    on_kms = sse.get('Status') in ('ENABLED', 'UPDATING') and sse.get('SSEType') == 'KMS'
+    if self.sse != 'kms': out.append(f"table {self.name}: encrypted at rest with {'a KMS key' if on_kms else 'an AWS owned key'} (sse=kms for a KMS key)")
+    elif on_kms and (not self.kms_key_id or sse.get('KMSMasterKeyArn', '').endswith(self.kms_key_id.removeprefix('alias/'))): out.append(f"table {self.name}: encrypted at rest with a KMS key: already")
+    else:
+        spec = {'Enabled': True, 'SSEType': 'KMS', **({'KMSMasterKeyId': self.kms_key_id} if self.kms_key_id else {})}
+        try: self.client.update_table(TableName=self.name, SSESpecification=spec)
+        except Exception as e: raise self._error(e) from None
+        out.append(f"table {self.name}: encryption at rest switched to KMS{f' key {self.kms_key_id}' if self.kms_key_id else ' (AWS managed key)'}")
+        self._wait_active()
+    if not self.pitr: return out + [f"table {self.name}: point-in-time recovery left as it is (pitr=false)"]
+    try:
+        cb = self.client.describe_continuous_backups(TableName=self.name)['ContinuousBackupsDescription']
+        if cb.get('PointInTimeRecoveryDescription', {}).get('PointInTimeRecoveryStatus') == 'ENABLED': return out + [f"table {self.name}: point-in-time recovery: already on"]
+        self.client.update_continuous_backups(TableName=self.name, PointInTimeRecoverySpecification={'PointInTimeRecoveryEnabled': True})
+    except Exception as e: raise self._error(e) from None
+    return out + [f"table {self.name}: point-in-time recovery: turned on (restore to any second of the last 35 days)"]
 
 # %% ../../nbs/15_store_dynamodb.ipynb #f9f6d1f2
 _MIN_OFFLOAD = 1024

@@ -189,6 +189,18 @@ def expire(self:RedisCache, key:str, ttl:float)->bool:
     try: return bool(self.client.execute_command('PEXPIRE', self.prefix+check_key(key), _ms(ttl)))
     except redis.RedisError as e: raise self._error(e, f"expire({key!r})") from None
 
+# %% ../../nbs/13_store_redis.ipynb #8c78be32
+@patch
+def advice(self:RedisCache)->list[str]:
+    "A warning if the server persists nothing (no RDB `save` points, no AOF), or cannot tell"
+    where = mask_url(self.url).split('?')[0]
+    try: cfg = {**self.client.config_get('save'), **self.client.config_get('appendonly')}
+    except redis.ResponseError: return [f"Redis at {where}: CONFIG GET is not allowed, so persistence could not be checked; make sure the service keeps snapshots or an append-only file"]
+    except redis.RedisError as e: raise self._error(e, 'advice()') from None
+    if (cfg.get('save') or '').strip() or cfg.get('appendonly') == 'yes': return []
+    return [f"Redis at {where} keeps nothing on disk (save '' and appendonly no): a restart empties the hot tier (locks, counters, progress events, cached sessions); "
+            "set appendonly yes (or save points) unless it is a pure cache"]
+
 # %% ../../nbs/13_store_redis.ipynb #68c47cd3
 @patch
 def incr(self:RedisCache, key:str, amount:int=1, *,
