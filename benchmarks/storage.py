@@ -1,13 +1,14 @@
 """Storage benchmark: the dataops-lab storage layer next to the raw client doing the same thing, in the same run.
 
-    .venv/bin/python benchmarks/storage.py [--quick] [--backends embedded,redis,aws] [--large-mb 500]
+    .venv/bin/python benchmarks/storage.py [--quick] [--backends embedded,redis,aws,postgres] [--large-mb 500]
                                            [--s3-large-mb 200] [--iterations 2000] [--profile]
 
 For every backend it prints p50/p99 latency of small gets and puts (layer vs raw, interleaved in
 alternating batches), large-blob streaming throughput (each run in a fresh subprocess, layer and raw
 alternating) and the peak RSS growth of the process doing the streaming, then a summary against the
 targets: small ops <= 1.20x raw, large blobs <= 1.10x raw, < 100 MB peak memory for a 500 MB blob.
-It starts its own redis-server and moto server (tests/servers.py) on free loopback ports.
+It starts its own redis-server, PostgreSQL server and moto server (tests/servers.py) on free loopback ports.
+A section that fails makes the script exit non-zero (after the summary).
 See benchmarks/README.md. A benchmark is not a test: nothing here asserts.
 """
 from __future__ import annotations
@@ -530,6 +531,61 @@ def section_s3(a, moto):
         profile(f'S3BlobStore.get_stream {psize // MiB} MiB', lambda i: sum(map(len, blob.get_stream('large/prof.bin'))), 1)
     blob.close()
 
+
+def section_postgres(a, srv):
+    "PostgresTable vs psycopg on the same server and durability: small items (get/put) and large items (1 MiB JSON)"
+    import psycopg
+    from psycopg_pool import ConnectionPool
+    from dataops_lab.store.base import open_table, TableSpec
+    spec = TableSpec('bench_items', 'id')
+    pay = os.urandom(a.value_size // 2).hex()
+    table = open_table(f"{srv.url}?schema=bench", spec)
+    table.ensure()
+    # the peer: what a psycopg user writes for the same job, independent of our code: a pool, an upsert that bumps a
+    # version and returns it, a select of the JSON and version; prepared (psycopg prepares repeated statements itself)
+    pool = ConnectionPool(srv.url, min_size=1, max_size=4, kwargs={'autocommit': True}, open=True)
+    with pool.connection() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS raw_items (id text COLLATE \"C\" PRIMARY KEY, item json NOT NULL, version bigint NOT NULL, expires double precision)")
+        sync = {r[0]: r[1] for r in c.execute("SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method')")}
+    up = ("INSERT INTO raw_items AS o (id, item, version, expires) VALUES (%s, %s, 1, %s) ON CONFLICT (id) DO UPDATE "
+          "SET item = excluded.item, expires = excluded.expires, version = o.version + 1 RETURNING version")
+    sel = "SELECT item, version FROM raw_items WHERE id = %s AND (expires IS NULL OR expires > %s)"
+    def raw_put(i, it=None):
+        it = it or payload_item(i, pay)
+        with pool.connection() as c: return {**it, '_version': c.execute(up, (it['id'], json.dumps(it, separators=(',', ':'), ensure_ascii=False), it.get('expires_at'))).fetchone()[0]}
+    def raw_get(i):
+        with pool.connection() as c: row = c.execute(sel, (key(i), time.time())).fetchone()
+        return None if row is None else {**row[0], '_version': row[1]}
+    lput = lambda i: table.put(payload_item(i, pay))
+    lget = lambda i: table.get(key(i))
+    prefill(lput, raw_put)
+    assert raw_get(0)['payload'] == pay and lget(0)['payload'] == pay
+    with table._conn() as c: stmts = c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    notes = [f"server: PostgreSQL {psycopg.connect(srv.url).info.server_version} on loopback, {sync} (both sides; durable commits)",
+             f"layer: one INSERT ... ON CONFLICT ... RETURNING per put, one SELECT per get, server-side prepared ({stmts} statements on a pooled connection)",
+             "raw: psycopg ConnectionPool, the same upsert / select shape on its own table, json.dumps / psycopg's json loader"]
+    rp, rg = bench_pair(lput, raw_put, a.iterations, a.warmup), bench_pair(lget, raw_get, a.iterations, a.warmup)
+    report_small(f"MetadataTable on PostgreSQL vs psycopg ({a.value_size} B payload)", rp, rg, notes)
+    # large items: 1 MiB of JSON rows per item, layer and raw interleaved
+    rows = [{'row': i, 'value': os.urandom(12).hex()} for i in range(a.pg_large_kib * 1024 // 48)]
+    big = lambda i: {'id': f"big/{i % 10}", 'owner': 'user_1', 'created_at': '2024-06-01T12:00:00Z', 'rows': rows}
+    n = max(20, a.iterations // 20)
+    lp = bench_pair(lambda i: table.put(big(i)), lambda i: raw_put(i, big(i)), n, 5, batch=10)
+    def raw_get_big(i):
+        with pool.connection() as c: row = c.execute(sel, (f"big/{i % 10}", time.time())).fetchone()
+        return {**row[0], '_version': row[1]}
+    lg = bench_pair(lambda i: table.get(f"big/{i % 10}"), raw_get_big, n, 5, batch=10)
+    size = len(json.dumps(big(0), separators=(',', ':')))
+    print(f"\n== MetadataTable on PostgreSQL vs psycopg: large items ({size / MiB:.2f} MiB of JSON each), {n} per side, interleaved batches of 10 ==")
+    print(f"   {'op':4} {'layer p50':>10} {'raw p50':>9} {'ratio':>11} | {'layer p99':>10} {'raw p99':>9}   (ms; target ≤ {LARGE_TARGET:.2f}x)")
+    for op, r in (('put', lp), ('get', lg)):
+        L, R = r['layer'], r['raw']
+        ratio = L['p50'] / R['p50']
+        print(f"   {op:4} {L['p50'] / 1000:10.2f} {R['p50'] / 1000:9.2f} {fmt_ratio(ratio, LARGE_TARGET):>11} | {L['p99'] / 1000:10.2f} {R['p99'] / 1000:9.2f}")
+        RESULTS.append((f"MetadataTable on PostgreSQL: {size / MiB:.0f} MiB item {op}", f"p50 {ratio:.2f}x / p99 {L['p99'] / R['p99']:.2f}x", f"≤ {LARGE_TARGET:.2f}x (p50)", round(ratio, 2) <= LARGE_TARGET))
+    if a.profile: profile('PostgresTable.put', lput, a.iterations); profile('PostgresTable.get', lget, a.iterations)
+    table.close(); pool.close()
+
 # ---------------------------------------------------------------------------------------------------------------
 
 def versions() -> str:
@@ -551,7 +607,8 @@ def versions() -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--quick', action='store_true', help='small iteration counts and 20 MiB large blobs (a smoke run)')
-    p.add_argument('--backends', default='embedded,redis,aws', help='comma-separated: embedded (SQLite + files), redis, aws (moto S3 + DynamoDB)')
+    p.add_argument('--backends', default='embedded,redis,aws,postgres', help='comma-separated: embedded (SQLite + files), redis, aws (moto S3 + DynamoDB), postgres')
+    p.add_argument('--pg-large-kib', type=int, default=1024, help='JSON size of a large PostgreSQL item in KiB (default 1024)')
     p.add_argument('--large-mb', type=int, default=None, help='large blob size for files (default 500, quick 20)')
     p.add_argument('--s3-large-mb', type=int, default=None, help='large blob size for S3 on moto (default 200, quick 20)')
     p.add_argument('--iterations', type=int, default=None, help='timed small ops per side (default 2000, quick 200)')
@@ -567,21 +624,22 @@ def main():
     a.s3_large_mb = a.s3_large_mb or (20 if a.quick else 200)
     a.repeats = a.repeats or (1 if a.quick else 5)
     wanted = {b.strip() for b in a.backends.split(',') if b.strip()}
-    if bad := wanted - {'embedded', 'redis', 'aws'}: p.error(f"unknown backend(s) {sorted(bad)}; use embedded, redis, aws")
+    if bad := wanted - {'embedded', 'redis', 'aws', 'postgres'}: p.error(f"unknown backend(s) {sorted(bad)}; use embedded, redis, aws, postgres")
 
-    from servers import RedisServer, MotoServer
+    from servers import RedisServer, MotoServer, PostgresServer
     print(f"dataops-lab storage benchmark{' (quick)' if a.quick else ''}: {a.iterations} timed small ops per side after "
           f"{a.warmup} warm-up, alternating batches of 100; large blobs {a.repeats} run(s) per side")
     print(versions())
     t_start = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix='dataops-bench-')
-    servers = []
+    servers, failed = [], []
     def guarded(name, fn, *args):
         try: fn(*args)
         except Exception as e:
             import traceback
             skip(name, f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             traceback.print_exc(limit=4)
+            failed.append(name)
     try:
         if 'embedded' in wanted:
             guarded('HotCache on SQLite', section_sqlite_cache, a, tmp)
@@ -591,6 +649,7 @@ def main():
             if not shutil.which('redis-server'):
                 skip('HotCache on Redis', "redis-server is not installed: `sudo apt-get install redis-server` (Debian/Ubuntu), "
                      "`brew install redis` (macOS), or run `./run test` once, which installs it")
+                failed.append('HotCache on Redis')
             else:
                 srv = RedisServer().start(); servers.append(srv)
                 guarded('HotCache on Redis', section_redis, a, srv)
@@ -602,6 +661,9 @@ def main():
             except s3.exceptions.BucketAlreadyOwnedByYou: pass
             guarded('MetadataTable on DynamoDB', section_dynamodb, a, moto)
             guarded('BlobStore on S3', section_s3, a, moto)
+        if 'postgres' in wanted:
+            pg = PostgresServer().start(); servers.append(pg)  # PostgreSQL's defaults: fsync on, synchronous_commit on
+            guarded('MetadataTable on PostgreSQL', section_postgres, a, pg)
     finally:
         for s in servers:
             try: s.stop()
@@ -609,6 +671,7 @@ def main():
             # the servers' own temp folders (redis working dir, moto log)
             if getattr(s, 'dir', None): shutil.rmtree(s.dir, ignore_errors=True)
             if getattr(s, 'log', None): s.log.close(); shutil.rmtree(Path(s.log.name).parent, ignore_errors=True)
+            if hasattr(s, 'cleanup'): s.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n== Summary (layer / raw; {time.perf_counter() - t_start:.0f} s; load average {' '.join(open('/proc/loadavg').read().split()[:3])} at end) ==")
@@ -618,6 +681,7 @@ def main():
         print(f"   {name:{w}}  {fig:>22}  {target:>12}  {'-' if ok is None else 'ok' if ok else 'MISS'}")
     missed = [r for r in RESULTS if r[3] is False]
     print(f"   {len(missed)} target(s) missed, {sum(r[3] is None for r in RESULTS)} section(s) skipped")
+    if failed: sys.exit(f"error: {len(failed)} section(s) failed: {', '.join(failed)}")
 
 if __name__ == '__main__':
     main()
