@@ -538,7 +538,7 @@ def main():
     print(versions())
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix='dataops-bench-mgr-'))
-    servers, tiers = [], []
+    servers, tiers, failed = [], [], []
     try:
         redis_url = moto_ep = None
         if {'redis', 'aws'} & set(wanted):
@@ -546,6 +546,7 @@ def main():
                 for tn in ('redis', 'aws'):
                     if tn in wanted:
                         skip('all sections', tn, "redis-server is not installed: `sudo apt-get install redis-server`, or run `./run test` once, which installs it")
+                        failed.append(f"{tn} tier")
                 wanted = [w for w in wanted if w == 'embedded']
             else:
                 srv = RedisServer().start(); servers.append(srv); redis_url = srv.url
@@ -565,14 +566,14 @@ def main():
                 except Exception as e:
                     import traceback
                     skip(section.__name__, 'all', f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                    traceback.print_exc(limit=6)
+                    traceback.print_exc(limit=6); failed.append(section.__name__)
         if not a.no_langgraph:
             t0 = time.perf_counter()
             try: section_langgraph(a, tiers); print(f"   (section_langgraph took {time.perf_counter() - t0:.1f} s)")
             except Exception as e:
                 import traceback
                 skip('LangGraph peer', 'all', f"failed: {type(e).__name__}: {e}")
-                traceback.print_exc(limit=6)
+                traceback.print_exc(limit=6); failed.append('section_langgraph')
     finally:
         for t in tiers: close_tier(t)
         for s in servers:
@@ -587,6 +588,7 @@ def main():
         print(f"   {measure:{w}}  {tier:8}  {fig:>30}  {target:>22}  {verdict}")
     missed = [r for r in RESULTS if r[4] is False]
     print(f"   {sum(r[4] is True for r in RESULTS)} target(s) met, {len(missed)} missed, {sum(r[5] in ('n/a', 'skipped') for r in RESULTS)} not judged or skipped")
+    if failed: sys.exit(f"error: {len(failed)} section(s) failed: {', '.join(failed)}")
 
 if __name__ == '__main__':
     main()
