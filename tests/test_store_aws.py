@@ -257,3 +257,16 @@ def test_open_through_registry_with_string_offload(moto_server, offload_url):
     assert isinstance(t, DynamoTable) and isinstance(t.offload, S3BlobStore)
     assert isinstance(open_blob(offload_url), S3BlobStore)
     t.close()
+
+# --- any S3-compatible store -------------------------------------------------------------------
+
+def test_endpoint_url_uses_path_style_addressing(moto_server, bucket):
+    "With an endpoint_url (MinIO, Ceph, R2, moto...) requests go to http://host:port/<bucket>/<key>, as those servers expect"
+    st = S3BlobStore(f"s3://{bucket}/compat?endpoint_url={moto_server.endpoint}&region=us-east-1")
+    key = f"probe-{uid()}"
+    st.put(key, b'x')
+    assert st.get(key) == b'x'
+    moto_server.log.flush()
+    log = open(moto_server.log.name, errors='replace').read()
+    assert f'"PUT /{bucket}/compat/{key} HTTP' in log and f'"GET /{bucket}/compat/{key} HTTP' in log, log[-2000:]
+    with pytest.raises(Exception, match='addressing_style'): S3BlobStore(f"s3://{bucket}?endpoint_url={moto_server.endpoint}&addressing_style=dns")
