@@ -3,16 +3,18 @@
 The managers on each storage tier next to the raw store calls doing the same thing, and LangGraph's own
 checkpointers appending the same conversation, in one run.
 
-    .venv/bin/python benchmarks/managers.py [--quick] [--backends embedded,redis,aws] [--iterations 1000]
+    .venv/bin/python benchmarks/managers.py [--quick] [--backends embedded,redis,aws,postgres] [--iterations 1000]
                                             [--messages 10000] [--large-mb 100] [--turns 1000] [--profile]
 
 Tiers: embedded (SQLite hot + SQLite cold + files), redis (Redis hot + SQLite cold + files),
-aws (Redis hot + DynamoDB + S3 on moto). Sections, each printed with every tier side by side:
+aws (Redis hot + DynamoDB + S3 on moto), postgres (Redis hot + PostgreSQL + S3 on moto; PostgreSQL's default durability,
+fsync and synchronous_commit on; the raw peer is psycopg). Sections, each printed with every tier side by side:
 session lookup and add_message p50/p99 vs the raw store call; get_artifact_content of a 1 KB and a
 large artifact vs a plain file read / boto3 get_object; dump_context of a 10,000-message session;
 the same conversation appended through LangGraph's SqliteSaver / InMemorySaver. A summary table
 judges the issue's targets (PASS / MISS); a missed target is profiled (cProfile) on the spot.
-It starts its own redis-server and moto server (tests/servers.py). See benchmarks/README.md.
+It starts its own redis-server, PostgreSQL server and moto server (tests/servers.py). See benchmarks/README.md.
+A section that fails makes the script exit non-zero (after the summary).
 A benchmark is not a test: nothing here asserts.
 """
 from __future__ import annotations
@@ -138,11 +140,12 @@ class Tier:
     ddb: object = None    # raw boto3 DynamoDB client, if aws
     s3: object = None     # raw boto3 S3 client, if aws
     sqlite: object = None # raw sqlite3 connection (own file), if the cold tier is SQLite
+    pg: object = None     # raw psycopg pool (own tables), if the cold tier is PostgreSQL
     notes: list = field(default_factory=list)
     @property
-    def cold_sqlite(self): return self.ddb is None
+    def cold_sqlite(self): return self.sqlite is not None
 
-def open_tier(name:str, tmp:Path, redis_url:str|None, moto_endpoint:str|None) -> Tier:
+def open_tier(name:str, tmp:Path, redis_url:str|None, moto_endpoint:str|None, pg_url:str|None=None) -> Tier:
     import boto3, redis
     from dataops_lab.config import load_settings
     from dataops_lab.store.base import Storage
@@ -155,16 +158,25 @@ def open_tier(name:str, tmp:Path, redis_url:str|None, moto_endpoint:str|None) ->
     if name == 'aws':
         body += (f"hot = {redis_url.rsplit('/', 1)[0]}/1\ncold = dynamodb://us-east-1?endpoint_url={moto_endpoint}\n"
                  f"blob = s3://{BUCKET}/data?region=us-east-1&endpoint_url={moto_endpoint}\n")
+    if name == 'postgres':
+        body += (f"hot = {redis_url.rsplit('/', 1)[0]}/2\ncold = {pg_url}?schema=bench\n"
+                 f"blob = s3://{BUCKET}/pg?region=us-east-1&endpoint_url={moto_endpoint}\n")
     (d / 'settings.ini').write_text(body)
     t = Tier(name, d / 'settings.ini')
     storage = Storage(load_settings(t.ini)).ensure()
     t.sm = SessionManager(storage)
     t.cm = ContextManager(t.sm, t.sm.artifacts)
     t.notes.append(f"{name}: " + ', '.join(f"{r} {u.split('?')[0].replace(str(tmp) + '/', '<tmp>/')}" for r, u in storage.urls.items()))
-    if name in ('redis', 'aws'): t.redis = redis.Redis.from_url(storage.urls['hot'])
-    if name == 'aws':
+    if name in ('redis', 'aws', 'postgres'): t.redis = redis.Redis.from_url(storage.urls['hot'])
+    if name in ('aws', 'postgres'): t.s3 = boto3.client('s3', endpoint_url=moto_endpoint, region_name='us-east-1')
+    if name == 'postgres':
+        from psycopg_pool import ConnectionPool
+        t.pg = ConnectionPool(pg_url, min_size=1, max_size=4, kwargs={'autocommit': True}, open=True)
+        with t.pg.connection() as c:
+            c.execute('CREATE TABLE raw_sessions (session_id text COLLATE "C" PRIMARY KEY, version bigint NOT NULL, item json NOT NULL)')
+            c.execute('CREATE TABLE raw_messages (session_id text COLLATE "C" NOT NULL, seq bigint NOT NULL, item json NOT NULL, PRIMARY KEY (session_id, seq))')
+    elif name == 'aws':
         t.ddb = boto3.client('dynamodb', endpoint_url=moto_endpoint, region_name='us-east-1')
-        t.s3 = boto3.client('s3', endpoint_url=moto_endpoint, region_name='us-east-1')
         for tn, keys in (('raw_sessions', [('session_id', 'S')]), ('raw_messages', [('session_id', 'S'), ('seq', 'N')])):
             t.ddb.create_table(TableName=tn, BillingMode='PAY_PER_REQUEST',
                                KeySchema=[{'AttributeName': k, 'KeyType': kt} for (k, _), kt in zip(keys, ('HASH', 'RANGE'))],
@@ -192,7 +204,7 @@ def layer_sqlite_pragmas(t:Tier) -> dict:
     return {}
 
 def close_tier(t:Tier):
-    for c in (t.sqlite, t.redis):
+    for c in (t.sqlite, t.redis, t.pg):
         try:
             if c is not None: c.close()
         except Exception: pass
@@ -293,6 +305,19 @@ def section_add(a, tiers):
                 c.execute('COMMIT')
             ops.append(('raw sqlite3 INSERT + UPDATE session, 1 txn', both))
             notes.append(f"{t.name}: layer SQL per add_message: {sql_summary(lambda i: sm.add_message(probe_sid, 'user', turn_text(i)))}")
+        elif t.pg is not None:
+            pool = t.pg
+            with pool.connection() as c:
+                c.execute("INSERT INTO raw_sessions VALUES ('s_a', 1, '{}'), ('s_b', 1, '{}')")
+            ins = 'INSERT INTO raw_messages VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING seq'
+            def one(i, pool=pool, item=item, seqs=seqs):
+                with pool.connection() as c: return c.execute(ins, ('s_a', seqs['a'] + 1, item(i, 'a'))).fetchone()
+            ops.append(('raw psycopg INSERT message (if absent)', one))
+            def both(i, pool=pool, item=item, seqs=seqs):
+                with pool.connection() as c, c.transaction():
+                    c.execute(ins, ('s_b', seqs['b'] + 1, item(i, 'b')))
+                    c.execute("UPDATE raw_sessions SET version = version + 1, item = json_build_object('last_active', %s::float8) WHERE session_id = 's_b'", (time.time(),))
+            ops.append(('raw psycopg INSERT + UPDATE session, 1 txn', both))
         else:
             def put(i, side, d=t.ddb, item=item, seqs=seqs):
                 return d.put_item(TableName='raw_messages', Item={'session_id': {'S': f"s_{side}"}, 'seq': {'N': str(seqs[side] + 1)}, 'item': {'S': item(i, side)}},
@@ -340,7 +365,7 @@ def section_artifacts(a, tiers):
         else:
             keys = [st.blob.root + it['blob_key'] for it in items]
             ops.append(('raw boto3 get_object().read()', lambda i, s3=t.s3, b=st.blob.bucket, keys=keys: s3.get_object(Bucket=b, Key=keys[i % NSMALL[0]])['Body'].read()))
-            notes.append(f"aws: botocore calls per small read: {boto_summary(lambda i: st.get_artifact_content(aids[i]))}")
+            notes.append(f"{t.name}: botocore calls per small read: {boto_summary(lambda i: st.get_artifact_content(aids[i]))}")
         assert ops[0][1](0) == ops[1][1](0)
         plan[t.name] = ops
         # large: one artifact of random (incompressible) bytes
@@ -395,7 +420,7 @@ def section_artifacts(a, tiers):
     for p in profs: profile(*p)
 
 def build_session(t:Tier, n:int) -> tuple[str, str]:
-    "A session with `n` messages: add_message in a loop, or, on aws (moto), the same items written in parallel through the layer's table"
+    "A session with `n` messages: add_message in a loop, or, on aws (moto) and postgres, the same items written in parallel through the layer's table"
     from dataops_lab.models import Message
     from dataops_lab.recall import estimate_tokens
     from dataops_lab.core import utcnow
@@ -403,7 +428,7 @@ def build_session(t:Tier, n:int) -> tuple[str, str]:
     sm = t.sm
     sid = sm.create_session('user_dump', global_context={'database': 'sales.db', 'table': 'orders'}).session_id
     t0 = time.perf_counter()
-    if t.name != 'aws':
+    if t.name not in ('aws', 'postgres'):
         for i in range(n): sm.add_message(sid, role(i), turn_text(i))
         how = f"add_message x {n:,} in a loop: {time.perf_counter() - t0:.1f} s"
     else:
@@ -418,7 +443,7 @@ def build_session(t:Tier, n:int) -> tuple[str, str]:
         sm.summarise(sid)
         how = (f"bulk: the {n:,} Message items add_message would write, put (if absent) through the layer's messages table from 8 threads, "
                f"then one session counter update and one summarise(): {time.perf_counter() - t0:.1f} s "
-               f"(add_message in a loop runs ~20 ms/call on moto and re-reads the history to summarise: minutes)")
+               f"(add_message in a loop runs ~20 ms/call on moto, several ms on PostgreSQL with fsync, and re-reads the history to summarise: minutes)")
     return sid, how
 
 def section_dump(a, tiers):
@@ -434,7 +459,7 @@ def section_dump(a, tiers):
             gc.collect()
             t0 = time.perf_counter(); t.cm.dump_context(sid); lat.append((time.perf_counter() - t0) * 1e3)
         snap = t.cm.list_snapshots(sid, kind='snapshot')[-1]
-        def med(fn, k=1 if t.name == 'aws' else 3):  # the full history read on moto takes seconds: once
+        def med(fn, k=1 if t.name in ('aws', 'postgres') else 3):  # the full history read on moto takes seconds: once
             out = []
             for _ in range(k):
                 gc.collect(); t0 = time.perf_counter(); r = fn(); out.append((time.perf_counter() - t0) * 1e3)
@@ -484,7 +509,7 @@ def section_langgraph(a, tiers):
         runs.append((name, stats(lat), time.perf_counter() - t0, statistics.fmean(lat[:n // 10 or 1]), statistics.fmean(lat[-(n // 10 or 1):])))
     try:
         for t in tiers:
-            if t.name == 'aws': continue
+            if t.name in ('aws', 'postgres'): continue
             sid = t.sm.create_session('user_lg').session_id
             run(f"ours: add_message, {t.name} tier", lambda i, sm=t.sm, sid=sid: sm.add_message(sid, role(i), turn_text(i)))
         conn = sqlite3.connect(str(tmp / 'langgraph.db'), check_same_thread=False)
@@ -510,7 +535,7 @@ def section_langgraph(a, tiers):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--quick', action='store_true', help='a smoke run: 100 calls per side, 500-message session, 20 MiB artifact, 200 turns (targets not judged for the smaller sizes)')
-    p.add_argument('--backends', default='embedded,redis,aws', help='comma-separated tiers: embedded (SQLite + files), redis (Redis hot), aws (Redis + moto DynamoDB + S3)')
+    p.add_argument('--backends', default='embedded,redis,aws,postgres', help='comma-separated tiers: embedded (SQLite + files), redis (Redis hot), aws (Redis + moto DynamoDB + S3), postgres (Redis + PostgreSQL + moto S3)')
     p.add_argument('--iterations', type=int, default=None, help='timed calls per side for lookups, add_message, small reads (default 1000, quick 100)')
     p.add_argument('--messages', type=int, default=None, help='messages in the dump_context session (default 10000, quick 500)')
     p.add_argument('--large-mb', type=int, default=None, help='large artifact size (default 100, quick 20)')
@@ -528,10 +553,10 @@ def main():
     a.dump_repeats, a.dump_budget = (2, 3) if a.quick else (7, 40)
     if a.quick: PROFILE_MAX_CALLS[0], NSMALL[0] = 30, 20
     wanted = [b.strip() for b in a.backends.split(',') if b.strip()]
-    if bad := set(wanted) - {'embedded', 'redis', 'aws'}: p.error(f"unknown backend(s) {sorted(bad)}; use embedded, redis, aws")
+    if bad := set(wanted) - {'embedded', 'redis', 'aws', 'postgres'}: p.error(f"unknown backend(s) {sorted(bad)}; use embedded, redis, aws, postgres")
     logging.basicConfig(level=logging.WARNING, format='   [log] %(name)s: %(message)s')
 
-    from servers import RedisServer, MotoServer
+    from servers import RedisServer, MotoServer, PostgresServer
     print(f"dataops-lab managers benchmark{' (quick)' if a.quick else ''}: {a.iterations} timed calls per side after {a.warmup} warm-up "
           f"(batches of 100, order rotating); dump_context of {a.messages:,} messages; {a.large_mb} MiB artifact x {a.repeats}; "
           f"LangGraph {a.turns:,} turns")
@@ -540,21 +565,23 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix='dataops-bench-mgr-'))
     servers, tiers, failed = [], [], []
     try:
-        redis_url = moto_ep = None
-        if {'redis', 'aws'} & set(wanted):
+        redis_url = moto_ep = pg_url = None
+        if {'redis', 'aws', 'postgres'} & set(wanted):
             if not shutil.which('redis-server'):
-                for tn in ('redis', 'aws'):
+                for tn in ('redis', 'aws', 'postgres'):
                     if tn in wanted:
                         skip('all sections', tn, "redis-server is not installed: `sudo apt-get install redis-server`, or run `./run test` once, which installs it")
                         failed.append(f"{tn} tier")
                 wanted = [w for w in wanted if w == 'embedded']
             else:
                 srv = RedisServer().start(); servers.append(srv); redis_url = srv.url
-        if 'aws' in wanted:
+        if {'aws', 'postgres'} & set(wanted):
             moto = MotoServer().start(); servers.append(moto); moto_ep = moto.endpoint
+        if 'postgres' in wanted:
+            pg = PostgresServer().start(); servers.append(pg); pg_url = pg.url  # PostgreSQL's defaults: fsync on, synchronous_commit on
         for name in wanted:
             t0 = time.perf_counter()
-            tiers.append(open_tier(name, tmp, redis_url, moto_ep))
+            tiers.append(open_tier(name, tmp, redis_url, moto_ep, pg_url))
             tiers[-1].notes.append(f"   (opened and provisioned in {time.perf_counter() - t0:.1f} s)")
         print("tiers:")
         for t in tiers:
@@ -577,7 +604,7 @@ def main():
     finally:
         for t in tiers: close_tier(t)
         for s in servers:
-            try: s.stop()
+            try: s.cleanup() if hasattr(s, 'cleanup') else s.stop()
             except Exception as e: print(f"could not stop {type(s).__name__}: {e}")
         shutil.rmtree(tmp, ignore_errors=True)
 
