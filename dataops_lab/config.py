@@ -35,7 +35,7 @@ class _Section(BaseModel): model_config = ConfigDict(extra='forbid')
 class StorageSettings(_Section):
     "`[storage]`: where hot sessions, metadata tables and blobs live"
     hot: str = Field('sqlite:///.dataops/cache.db', description="hot cache URL: sqlite:///path or redis://host:port/db")
-    cold: str = Field('sqlite:///.dataops/meta.db', description="metadata tables URL: sqlite:///path or dynamodb://region?endpoint_url=...")
+    cold: str = Field('sqlite:///.dataops/meta.db', description="metadata tables URL: sqlite:///path, dynamodb://region?endpoint_url=... or postgresql://user:password@host/db?schema=...")
     blob: str = Field('file://.dataops/blobs', description="blob store URL: file://path or s3://bucket/prefix")
     table_prefix: str = Field('', pattern=r'^[A-Za-z0-9_.-]*$', description="prefix added to every table name, e.g. 'dev_'")
 

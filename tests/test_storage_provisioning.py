@@ -34,7 +34,7 @@ def test_storage_init_sets_the_protections_once(tier, request, tmp_path, moto_se
     if tier == 'aws':
         ddb = boto3.client('dynamodb', endpoint_url=moto_server.endpoint, region_name='us-east-1')
         prefix = settings_of(ini)['table_prefix']
-        names = [n for n in ddb.list_tables()['TableNames'] if n.startswith(prefix)]
+        names = [n for page in ddb.get_paginator('list_tables').paginate() for n in page['TableNames'] if n.startswith(prefix)]
         assert len(names) >= 5 and 'point-in-time recovery: turned on' in first, first
         for n in names:
             assert ddb.describe_continuous_backups(TableName=n)['ContinuousBackupsDescription']['PointInTimeRecoveryDescription']['PointInTimeRecoveryStatus'] == 'ENABLED', n

@@ -123,3 +123,20 @@ def test_recovers_after_the_server_restarts():
             assert errors <= 1
             assert t.update('a', add={'n': 1})['n'] == 2 and t.get('a')['_version'] == 2
     finally: srv.cleanup()
+
+def _child_writes(t, n):
+    for i in range(n): t.put({'id': f"c{os.getpid()}-{i}", 'owner': 'kid', 'name': f"{i:03d}"})
+    assert t.get('p')['owner'] == 'ana'
+
+def test_forked_children_open_their_own_connections(url):
+    "A table used before fork (Dask and papermill workers fork) must not share the parent's sockets with the children"
+    import multiprocessing as mp
+    with PostgresTable(url + '&pool_min=2', ITEMS) as t:
+        t.ensure()
+        t.put({'id': 'p', 'owner': 'ana'})
+        kids = [mp.get_context('fork').Process(target=_child_writes, args=(t, 30)) for _ in range(3)]
+        for k in kids: k.start()
+        for i in range(30): t.update('p', add={'n': 1})  # the parent keeps using its pool meanwhile
+        for k in kids: k.join(120)
+        assert [k.exitcode for k in kids] == [0, 0, 0]
+        assert len(t.query('kid', index='by_owner', limit=1000).items) == 90 and t.get('p')['n'] == 30
