@@ -18,9 +18,9 @@ from ..config import Settings, load_settings
 # %% auto #0
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
            'decode_cursor', 'parse_store_url', 'Backend', 'check_metadata', 'iter_chunks', 'BlobStore', 'IndexSpec',
-           'TableSpec', 'check_item', 'is_expired', 'MetadataTable', 'as_bytes', 'Subscription', 'Lock', 'HotCache',
-           'stream_id_key', 'register_store', 'store_factory', 'open_blob', 'open_table', 'open_cache',
-           'register_tables', 'Storage', 'open_storage']
+           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'MetadataTable', 'as_bytes',
+           'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store', 'store_factory', 'open_blob',
+           'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
 
 # %% ../../nbs/10_store.ipynb #195eb988
 @dataclass
@@ -245,6 +245,29 @@ def is_expired(spec:TableSpec, item:dict|None, now:float|None=None)->bool:
     if not item or not spec.ttl_attribute: return False
     t = item.get(spec.ttl_attribute)
     return isinstance(t, (int, float)) and not isinstance(t, bool) and t <= (now if now is not None else now_ts())
+
+def check_update(spec:TableSpec, key:dict, set:dict|None, add:dict|None, remove:Iterable[str]|str)->tuple[dict, dict, tuple]:
+    "The parts of an `update` of the item at `key`, checked before anything is read: `(set, add, remove)`"
+    sets,adds = dict(set or {}),dict(add or {})
+    rm = (remove,) if isinstance(remove, str) else tuple(remove)
+    names = [*sets, *adds, *rm]
+    if len(dict.fromkeys(names)) != len(names): raise InvalidKeyError(f"table {spec.name!r}: an attribute appears twice in set/add/remove: {names}", "name each attribute once")
+    if bad := [a for a in names if a in key or a == '_version']: raise InvalidKeyError(f"table {spec.name!r}: update cannot change {bad}", "key attributes and _version are fixed; put a new item to change a key")
+    for a,n in adds.items():
+        if type(n) not in (int, float): raise InvalidKeyError(f"table {spec.name!r}: add needs numbers, got {a}={n!r}", "pass ints or floats to add")
+    check_item(spec, {**key, **sets, **adds})
+    return sets, adds, rm
+
+def apply_update(spec:TableSpec, item:dict, sets:dict, adds:dict, rm:tuple, ixattrs:Iterable[str]=())->dict:
+    "`item` with an update's checked parts applied (in place): backends that read, change and write back an item share this"
+    item.update(sets)
+    for a,n in adds.items():
+        old = item.get(a, 0)
+        if type(old) not in (int, float): raise InvalidKeyError(f"table {spec.name!r}: cannot add to {a!r}, which holds {old!r}", "add only to numeric attributes")
+        item[a] = old+n
+        if a in ixattrs and type(item[a]) is not spec.attr_type(a): raise InvalidKeyError(f"table {spec.name!r}: index attribute {a!r} would become {item[a]!r}", "add ints to int index attributes")
+    for a in rm: item.pop(a, None)
+    return item
 
 # %% ../../nbs/10_store.ipynb #6d453d7d
 class MetadataTable(Backend):

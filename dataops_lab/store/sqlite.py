@@ -387,14 +387,7 @@ def update(self:SQLiteTable, key:Any, *,
           )->dict:
     "Change attributes of the item at `key` atomically; the new item"
     s,k = self.spec,self.spec.key_of(key)
-    sets,adds = set or {},add or {}
-    rm = (remove,) if isinstance(remove, str) else tuple(remove)
-    names = [*sets, *adds, *rm]
-    if len(dict.fromkeys(names)) != len(names): raise InvalidKeyError(f"table {s.name!r}: an attribute appears twice in set/add/remove: {names}", "name each attribute once")
-    if bad := [a for a in names if a in k or a == '_version']: raise InvalidKeyError(f"table {s.name!r}: update cannot change {bad}", "key attributes and _version are fixed; put a new item to change a key")
-    for a,n in adds.items():
-        if type(n) not in (int, float): raise InvalidKeyError(f"table {s.name!r}: add needs numbers, got {a}={n!r}", "pass ints or floats to add")
-    check_item(s, {**k, **sets, **adds})
+    sets,adds,rm = check_update(s, k, set, add, remove)
     kv,c = tuple(k.values()),self._conn()
     c.execute("BEGIN IMMEDIATE")
     try:
@@ -404,13 +397,7 @@ def update(self:SQLiteTable, key:Any, *,
         elif if_version is not None: raise self._conflict(k, 'the item does not exist')
         else: it,ver = dict(k),0
         if if_version is not None and ver != if_version: raise self._conflict(k, f"the stored _version is {ver}, not {if_version}")
-        it.update(sets)
-        for a,n in adds.items():
-            old = it.get(a, 0)
-            if type(old) not in (int, float): raise InvalidKeyError(f"table {s.name!r}: cannot add to {a!r}, which holds {old!r}", "add only to numeric attributes")
-            it[a] = old+n
-            if a in self._ixattrs and type(it[a]) is not s.attr_type(a): raise InvalidKeyError(f"table {s.name!r}: index attribute {a!r} would become {it[a]!r}", "add ints to int index attributes")
-        for a in rm: it.pop(a, None)
+        apply_update(s, it, sets, adds, rm, self._ixattrs)
         _,js,exp,ix = self._encode(it)
         c.execute(self._sql['write'], (*kv, js, ver+1, exp, *ix))
         c.execute("COMMIT")
