@@ -166,7 +166,8 @@ def open_tier(name:str, tmp:Path, redis_url:str|None, moto_endpoint:str|None, pg
     storage = Storage(load_settings(t.ini)).ensure()
     t.sm = SessionManager(storage)
     t.cm = ContextManager(t.sm, t.sm.artifacts)
-    t.notes.append(f"{name}: " + ', '.join(f"{r} {u.split('?')[0].replace(str(tmp) + '/', '<tmp>/')}" for r, u in storage.urls.items()))
+    from dataops_lab.core import mask_url
+    t.notes.append(f"{name}: " + ', '.join(f"{r} {mask_url(u.split('?')[0]).replace(str(tmp) + '/', '<tmp>/')}" for r, u in storage.urls.items()))
     if name in ('redis', 'aws', 'postgres'): t.redis = redis.Redis.from_url(storage.urls['hot'])
     if name in ('aws', 'postgres'): t.s3 = boto3.client('s3', endpoint_url=moto_endpoint, region_name='us-east-1')
     if name == 'postgres':

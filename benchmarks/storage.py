@@ -547,6 +547,7 @@ def section_postgres(a, srv):
     with pool.connection() as c:
         c.execute("CREATE TABLE IF NOT EXISTS raw_items (id text COLLATE \"C\" PRIMARY KEY, item json NOT NULL, version bigint NOT NULL, expires double precision)")
         sync = {r[0]: r[1] for r in c.execute("SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method')")}
+        version = c.execute("SHOW server_version").fetchone()[0]
     up = ("INSERT INTO raw_items AS o (id, item, version, expires) VALUES (%s, %s, 1, %s) ON CONFLICT (id) DO UPDATE "
           "SET item = excluded.item, expires = excluded.expires, version = o.version + 1 RETURNING version")
     sel = "SELECT item, version FROM raw_items WHERE id = %s AND (expires IS NULL OR expires > %s)"
@@ -561,7 +562,7 @@ def section_postgres(a, srv):
     prefill(lput, raw_put)
     assert raw_get(0)['payload'] == pay and lget(0)['payload'] == pay
     with table._conn() as c: stmts = c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
-    notes = [f"server: PostgreSQL {psycopg.connect(srv.url).info.server_version} on loopback, {sync} (both sides; durable commits)",
+    notes = [f"server: PostgreSQL {version} on loopback, {sync} (both sides; durable commits)",
              f"layer: one INSERT ... ON CONFLICT ... RETURNING per put, one SELECT per get, server-side prepared ({stmts} statements on a pooled connection)",
              "raw: psycopg ConnectionPool, the same upsert / select shape on its own table, json.dumps / psycopg's json loader"]
     rp, rg = bench_pair(lput, raw_put, a.iterations, a.warmup), bench_pair(lget, raw_get, a.iterations, a.warmup)
