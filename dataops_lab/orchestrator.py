@@ -295,6 +295,6 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
                                         metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})
     yield E('artifact_stored', data={'artifact_id': aid, 'type': 'result'})
     self.sessions.update_session(session_id, {'global_context': {'last_workflow': wf.name, 'last_result': aid}})
-    reply = str(state.get('summary') or state.get('answer') or state.get('result') or f"{wf.name} finished; result stored as {aid}.")
+    reply = str(state.get('summary') or state.get('answer') or state.get('result') or state.get('output') or f"{wf.name} finished; result stored as {aid}.")  # 'output': DataOps Agent's key
     res = self._reply(session_id, 'result', reply, workflow=wf.name, route=route, inputs=jsonable(ex.values), output=out, artifact_ids=[aid])
     yield E('result', data={'outcome': res.model_dump()})
