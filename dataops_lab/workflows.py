@@ -365,6 +365,17 @@ class WorkflowRegistry:
         if not objs: raise NotFoundError(f"{mod_file} defines no workflow", "subclass BaseWorkflow or use @workflow")
         return [self.register(o, source=str(package or mod_file)).name for o in objs]
 
+    def add_package(self, path:str|Path)->list[str]:
+        "Register the workflow package at `path` (a folder with a config.yaml) or the workflow module `path` (a .py file); the names added, none if it is disabled"
+        p = Path(path)
+        if p.is_file() and p.suffix == '.py': return self._load(p, f"dataops_workflows.{p.stem}")
+        cfg_path = p/'config.yaml'
+        if not cfg_path.is_file(): raise NotFoundError(f"{str(p)!r} is not a workflow package: it has no config.yaml", "pass a folder with a config.yaml (`dataops-workflow create` makes one) or a workflow .py file")
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        if not isinstance(cfg, dict): raise InvalidInputError(f"{cfg_path} must be a mapping", "write e.g. `enabled: true`")
+        if not _enabled(cfg): self.disabled.append(p.name); return []
+        return self._load(p/cfg.get('module', 'workflow.py'), f"dataops_workflows.{p.name}", p, cfg.get('class'))
+
     def discover_folder(self, path:str|Path)->list[str]:
         "Register every enabled workflow package and `workflow_*.py` module in `path`; the names added"
         root,added = Path(path),[]
@@ -372,17 +383,9 @@ class WorkflowRegistry:
         if (root/'__init__.py').exists() and (top := str(root.resolve().parent)) not in sys.path:
             # a package inside a project (DataOps Agent's layout): its modules import the project's other packages
             sys.path.append(top); _log.info("%s is a package: its project folder %s is now importable", root, top)
-        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('.', '_'))):
-            cfg_path = d/'config.yaml'
-            if not cfg_path.exists(): continue
-            def load(d=d, cfg_path=cfg_path):
-                cfg = yaml.safe_load(cfg_path.read_text()) or {}
-                if not isinstance(cfg, dict): raise InvalidInputError(f"{cfg_path} must be a mapping", "write e.g. `enabled: true`")
-                if not _enabled(cfg): self.disabled.append(d.name); return None
-                return self._load(d/cfg.get('module', 'workflow.py'), f"dataops_workflows.{d.name}", d, cfg.get('class'))
-            added += self._try(d.name, str(d), load) or []
-        for f in sorted(root.glob('workflow_*.py')):
-            added += self._try(f.stem, str(f), lambda f=f: self._load(f, f"dataops_workflows.{f.stem}")) or []
+        pkgs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('.', '_')) and (p/'config.yaml').exists())
+        for p in pkgs + sorted(root.glob('workflow_*.py')):
+            added += self._try(p.stem, str(p), lambda p=p: self.add_package(p)) or []
         return added
 
     def discover_entry_points(self, group:str='dataops_lab.workflows')->list[str]:
