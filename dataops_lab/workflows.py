@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import UnionType
+from types import ModuleType, UnionType
 from typing import Annotated, Any, Callable, Literal, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 import yaml
 from pydantic import BaseModel, Field, field_validator
@@ -351,8 +351,12 @@ class WorkflowRegistry:
 
     def _load(self, mod_file:Path, mod_name:str, package:Path|None=None, cls:str|None=None)->list[str]:
         "Import `mod_file` as `mod_name` (a package rooted at `package` if given) and register the workflows it defines"
+        if (top := mod_name.split('.')[0]) not in sys.modules:  # the parent package, so `from . import nodes` works in the module
+            ns = ModuleType(top, "workflow packages and modules loaded from folders by WorkflowRegistry"); ns.__path__ = []
+            sys.modules[top] = ns
         spec = importlib.util.spec_from_file_location(mod_name, mod_file, submodule_search_locations=[str(package)] if package else None)
         if spec is None or not mod_file.exists(): raise NotFoundError(f"{mod_file} not found", "set `module:` in config.yaml")
+        for k in [k for k in sys.modules if k.startswith(spec.name + '.')]: del sys.modules[k]  # loading again reads edited submodules (nodes.py, state.py) too
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         try: spec.loader.exec_module(mod)
