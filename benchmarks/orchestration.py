@@ -137,7 +137,7 @@ def layer_pragmas(sm) -> str:
 class TailProbe:
     "Per call: GC pause time (gc.callbacks) and which layer SQLite files had their WAL reset (a checkpoint completed) during it"
     def __init__(self, sm):
-        from dataops_lab.store.local import sqlite_path
+        from dataops_lab.store.sqlite import sqlite_path
         self.wals = {}
         for role in ('cold', 'hot'):
             u = sm.storage.urls[role]
@@ -164,7 +164,7 @@ class TailProbe:
         if self._cb in gc.callbacks: gc.callbacks.remove(self._cb)
     def report(self, what:str, pause_ms:float=5.0):
         "Where the tail comes from: calls with a WAL reset or a GC pause, next to the rest"
-        from dataops_lab.store.local import WAL_SAFETY_PAGES
+        from dataops_lab.store.sqlite import WAL_SAFETY_PAGES
         rows = self.rows
         if not rows: return
         wal = [r for r in rows if r[2]]
@@ -221,7 +221,7 @@ CHAIN_KEYS = [
     ('  DataOpsSaver.get_tuple', 'dataops_lab/checkpoint.py', 'get_tuple'),
     ('  SessionManager.add_message', 'dataops_lab/sessions.py', 'add_message'),
     ('  SessionManager.get_session', 'dataops_lab/sessions.py', 'get_session'),
-    ('  SQLiteBackend._connect (a new SQLite connection)', 'dataops_lab/store/local.py', '_connect'),
+    ('  SQLiteBackend._connect (a new SQLite connection)', 'dataops_lab/store/sqlite.py', '_connect'),
     ('Pregel.stream calls (graphs run, nested ones included)', 'langgraph/pregel/main.py', 'stream'),
 ]
 ORCH_KEYS = [
@@ -467,7 +467,7 @@ def heartbeat_workflow():
 
 def section_routing(a, sm):
     from routing_queries import QUERIES
-    from dataops_lab.examples import default_registry
+    from dataops_lab.examples.workflows import default_registry
     from dataops_lab.orchestrator import Orchestrator
     reg = default_registry()
     orch = Orchestrator(reg, sm)
@@ -640,7 +640,7 @@ def main():
     print(versions())
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    import dataops_lab.chain, dataops_lab.orchestrator, dataops_lab.examples  # noqa: F401  (import time shown once, not inside a figure)
+    import dataops_lab.chain, dataops_lab.orchestrator, dataops_lab.examples.workflows  # noqa: F401  (import time shown once, not inside a figure)
     logging.getLogger('bm25s').setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import: a line per index build
     tmp = Path(tempfile.mkdtemp(prefix='dataops-bench-orch-'))
     sm = None

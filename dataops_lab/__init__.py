@@ -25,19 +25,19 @@ from .decorators import *
 from .orchestrator import *
 from .chain import *
 from .checkpoint import *
-from .samples import *
-from .profiling import *
-from .sql_tools import *
-from .query_optimizer import *
-from .jil import *
-from .examples import *
+from .examples.samples import *
+from .examples.profiling import *
+from .examples.sql_tools import *
+from .examples.query_optimizer import *
+from .examples.jil import *
+from .examples.workflows import *
 from .nbparams import *
 from .runner import *
 from .batch import *
 import dataops_lab.display  # rich HTML for sessions, artifacts, checkpoints and results in JupyterLab
 
 # %% ../nbs/99_package.ipynb #cfef77e3
-_LAZY = {**{n: 'store.local' for n in ('FileBlobStore', 'SQLiteTable', 'SQLiteCache')},
+_LAZY = {'FileBlobStore': 'store.files', 'SQLiteTable': 'store.sqlite', 'SQLiteCache': 'store.sqlite_cache',
          'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
          **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline')},
          **{n: 'progress' for n in ('RunProgress', 'ChainRunner')},

@@ -23,10 +23,10 @@ def run_demo(settings:Settings|None=None, # default: `load_settings()`
             )->list[str]:
     "Orchestrator, chain, sessions, artifacts and checkpoints on the configured storage; report each step"
     from dataops_lab.context import ContextManager, SessionManager
-    from dataops_lab.examples import default_registry, SQLGenerator
+    from dataops_lab.examples.workflows import default_registry, SQLGenerator
     from dataops_lab.orchestrator import Orchestrator
     from dataops_lab.chain import WorkflowChain
-    from dataops_lab.samples import sample_db
+    from dataops_lab.examples.samples import sample_db
     lines = []
     def say(s=''): lines.append(s); out(s)
     st = open_storage(settings)

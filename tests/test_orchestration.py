@@ -20,9 +20,9 @@ from dataops_lab.orchestrator import *
 from dataops_lab.chain import *
 from dataops_lab.chain import Step, topo_order
 from dataops_lab.checkpoint import CHECKPOINT_TABLES  # importing chain/checkpoint registers their tables before the shared tiers are provisioned
-from dataops_lab.examples import *
-from dataops_lab.examples import _NO_MODEL
-from dataops_lab.samples import sample_db, sample_jil_dir, sample_files
+from dataops_lab.examples.workflows import *
+from dataops_lab.examples.workflows import _NO_MODEL
+from dataops_lab.examples.samples import sample_db, sample_jil_dir, sample_files
 from conftest import Child, uid
 from servers import wait_for
 

@@ -5,7 +5,7 @@ workflows' metadata was refined while looking at this set's misroutes, so it is 
 (>= 90%). HELD_OUT (23) was written afterwards and never used for tuning: it measures how routing
 generalises, and is held to a lower bar that still catches regressions."""
 from routing_queries import QUERIES, HELD_OUT
-from dataops_lab.examples import default_registry
+from dataops_lab.examples.workflows import default_registry
 from dataops_lab.orchestrator import LexicalRouter
 
 def _accuracy(router, data):

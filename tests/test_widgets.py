@@ -67,7 +67,7 @@ def test_inspector_refuses_unknown_session_and_bad_poll(sm, sid):
 
 def test_a_view_that_fails_to_build_closes_the_storage_it_opened(tmp_path, sm, sid):
     "Each view opens its own storage from a settings path; a constructor that fails leaves no database connection open"
-    from dataops_lab.store.local import _WalKeeper
+    from dataops_lab.store.sqlite import _WalKeeper
     ini = tmp_path/'settings.ini'
     open_here = lambda: sorted(p for p in _WalKeeper._all if p.startswith(str(tmp_path)))
     assert open_here()  # the fixture's manager holds the folder's databases: the probe sees an open backend
