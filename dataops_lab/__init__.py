@@ -41,7 +41,9 @@ _LAZY = {'FileBlobStore': 'store.files', 'SQLiteTable': 'store.sqlite', 'SQLiteC
          'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
          **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline')},
          **{n: 'progress' for n in ('RunProgress', 'ChainRunner')},
-         **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')}}
+         **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')},
+         **{n: 'devkit' for n in ('create_workflow', 'test_workflow', 'validate_workflow', 'workflow_docs', 'benchmark_workflow', 'package_workflow',
+                                  'convert_workflow', 'WorkflowTestHarness', 'load_workflow', 'workspace_registry', 'current_llm', 'use_llm', 'external_tool')}}
 
 def __getattr__(name):
     if name in _LAZY:
