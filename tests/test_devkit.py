@@ -17,24 +17,13 @@ When the suite runs under coverage (`./run test` does), the subprocesses are mea
 import json, os, re, shutil, subprocess, sys, textwrap, difflib, time
 from pathlib import Path
 import pytest
+from cli import user_env
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / 'dataops-workflow')
 TEMPLATES = ('simple', 'supervisor', 'iterative', 'sequential', 'parallel', 'conditional')
-ROOT = Path(__file__).resolve().parent.parent
 
-def env(**extra) -> dict:
-    "The environment of a user's shell: no dataops settings from the test run, coverage carried into subprocesses"
-    e = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_')}
-    e.update(PYTHONUNBUFFERED='1', COLUMNS='120', **extra)
-    try:
-        import coverage
-        cov = coverage.Coverage.current()
-    except ImportError: cov = None
-    if cov is not None:
-        e['COVERAGE_PROCESS_START'] = str(ROOT / 'pyproject.toml')
-        e['COVERAGE_FILE'] = str(Path(cov.config.data_file).resolve())
-    return e
+env = user_env
 
 def run(*args, cwd, ok=True, timeout=300, exe=CLI, **kw) -> subprocess.CompletedProcess:
     "Run `dataops-workflow ARGS` in `cwd`; with ok=True the exit code must be 0"
@@ -170,7 +159,7 @@ def test_five_minute_walkthrough(tmp_path):
 # ---------------------------------------------------------------- the shell under a terminal
 
 def test_shell_in_a_pseudo_terminal(work):
-    pexpect = pytest.importorskip('pexpect', reason='pexpect comes with IPython, a dev dependency')
+    import pexpect
     sh = pexpect.spawn(CLI, ['shell', 't_conditional', '--mock-llm'], cwd=str(work), env=env(TERM='xterm'), encoding='utf-8', timeout=120, dimensions=(40, 160))
     try:
         sh.expect(r"Type 'help' for commands"); sh.expect_exact('t_conditional> ')

@@ -22,6 +22,7 @@ from dataops_lab.orchestrator import Orchestrator
 from dataops_lab.chain import WorkflowChain
 from dataops_lab.examples import default_registry
 import dataops_lab.context, dataops_lab.checkpoint  # noqa: F401 -- register their tables
+from cli import user_env
 
 CONTRACT = '''
     from abc import ABC, abstractmethod
@@ -251,7 +252,7 @@ def test_converted_workflow_runs_through_the_orchestrator_with_a_fake_model(proj
     from dataops_lab.devkit.runtime import use_llm
     from dataops_lab.devkit.workspace import locate_workflow
     out = tmp_path / 'converted'
-    env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_')}
+    env = user_env()
     p = subprocess.run([str(Path(sys.executable).parent / 'dataops-workflow'), 'convert', str(project / 'workflows' / 'workflow_lineage.py'), '-o', str(out)],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
