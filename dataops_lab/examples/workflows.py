@@ -93,7 +93,7 @@ def llm_sql(llm, question:str, schema:SchemaProfile, source:str)->dict|None:
     except Exception as e:
         _log.warning("model SQL rejected (%s); using the rule-based generator", e)
         return None
-    return {'question': question, 'ok': True, 'sql': sql, 'tables': [], 'interpretation': ['written by the language model; parsed and EXPLAINed against the database'],
+    return {'question': question, 'ok': True, 'sql': sql, 'tables': [], 'interpretation': ['written by the language model; checked to read only the tables of the database, and EXPLAINed there'],
             'confidence': 0.8, 'error': None, 'hint': None, 'checks': ['parsed', 'explained']}
 
 class SQLGenerator(BaseWorkflow):
@@ -123,9 +123,8 @@ class SQLGenerator(BaseWorkflow):
             if not s.get('sql') or not s.get('execute', True): return {'rows': [], 'columns': []}
             db = connect(s['source'])
             try:
-                cur = db.con.execute(f"SELECT * FROM ({s['sql']}) LIMIT {int(s.get('limit') or 20)}")
-                cols = [d[0] for d in cur.description]
-                return {'rows': [list(r) for r in cur.fetchall()], 'columns': cols}
+                cols,rows = db.select(f"SELECT * FROM ({s['sql']}) LIMIT {int(s.get('limit') or 20)}")
+                return {'rows': [list(r) for r in rows], 'columns': cols}
             finally: db.close()
         def summarise(s):
             a = s['answer']
