@@ -995,6 +995,41 @@ def test_decorators_preserve_signatures_and_validate_options():
     def needs_registry(): raise RuntimeError('x')
     with pytest.raises(InvalidInputError, match="fallback workflow 'by_name' needs a run with a registry"): needs_registry()
 
+def test_the_proposals_decorator_stack_bare_and_called(sm, calls):
+    "The proposal's stack, bare forms included, on a LangGraph node run by the orchestrator; the called forms still work"
+    class MyState(TypedDict, total=False):
+        database: str
+        limit: int
+        output: dict
+
+    @with_artifacts(ArtifactType.RESULT)
+    @with_session_context
+    @with_error_recovery
+    def my_node(state: MyState) -> dict:
+        calls['node'] = calls.get('node', 0) + 1
+        if calls['node'] == 1: raise ConnectionError('warehouse busy')
+        return {"output": {'database': state['database'], 'limit': state['limit']}}
+
+    g = StateGraph(MyState); g.add_node('my_node', my_node); g.add_edge(START, 'my_node'); g.add_edge('my_node', END)
+    wf = GraphWorkflow(g.compile(), {'name': 'my_workflow', 'description': 'read a table of the session database', 'example_queries': ['read the table'],
+                                     'required_inputs': [{'name': 'limit', 'type': 'integer', 'required': False, 'default': 10}]})
+    sid = sm.create_session(uid(), global_context={'database': 'warehouse.db', 'limit': 99}).session_id
+    r = Orchestrator(WorkflowRegistry(wf), sm).process(sid, 'read the table')
+    assert (r.kind, r.output['output'], calls['node']) == ('result', {'database': 'warehouse.db', 'limit': 99}, 2)  # retried once; database from the session
+    [mine] = sm.artifacts.list_artifacts(sid, name='my_node')
+    assert (mine.artifact_type, content(sm, mine.artifact_id)) == (ArtifactType.RESULT, {'output': {'database': 'warehouse.db', 'limit': 99}})
+    assert my_node.__name__ == 'my_node' and list(inspect.signature(my_node).parameters) == ['state']
+
+    @with_artifacts
+    @with_session_context(keys=['database'])
+    @with_error_recovery(retries=0, on_failure='continue')
+    def plain(database: str = None, limit: int = None): return {'database': database, 'limit': limit}
+    with run_context(RunContext(session_id=sid, sessions=sm, artifacts=sm.artifacts, workflow='plain')) as ctx:
+        assert plain() == {'database': 'warehouse.db', 'limit': None}
+        assert my_node({'database': 'mine.db', 'limit': 1}) == {'output': {'database': 'mine.db', 'limit': 1}}  # the state's own values win
+    assert [sm.artifacts.get_artifact(a).artifact_type for a in ctx.stored] == [ArtifactType.RESULT] * 2
+    assert plain('x.db') == {'database': 'x.db', 'limit': None}  # outside a run: steps aside
+
 # ---------------------------------------------------------------- the seed's chain on the bundled sample
 
 def _rows(sql: str):
