@@ -305,14 +305,33 @@ def test_entry_point_discovery_from_an_installed_distribution(tmp_path):
     p = subprocess.run([sys.executable, '-c', ENTRY_POINT_CHILD], env={**os.environ, 'PYTHONPATH': env_path}, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out['added'] == ['acme_legacy', 'reverse_word'] and out['names'] == ['acme_legacy', 'reverse_word']
-    assert out['sources'] == {'reverse_word': 'entry point acme_workflows:reverse_word', 'acme_legacy': 'entry point acme_workflows:AcmeLegacy'}
-    assert out['types'] == {'reverse_word': 'FunctionWorkflow', 'acme_legacy': 'AdaptedWorkflow'}
+    assert out['added'] == sorted(['acme_legacy', 'reverse_word', *BUNDLED]) and out['names'] == out['added']  # beside the bundled ones
+    acme = ('reverse_word', 'acme_legacy')
+    assert {n: out['sources'][n] for n in acme} == {'reverse_word': 'entry point acme_workflows:reverse_word', 'acme_legacy': 'entry point acme_workflows:AcmeLegacy'}
+    assert {n: out['types'][n] for n in acme} == {'reverse_word': 'FunctionWorkflow', 'acme_legacy': 'AdaptedWorkflow'}
     assert out['run']['reversed'] == 'cba' and out['legacy']['answer'] == 'xx'
     [[name, source, error]] = out['errors']
     assert (name, source) == ('missing', 'entry point acme_workflows:not_there') and 'not_there' in error
     dupe = [e for e in out['dupe_errors'] if e[0] == 'reverse']
     assert dupe and "workflow name 'reverse_word' is taken by code; entry point acme_workflows:reverse_word defines it again" in dupe[0][1]
+
+BUNDLED = ['jil_parser', 'query_optimizer', 'schema_analyzer', 'simple_agent', 'sql_generator', 'supervisor_agent']
+
+def test_bundled_workflows_register_through_the_entry_point():
+    "The six bundled workflows come in as a third-party package's would: the dataops_lab.workflows entry points, given the registry's model"
+    reg = WorkflowRegistry()
+    assert sorted(reg.discover_entry_points()) == BUNDLED and reg.errors == []
+    assert {n: reg.sources[n] for n in ('schema_analyzer', 'supervisor_agent')} == {
+        'schema_analyzer': 'entry point dataops_lab.examples.workflows:SchemaAnalyzer', 'supervisor_agent': 'entry point dataops_lab.examples.workflows:SupervisorAgent'}
+    assert (reg['sql_generator'].llm, reg['supervisor_agent'].registry) == (None, reg)
+    llm = RecordingChat(responses=['schema_analyzer'])
+    withm = WorkflowRegistry(llm=llm)
+    withm.discover_entry_points()
+    assert (withm['sql_generator'].llm, withm['simple_agent'].llm, withm['supervisor_agent'].llm, withm['supervisor_agent'].registry) == (llm, llm, llm, withm)
+    out = withm['supervisor_agent'].run({'question': 'profile the shop database'})  # the configured model plans, the registry delegates
+    assert out['plan'] == ['schema_analyzer'] and '4 tables' in out['results']['schema_analyzer']
+    both = WorkflowRegistry.discover(llm=llm)  # entry points + folders in one call
+    assert both.names() == BUNDLED and both.llm is llm
 
 def test_input_coercion_and_validation():
     p = WorkflowInputParameter(name='top_n', type='integer', example=5)

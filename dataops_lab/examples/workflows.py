@@ -264,6 +264,4 @@ class SupervisorAgent(BaseWorkflow):
 def default_registry(llm=None # optional LangChain chat model (SQL generation and the agent patterns)
                     )->WorkflowRegistry:
     "A registry with the six example workflows"
-    reg = WorkflowRegistry(SchemaAnalyzer(), SQLGenerator(llm), QueryOptimizer(), JilParser(), SimpleAgent(llm))
-    reg.register(SupervisorAgent(llm, reg))
-    return reg
+    return WorkflowRegistry(SchemaAnalyzer, SQLGenerator, QueryOptimizer, JilParser, SimpleAgent, SupervisorAgent, llm=llm)
