@@ -12,16 +12,18 @@ import bm25s, bm25s.stopwords
 from pydantic import BaseModel, Field
 from fastcore.basics import patch
 from .core import *
+from .config import Settings
 from .models import *
 from .recall import terms, _stem
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
+from .llm import chat_model
 from .decorators import RunContext, run_context
 
 # %% auto #0
 __all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'Extraction', 'extract_inputs', 'Event',
-           'OrchestratorResult', 'Rule', 'Orchestrator']
+           'OrchestratorResult', 'Rule', 'configured_model', 'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
 _log = logging.getLogger('dataops_lab.orchestrator')
@@ -165,13 +167,33 @@ class Rule(BaseModel):
     condition: Callable[[dict], bool]
     workflow: str
 
+def configured_model(llm=None, # a LangChain chat model, None for the configured one, or False for none
+                     settings:Settings|None=None # default: `load_settings()`
+                    ):
+    "`llm` itself; for None the chat model `[llm]` configures (None when provider = none); for False, None"
+    if llm is False: return None
+    return llm if llm is not None else chat_model(settings)
+
+def registry_from_settings(settings:Settings|None=None, # default: `load_settings()`
+                           llm=None # handed to the workflow classes that take one (see `configured_model`)
+                          )->WorkflowRegistry:
+    "The registry `Orchestrator()` and `WorkflowChain()` use by default: the installed workflows (entry points), given the model"
+    return WorkflowRegistry.discover(llm=configured_model(llm, settings))
+
+def _settings_of(sm)->Settings|None: return getattr(getattr(sm, 'storage', None), 'settings', None)
+
 class Orchestrator:
     "Routes queries in a session to workflows, asks for missing inputs, runs and records"
-    def __init__(self, registry:WorkflowRegistry, session_manager:SessionManager|None=None,
-                 artifact_store:ArtifactStore|None=None, llm=None, threshold:float=0.52):
-        self.registry,self.llm,self.threshold = registry,llm,threshold
+    def __init__(self, registry:WorkflowRegistry|None=None, # default: the installed workflows (`registry_from_settings`)
+                 session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
+                 artifact_store:ArtifactStore|None=None, # default: the session manager's
+                 llm=None, # routing model; default: the one [llm] configures (none by default); False: lexical routing
+                 threshold:float=0.52):
+        self.threshold = threshold
         self.sessions = session_manager or SessionManager()
         self.artifacts = artifact_store or self.sessions.artifacts
+        self.llm = configured_model(llm, _settings_of(self.sessions))
+        self.registry = registry if registry is not None else registry_from_settings(_settings_of(self.sessions), self.llm or False)
         self.rules:list[Rule] = []
         self._router,self._router_names = None,None
 

@@ -421,6 +421,35 @@ def calls(): return {}
 @pytest.fixture
 def orch(sm, calls): return Orchestrator(make_registry(calls), sm)
 
+def test_orchestrator_and_chain_with_no_arguments(tmp_path, monkeypatch):
+    "The proposal's calls as written: Orchestrator() and WorkflowChain() take their registry, storage and model from settings.ini"
+    (tmp_path / 'settings.ini').write_text('[storage]\n')
+    monkeypatch.setenv('DATAOPS_SETTINGS', str(tmp_path / 'settings.ini'))
+    orchestrator = Orchestrator()
+    assert orchestrator.registry.names() == BUNDLED and orchestrator.llm is None
+    assert orchestrator.sessions.storage.urls['cold'] == f"sqlite:///{tmp_path / '.dataops' / 'meta.db'}"
+    sid = orchestrator.sessions.create_session('analyst').session_id
+    r = orchestrator.process(sid, 'how many customers are there?')
+    assert (r.kind, r.workflow, r.output['rows']) == ('result', 'sql_generator', [[240]])
+
+    chain = WorkflowChain()
+    chain.add_step("schema_analyzer")
+    chain.add_step("sql_generator", parameter_mapping=lambda prev: {'question': 'how many orders are there?', 'database': prev['source']})
+    chain.add_step("query_optimizer", parameter_mapping=lambda prev: {'sql': prev['sql'], 'database': prev['source']})
+    result = chain.execute(sid, {})
+    assert (result.status, result.chain, chain.name) == ('completed', 'schema_analyzer-sql_generator-query_optimizer', result.chain)
+    assert chain.sessions.storage.urls == orchestrator.sessions.storage.urls and chain.registry.names() == BUNDLED
+    assert orchestrator.sessions.artifacts.get_artifact(result.artifacts['query_optimizer']).name == f"{result.chain}.query_optimizer"
+    assert WorkflowChain('mine').add_step('jil_parser').name == 'mine' and WorkflowChain().add_step('jil_parser').name == 'jil_parser'
+
+    # a configured model reaches the router and every bundled workflow that takes one; llm=False turns it off
+    (tmp_path / 'settings.ini').write_text('[storage]\n[llm]\nprovider = openai\nbase_url = http://127.0.0.1:9/v1\nmodel = local-model\n')
+    withm = Orchestrator()
+    assert type(withm.llm).__name__ == 'ChatOpenAI' and withm.llm.model_name == 'local-model'
+    assert all(withm.registry[n].llm is withm.llm for n in ('sql_generator', 'simple_agent', 'supervisor_agent'))
+    assert type(withm.router).__name__ == 'LLMRouter' and WorkflowChain().registry['sql_generator'].llm is not None
+    assert Orchestrator(llm=False).llm is None and type(Orchestrator(llm=False).router).__name__ == 'LexicalRouter'
+
 def test_rules_first_in_order_and_a_raising_rule_is_skipped(orch, sm, sid, calls, caplog):
     seen = []
     orch.add_rule(lambda ctx: seen.append(dict(ctx)) or ctx['size'] > 1_000_000, 'large_data_processor', name='big_data')  # KeyError without 'size'
