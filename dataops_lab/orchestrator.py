@@ -241,13 +241,34 @@ def _reply(self:Orchestrator, session_id, kind, reply, **kw)->OrchestratorResult
                               metadata={'kind': kind, **({'confidence': res.route.confidence} if res.route else {})})
     return res
 
+def _msg(e:BaseException)->str: return e.message if isinstance(e, DataOpsError) else f"{type(e).__name__}: {e}"
+
 @patch
 def stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
-    "Handle one user message, yielding typed events as it goes"
+    "Handle one user message, yielding typed events as it goes; once the user's turn is recorded, a reply always follows it"
     if not isinstance(query, str) or not query.strip(): raise InvalidInputError(f"query must be a non-empty string, got {query!r}", "pass the user's message")
     s = self.sessions.get_session(session_id)
     history = [m.content for m in reversed(self.sessions.get_history(session_id, limit=20)) if m.role == Role.USER]
     self.sessions.add_message(session_id, 'user', query)
+    replied = False
+    try:
+        for ev in self._turn(session_id, query, s, history):
+            replied = replied or 'outcome' in ev.data  # an outcome is yielded once its reply is recorded
+            yield ev
+    except Exception as e:
+        if replied: raise
+        _log.warning("handling a message in session %s failed after the user's turn was recorded: %s", session_id, _msg(e))
+        res = self._reply(session_id, 'error', f"I could not handle this request: {_msg(e)}")
+        replied = True
+        yield Event(type='error', session_id=session_id, data={'error': _msg(e), 'outcome': res.model_dump()})
+    finally:
+        if not replied:  # the consumer stopped reading, or the run was interrupted (KeyboardInterrupt)
+            try: self._reply(session_id, 'cancelled', 'Stopped before an answer: the request was interrupted.')
+            except Exception as e: _log.warning("could not record the end of an interrupted request in session %s: %s", session_id, _msg(e))
+
+@patch
+def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->Iterator[Event]:
+    "The work after the user's turn is recorded: pending question, routing, parameters, run"
     E = lambda t, **kw: Event(type=t, session_id=session_id, **kw)
     yield E('received', data={'query': query})
     pending = s.global_context.get('_pending')
@@ -305,16 +326,20 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
                 else:
                     for node,out in (chunk or {}).items(): yield E('node_finished', node=node, data={'keys': sorted(out) if isinstance(out, dict) else []})
     except Exception as e:
-        tb = traceback.format_exc(limit=-4)
-        aid = self.artifacts.store_artifact({'error': f"{type(e).__name__}: {e}", 'traceback': tb, 'inputs': jsonable(ex.values), 'partial_state': jsonable(state)},
-                                            session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_error", artifact_type=ArtifactType.DEBUG, created_by='orchestrator')
-        yield E('artifact_stored', data={'artifact_id': aid, 'type': 'debug'})
-        msg = e.message if isinstance(e, DataOpsError) else str(e)
-        res = self._reply(session_id, 'error', f"{wf.name} failed: {msg}", workflow=wf.name, route=route, inputs=jsonable(ex.values), artifact_ids=[aid])
+        tb,msg,aids,note = traceback.format_exc(limit=-4),(e.message if isinstance(e, DataOpsError) else str(e)),[],''
+        try:
+            aids = [self.artifacts.store_artifact({'error': f"{type(e).__name__}: {e}", 'traceback': tb, 'inputs': jsonable(ex.values), 'partial_state': jsonable(state)},
+                                                  session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_error", artifact_type=ArtifactType.DEBUG, created_by='orchestrator')]
+        except Exception as se: note = f" (its debug record could not be stored: {_msg(se)})"
+        if aids: yield E('artifact_stored', data={'artifact_id': aids[0], 'type': 'debug'})
+        res = self._reply(session_id, 'error', f"{wf.name} failed: {msg}{note}", workflow=wf.name, route=route, inputs=jsonable(ex.values), artifact_ids=aids)
         yield E('error', data={'error': msg, 'outcome': res.model_dump()}); return
     out = jsonable(state)
-    aid = self.artifacts.store_artifact(out, session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_result", created_by='orchestrator',
-                                        metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})
+    try: aid = self.artifacts.store_artifact(out, session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_result", created_by='orchestrator',
+                                             metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})
+    except Exception as se:  # the run's output still goes back to the caller, with the reason it is not stored
+        res = self._reply(session_id, 'error', f"{wf.name} ran, but its result could not be stored: {_msg(se)}", workflow=wf.name, route=route, inputs=jsonable(ex.values), output=out)
+        yield E('error', data={'error': _msg(se), 'outcome': res.model_dump()}); return
     yield E('artifact_stored', data={'artifact_id': aid, 'type': 'result'})
     self.sessions.update_session(session_id, {'global_context': {'last_workflow': wf.name, 'last_result': aid}})
     reply = str(state.get('summary') or state.get('answer') or state.get('result') or f"{wf.name} finished; result stored as {aid}.")

@@ -4,7 +4,7 @@ Storage-backed behaviour (sessions, artifacts, LangGraph checkpoints) runs on bo
 (SQLite + files) and Redis + DynamoDB + S3 (real servers: redis-server and moto over HTTP). What a notebook cannot
 show is here too: entry-point discovery from an installed distribution, a workflow package written against another
 copy of the contract, and a chain resumed in a second process after the first was SIGKILLed mid-run."""
-import importlib.util, inspect, json, logging, os, sqlite3, subprocess, sys, textwrap, threading
+import importlib.util, inspect, json, logging, os, shutil, sqlite3, subprocess, sys, textwrap, threading
 from pathlib import Path
 from typing import TypedDict
 import pytest, sqlglot
@@ -12,6 +12,9 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langgraph.graph import StateGraph, START, END
 from dataops_lab.core import *
 from dataops_lab.models import ArtifactType, Role
+from dataops_lab.config import load_settings
+from dataops_lab.store.base import Storage
+from dataops_lab.artifacts import ArtifactStore
 from dataops_lab.sessions import SessionManager
 from dataops_lab.workflows import *
 from dataops_lab.workflows import AdaptedWorkflow, FunctionWorkflow, GraphWorkflow
@@ -591,6 +594,39 @@ def test_failing_workflow_leaves_a_debug_artifact(orch, sm, sid):
     assert c['inputs'] == {'source': 'inbox'} and c['partial_state'] == {'source': 'inbox', 'rows': 3}  # what ran before the failure
     assert history(sm, sid)[-1] == ('assistant', res.reply, 'warehouse_loader', [a.artifact_id], 'error')
     assert '_pending' not in sm.get_session(sid).global_context
+
+def _broken_artifact_store(folder: Path) -> ArtifactStore:
+    "An ArtifactStore whose blob folder vanished under it (replaced by a file): any artifact over the inline size fails to store"
+    folder.mkdir()
+    (folder / 'settings.ini').write_text('[storage]\n')
+    st = Storage(load_settings(folder / 'settings.ini'))
+    arts = ArtifactStore(st)
+    blobs = Path(st.urls['blob'][len('file://'):])
+    shutil.rmtree(blobs, ignore_errors=True); blobs.write_text('not a folder any more')
+    return arts
+
+def test_every_user_turn_gets_a_reply_whatever_fails_after_it(sm, calls, tmp_path):
+    "A user turn is never left without an assistant turn: a failure after it is recorded as an error reply"
+    @workflow(example_queries=['export the big report'])
+    def big_report(): return {'summary': 'done', 'rows': ['x' * 100] * 100}  # over the inline size: goes to the blob store
+    @workflow(example_queries=['explode loudly'])
+    def loud_failure(): raise RuntimeError('kaboom ' + 'x' * 3000)
+    orch = Orchestrator(WorkflowRegistry(big_report, loud_failure), sm, artifact_store=_broken_artifact_store(tmp_path / 'arts'))
+    sid = sm.create_session(uid()).session_id
+    r = orch.process(sid, 'export the big report')  # the workflow ran; storing its result failed
+    assert (r.kind, r.workflow, r.artifact_ids) == ('error', 'big_report', []) and 'could not be stored' in r.reply, r.reply
+    assert r.output['summary'] == 'done' and [e.type for e in r.events][-1] == 'error'
+    r2 = orch.process(sid, 'explode loudly')  # the workflow failed, and so did storing its debug record
+    assert (r2.kind, r2.workflow) == ('error', 'loud_failure') and 'kaboom' in r2.reply and 'could not be stored' in r2.reply, r2.reply
+    h = history(sm, sid)
+    assert [(role, kind) for role, _, _, _, kind in h] == [('user', None), ('assistant', 'error')] * 2
+    assert h[1][1] == r.reply and h[3][1] == r2.reply
+    # a consumer that stops reading the stream half-way still leaves a reply behind
+    gen = orch.stream(sid, 'export the big report')
+    assert next(gen).type == 'received'
+    gen.close()
+    assert history(sm, sid)[-2:] == [('user', 'export the big report', None, [], None),
+                                     ('assistant', 'Stopped before an answer: the request was interrupted.', None, [], 'cancelled')]
 
 def test_stream_yields_events_in_order_as_they_happen(orch, sm, sid, calls):
     gen = orch.stream(sid, 'count the rows of table orders')
