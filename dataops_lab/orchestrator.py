@@ -22,7 +22,7 @@ from .llm import chat_model
 from .decorators import RunContext, run_context
 
 # %% auto #0
-__all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'Extraction', 'extract_inputs', 'Event',
+__all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs', 'Extraction', 'extract_inputs', 'Event',
            'OrchestratorResult', 'Rule', 'configured_model', 'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
@@ -86,35 +86,67 @@ class LLMRouter:
 
 # %% ../nbs/38_orchestrator.ipynb #67580bee
 _SQL = re.compile(r"`{1,3}\s*((?:select|with|insert|update|delete)\b[^`]+)`{1,3}|((?:^|(?<=[:\s]))(?:select|with)\s+.+)$", re.I | re.S)
-_PATH = re.compile(r"(?<![\w@])((?:~|\.{1,2})?(?:/?[\w.-]+/)*[\w-]+\.(?:db|sqlite3?|duckdb|csv|parquet|jil|json|txt|sql|ya?ml))\b", re.I)
+_PATH = re.compile(r"(?<![\w@])((?:~|\.{1,2})?(?:/?[\w.-]+/)*[\w-]+\.(?:db|sqlite3?|duckdb|csv|parquet|jil|json|txt|sql|ya?ml))\b", re.I)  # a file name with a data suffix
+_ABS_PATH = re.compile(r"(?:^|(?<=[\s(=,]))((?:~|\.{1,2})?/[A-Za-z0-9_.~][\w.~+-]*(?:/[\w.~+-]+)*/?)")  # /etc/passwd, ~/data, ./exports/
+_QUOTED_PATH = re.compile(r"""(["'`])((?:~|\.{1,2})?/[^"'`\n]+)\1""")  # '/data/my exports/shop.db'
+_SQL_TEXT = re.compile(r"`{1,3}\s*(?:select|with|insert|update|delete)\b[^`]+`{1,3}|(?:^|(?<=[:\s]))(?:select\s|with\s+\w+\s+as\s*\().+$", re.I | re.S)  # a statement: its strings are not paths named
 _NUM_CUE = r"(?:top|first|limit|max(?:imum)?|up to|last)\s+(\d[\d,]*)"
 _STOP = set(bm25s.stopwords.STOPWORDS_EN_PLUS) | {'the', 'a', 'an', 'is', 'are', 'of', 'for', 'in', 'this', 'that', 'my', 'your', 'it'}
+_WHOLE = re.compile(r'question|query|request|prompt|ask')
 
-def _explicit(name:str, text:str)->str|None:
-    m = re.search(rf"\b{re.escape(name)}\s*[=:]\s*(\"[^\"]*\"|'[^']*'|\S+)", text, re.I)
-    return m.group(1).strip('"\'').rstrip('.,;') if m else None
+def _explicit(name:str, text:str, sep:str='[=:]')->re.Match|None:
+    return re.search(rf"\b{re.escape(name)}\s*{sep}\s*(\"[^\"]*\"|'[^']*'|\S+)", text, re.I)
 
-def extract_from_text(p:WorkflowInputParameter, text:str, whole_query:bool=True)->str|None:
-    "A raw value for input `p` found in `text`, or None"
-    if (v := _explicit(p.name, text)) is not None: return v
+def _path(text:str)->tuple[str, tuple[int, int]]|None:
+    "The first path in `text` — quoted, absolute or home-relative, or a file name with a data suffix — and its span"
+    ms = [(m, m.group(2)) for m in _QUOTED_PATH.finditer(text)][:1] + [(m, m.group(1).rstrip('.')) for r in (_ABS_PATH, _PATH) for m in r.finditer(text)][:2]
+    if not (ms := [(m, v) for m,v in ms if v.strip('/.~')]): return None
+    m,v = min(ms, key=lambda x: (x[0].start(), -len(x[1])))
+    return v, m.span()
+
+def _find(p:WorkflowInputParameter, text:str, whole_query:bool)->tuple[str|None, tuple[int, int]|None]:
+    "A raw value for `p` in `text`, and the span to take out of the text the other inputs read (explicit values, SQL and paths)"
+    if m := _explicit(p.name, text): return m.group(1).strip('"\'').rstrip('.,;'), m.span()
     if p.pattern:
         m = re.search(p.pattern, text)
-        return m.group(1) if m else None
+        return (m.group(1) if m else None), None
     if p.type == 'sql':
         m = _SQL.search(text)
-        return (m.group(1) or m.group(2)).strip().rstrip(';') if m else None
-    if p.type == 'path':
-        m = _PATH.search(text)
-        return m.group(1) if m else None
+        return ((m.group(1) or m.group(2)).strip().rstrip(';'), m.span()) if m else (None, None)
+    if p.type == 'path': return _path(_SQL_TEXT.sub(lambda m: ' ' * len(m.group()), text)) or (None, None)
     if p.type in ('integer', 'number'):
         words = '|'.join(map(re.escape, p.name.split('_')))
         m = re.search(_NUM_CUE, text, re.I) or re.search(rf"(\d[\d,.]*)\s+(?:{words})", text, re.I) or re.search(rf"(?:{words})\D{{0,12}}(\d[\d,.]*)", text, re.I)
-        return m.group(1) if m else None
-    if p.type != 'string': return None
-    if whole_query and re.search(r'question|query|request|prompt|ask', p.name): return text.strip()
+        return (m.group(1) if m else None), None
+    if p.type != 'string': return None, None
+    if whole_query and _WHOLE.search(p.name): return re.sub(r'\s+', ' ', text).strip(), None
     words = '|'.join(map(re.escape, p.name.split('_')))
     m = re.search(rf"\b(?:{words})\s+(?:named\s+|called\s+)?[`'\"]?([A-Za-z_][\w.]*)", text, re.I)
-    return m.group(1) if m and m.group(1).lower() not in _STOP else None
+    return (m.group(1) if m and m.group(1).lower() not in _STOP else None), None
+
+def extract_from_text(p:WorkflowInputParameter, text:str, whole_query:bool=True)->str|None:
+    "A raw value for input `p` found in `text`, or None"
+    return _find(p, text, whole_query)[0]
+
+def _rank(p:WorkflowInputParameter)->int:
+    "Which inputs read a text first: explicit ones were taken out already; then SQL, patterns, paths, the rest, the whole query last"
+    return 4 if p.type == 'string' and _WHOLE.search(p.name) and not p.pattern else 0 if p.type == 'sql' else 1 if p.pattern else 2 if p.type == 'path' else 3
+
+def read_inputs(inputs:list[WorkflowInputParameter], # a workflow's inputs
+                text:str, # a user's message
+                whole_query:bool=True # may a question-like input take the whole (remaining) text?
+               )->dict[str, str]:
+    "Raw values for `inputs` found in `text`, each span taken out of the text the next inputs read: `name=value` first, then SQL and paths"
+    out,rest = {},text
+    def take(span): nonlocal rest; rest = rest[:span[0]] + ' ' + rest[span[1]:]
+    for p in inputs:
+        if m := _explicit(p.name, rest): out[p.name] = m.group(1).strip('"\'').rstrip('.,;'); take(m.span())
+    for p in sorted((p for p in inputs if p.name not in out), key=_rank):
+        v,span = _find(p, rest, whole_query)
+        if v in (None, ''): continue
+        out[p.name] = v
+        if span and p.type in ('sql', 'path'): take(span)
+    return out
 
 class Extraction(BaseModel):
     "Inputs found for a workflow, where each came from, and what is still missing"
@@ -123,15 +155,20 @@ class Extraction(BaseModel):
     missing: list[str] = Field(default_factory=list)
     errors: dict[str, str] = Field(default_factory=dict)
 
-def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|None=None)->Extraction:
+def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|None=None,
+                   whole_query:bool=True # may a question-like input take the whole query (False when the query answers a question)
+                  )->Extraction:
     "Fill `wf`'s inputs from `query`, then earlier user turns (newest first), then `state`, then defaults"
-    ex,state = Extraction(),state or {}
-    for p in wf.metadata.required_inputs:
-        found = [(extract_from_text(p, query), 'query')] + [(extract_from_text(p, h, whole_query=False), 'earlier turn') for h in history] + [(state.get(p.name), 'session state')]
+    ex,state,ins = Extraction(),state or {},wf.metadata.required_inputs
+    now,before = read_inputs(ins, query, whole_query),[read_inputs(ins, h, whole_query=False) for h in history]
+    for p in ins:
+        found = [(now.get(p.name), 'query')] + [(b.get(p.name), 'earlier turn') for b in before] + [(state.get(p.name), 'session state')]
         for raw,src in found:
             if raw in (None, ''): continue
             try: ex.values[p.name],ex.sources[p.name] = p.coerce(raw),src; break
-            except InvalidInputError as e: ex.errors[p.name] = e.message
+            except InvalidInputError as e:
+                ex.errors[p.name] = e.message
+                if src == 'query': ex.missing.append(p.name); break  # named in this message but not valid: asked again, never swapped for an older value
         else:
             if p.default is not None: ex.values[p.name],ex.sources[p.name] = p.default,'default'
             elif p.required: ex.missing.append(p.name)
@@ -282,20 +319,24 @@ def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->I
         pwf = self.registry.get(pending['workflow'])
         first = next((p for p in pwf.metadata.required_inputs if p.name == (pending.get('missing') or [None])[0]), None)
         if first is None or extract_from_text(first, query, whole_query=False) is None:
-            alt = self.route(query, s.global_context)
+            alt = self.route(self._routing_text(query), s.global_context)
             if alt.workflow not in (None, pending['workflow']):
                 self.sessions.update_session(session_id, {'global_context': {'_pending': None}})
                 s.global_context.pop('_pending', None)
                 pending = None
     if pending and pending['workflow'] in self.registry:
         wf,route = self.registry.get(pending['workflow']),Route(workflow=pending['workflow'], confidence=1.0, reason='answer to a question')
-        ex = extract_inputs(wf, query, history, {**s.global_context, **pending['inputs']})
+        ex = extract_inputs(wf, query, history, {**s.global_context, **pending['inputs']}, whole_query=False)
         first = next((p for p in wf.metadata.required_inputs if p.name == (pending.get('missing') or [None])[0]), None)
-        if first is not None and first.name in ex.missing:
-            try: ex.values[first.name] = first.coerce(query.strip()); ex.missing.remove(first.name); ex.sources[first.name] = 'answer'
-            except InvalidInputError as e: ex.errors[first.name] = e.message
+        if first is not None and ex.sources.get(first.name) != 'query':  # the message is the answer to the question asked
+            try:
+                ex.values[first.name],ex.sources[first.name] = first.coerce(query.strip()),'answer'
+                if first.name in ex.missing: ex.missing.remove(first.name)
+            except InvalidInputError as e:
+                ex.errors[first.name] = e.message
+                if first.name not in ex.missing: ex.missing.insert(0, first.name)
     else:
-        route = alt or self.route(query, s.global_context)
+        route = alt or self.route(self._routing_text(query), s.global_context)
         yield E('routed', workflow=route.workflow, data=route.model_dump())
         if route.workflow is None:
             cands = ', '.join(f"{n} ({c:.0%})" for n,c in route.candidates[:3] if c > 0.05)
@@ -312,6 +353,13 @@ def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->I
         yield E('question', workflow=wf.name, data={'input': p.name, 'outcome': res.model_dump()}); return
     if s.global_context.get('_pending'): self.sessions.update_session(session_id, {'global_context': {'_pending': None}})
     yield from self._execute(session_id, wf, route, ex)
+
+@patch
+def _routing_text(self:Orchestrator, query:str)->str:
+    "`query` without its `name=value` inputs (of any registered workflow): a value such as a long path says nothing about the intent"
+    for n in {p.name for w in self.registry for p in w.metadata.required_inputs}:
+        while m := _explicit(n, query, '='): query = query[:m.start()] + ' ' + query[m.end():]
+    return query
 
 @patch
 def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex:Extraction)->Iterator[Event]:

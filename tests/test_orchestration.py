@@ -25,7 +25,7 @@ from dataops_lab.chain import Step, topo_order
 from dataops_lab.checkpoint import CHECKPOINT_TABLES  # importing chain/checkpoint registers their tables before the shared tiers are provisioned
 from dataops_lab.examples.workflows import *
 from dataops_lab.examples.workflows import _NO_MODEL
-from dataops_lab.examples.samples import sample_db, sample_jil_dir, sample_files
+from dataops_lab.examples.samples import sample_db, sample_duckdb, sample_jil_dir, sample_files
 from conftest import Child, uid
 from servers import wait_for
 
@@ -564,6 +564,37 @@ def test_parameters_from_query_earlier_turns_session_state_and_defaults(orch, sm
     sid = sm.create_session(uid()).session_id
     r = orch.process(sid, 'what are the null rates and column types?')
     assert (r.workflow, r.inputs, art(sm, r.artifact_ids[0]).metadata['sources']) == ('profile', {'table': 'orders'}, {'table': 'default'})
+
+def test_named_inputs_leave_the_text_and_a_named_path_is_never_swapped_for_an_older_one(sm, tmp_path):
+    "name=value and paths are taken out of the text the other inputs read; a path the user names is used or refused, never replaced"
+    import duckdb
+    orch = Orchestrator(default_registry(), sm)
+    sid = sm.create_session(uid()).session_id
+    duck = str(sample_duckdb())
+    with duckdb.connect(duck, read_only=True) as con: n_orders = con.execute('SELECT COUNT(*) FROM orders').fetchone()[0]
+    r = orch.process(sid, f'how many orders are there? database={duck}')
+    assert (r.kind, r.workflow, r.inputs['question'], r.inputs['database'], r.output['rows']) == ('result', 'sql_generator', 'how many orders are there?', duck, [[n_orders]]), r.reply
+    r = orch.process(sid, f'how many orders are in {duck}?')  # a bare path leaves the question too
+    assert (r.kind, r.inputs['question'], r.inputs['database'], r.output['rows']) == ('result', 'how many orders are in ?', duck, [[n_orders]]), r.reply
+    r = orch.process(sid, 'optimize this query: SELECT order_id FROM orders WHERE status = \'shipped\' database: ' + duck)
+    assert (r.kind, r.workflow, r.inputs['sql'], r.inputs['database']) == ('result', 'query_optimizer', "SELECT order_id FROM orders WHERE status = 'shipped'", duck), r.reply
+
+    orch.process(sid, 'analyze the schema of shop.db')  # an earlier turn names a database...
+    notes = tmp_path / 'notes'
+    notes.write_text('root:x:0:0:root:/root:/bin/bash\n')
+    for named, why in ((notes, 'cannot tell what kind of database'), (tmp_path / 'no' / 'such' / 'folder', 'does not exist')):
+        r = orch.process(sid, f'analyze the schema of {named}')  # ...this one names another: it is used, and refused clearly
+        assert (r.kind, r.workflow, r.inputs['database']) == ('error', 'schema_analyzer', str(named)) and why in r.reply and str(named) in r.reply, r.reply
+        assert 'profile' not in r.output
+    # a path inside SQL is part of the query, not a database named (in this message or an earlier one)
+    sid = sm.create_session(uid(), global_context={'database': duck}).session_id
+    r = orch.process(sid, "optimize SELECT order_id FROM orders WHERE status = '/var/data/x'")
+    assert (r.kind, r.inputs['database'], r.inputs['sql']) == ('result', duck, "SELECT order_id FROM orders WHERE status = '/var/data/x'"), r.reply
+    # a value named in the query that is not valid is asked for again, not replaced by an older or default one
+    q = orch.process(sid, 'how many orders are there? limit=lots')
+    assert (q.kind, q.workflow) == ('question', 'sql_generator') and "'lots'" in q.reply, q.reply
+    a = orch.process(sid, '5')
+    assert (a.kind, a.inputs['limit'], a.inputs['question']) == ('result', 5, 'how many orders are there?'), a.reply
 
 def test_every_turn_result_and_artifact_is_recorded(orch, sm, sid):
     queries = ('how many rows are there?', 'customers', 'count the rows of table orders', 'play some jazz music', 'load the warehouse now')
