@@ -190,6 +190,17 @@ class WorkflowChain:
         return self
 
 # %% ../nbs/39_chain.ipynb #3330c371
+def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
+    "A step's inputs: what its mapping returns, or — for no mapping, or one returning names (`...`: every input) — its inputs found in `prev`, else in the chain's input"
+    mapped = step.mapping(prev) if step.mapping else {...}
+    if isinstance(mapped, dict): return mapped
+    if not isinstance(mapped, (set, frozenset)):
+        raise InvalidInputError(f"parameter_mapping of step {step.name!r} returned a {type(mapped).__name__}, not the step's inputs",
+                                "return a dict of inputs, or a set of the names to take from the previous step's output ({...}: all of them)")
+    names = {p.name for p in step.workflow.metadata.required_inputs} if ... in mapped else set(mapped)  # a name it does not take is refused by validate_inputs
+    found = {**(chain_input or {}), **(prev if isinstance(prev, dict) else {})}
+    return {k: found[k] for k in names if k in found}
+
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
     final = None
@@ -205,7 +216,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         if step.router is not None: out = {'branch': step.router(prev), 'input': prev}
         elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
         else:
-            inputs = step.mapping(prev) if step.mapping else {k: v for k,v in (prev or {}).items() if k in {p.name for p in step.workflow.metadata.required_inputs}}
+            inputs = _step_inputs(step, prev, state.get('input'))
             parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
             rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
                             registry=self.registry, parents=parents, events=write)

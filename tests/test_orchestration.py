@@ -778,6 +778,22 @@ def test_chain_sequential_parallel_conditional(sm, sid, stats_registry, calls):
     assert (res2.final, 'small' in res2.outputs, 'big' in res2.outputs) == ({'summary': 'small table, total 3'}, True, False)
     assert res2.run_id != res.run_id and calls['report_small'] == 1 and calls['report_big'] == 1
 
+def test_chain_step_inputs_come_from_the_previous_step_then_the_chain_input(sm, sid):
+    "Without a mapping (or with one returning names, ... for all), a step takes its inputs from the previous output, else from the chain's input"
+    @workflow()
+    def load(table: str): return {'rows': [3, 1, 2], 'title': f"{table} (loaded)"}
+    @workflow()
+    def report(rows: list, title: str, limit: int = 2): return {'summary': f"{title}: {rows[:limit]}"}
+    reg = WorkflowRegistry(load, report)
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report').execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3]'}), r.error  # title from load, limit from the chain's input
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: {...}).execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3]'}), r.error  # {...}: every input the step takes
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: {'rows', 'title'}).execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3, 1]'}), r.error  # only the names given: limit keeps its default
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: ['rows']).execute(sid, {'table': 'orders'})
+    assert (r.status, r.failed_step) == ('failed', 'report') and "parameter_mapping of step 'report' returned a list" in r.error, r.error
+
 def test_chain_stream_events(sm, sid, stats_registry):
     chain = (WorkflowChain('stats', stats_registry, sm).add_step('load')
              .add_parallel(['total', 'biggest'], aggregator=lambda outs: {**outs['total'], **outs['biggest']}, name='merge')
