@@ -18,12 +18,12 @@ from .recall import terms, _stem
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
-from .llm import chat_model
+from .llm import configured_model
 from .decorators import RunContext, run_context
 
 # %% auto #0
 __all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs', 'Extraction', 'extract_inputs', 'Event',
-           'OrchestratorResult', 'Rule', 'configured_model', 'registry_from_settings', 'Orchestrator']
+           'OrchestratorResult', 'Rule', 'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
 _log = logging.getLogger('dataops_lab.orchestrator')
@@ -99,9 +99,9 @@ def _explicit(name:str, text:str, sep:str='[=:]')->re.Match|None:
 
 def _path(text:str)->tuple[str, tuple[int, int]]|None:
     "The first path in `text` — quoted, absolute or home-relative, or a file name with a data suffix — and its span"
-    ms = [(m, m.group(2)) for m in _QUOTED_PATH.finditer(text)][:1] + [(m, m.group(1).rstrip('.')) for r in (_ABS_PATH, _PATH) for m in r.finditer(text)][:2]
-    if not (ms := [(m, v) for m,v in ms if v.strip('/.~')]): return None
-    m,v = min(ms, key=lambda x: (x[0].start(), -len(x[1])))
+    found = [(m, m.group(2)) for m in [_QUOTED_PATH.search(text)] if m] + [(m, m.group(1).rstrip('.')) for m in (_ABS_PATH.search(text), _PATH.search(text)) if m]
+    if not (found := [(m, v) for m,v in found if v.strip('/.~')]): return None
+    m,v = min(found, key=lambda x: (x[0].start(), -len(x[1])))
     return v, m.span()
 
 def _find(p:WorkflowInputParameter, text:str, whole_query:bool)->tuple[str|None, tuple[int, int]|None]:
@@ -203,13 +203,6 @@ class Rule(BaseModel):
     name: str
     condition: Callable[[dict], bool]
     workflow: str
-
-def configured_model(llm=None, # a LangChain chat model, None for the configured one, or False for none
-                     settings:Settings|None=None # default: `load_settings()`
-                    ):
-    "`llm` itself; for None the chat model `[llm]` configures (None when provider = none); for False, None"
-    if llm is False: return None
-    return llm if llm is not None else chat_model(settings)
 
 def registry_from_settings(settings:Settings|None=None, # default: `load_settings()`
                            llm=None # handed to the workflow classes that take one (see `configured_model`)

@@ -452,6 +452,7 @@ def test_orchestrator_and_chain_with_no_arguments(tmp_path, monkeypatch):
     assert all(withm.registry[n].llm is withm.llm for n in ('sql_generator', 'simple_agent', 'supervisor_agent'))
     assert type(withm.router).__name__ == 'LLMRouter' and WorkflowChain().registry['sql_generator'].llm is not None
     assert Orchestrator(llm=False).llm is None and type(Orchestrator(llm=False).router).__name__ == 'LexicalRouter'
+    assert type(default_registry()['sql_generator'].llm).__name__ == 'ChatOpenAI' and default_registry(llm=False)['sql_generator'].llm is None
 
 def test_rules_first_in_order_and_a_raising_rule_is_skipped(orch, sm, sid, calls, caplog):
     seen = []

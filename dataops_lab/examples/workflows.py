@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from langgraph.graph import StateGraph, START, END
 from ..core import *
 from ..workflows import *
+from ..llm import configured_model
 from .samples import sample_db, sample_jil_dir
 from .profiling import connect, profile_database, SchemaProfile
 from .sql_tools import generate_sql
@@ -261,7 +262,7 @@ class SupervisorAgent(BaseWorkflow):
             return {'summary': '\n\n'.join(f"**{n}**: {r}" for n,r in s['results'].items())}
         return _graph(AgentState, plan, delegate, report)
 
-def default_registry(llm=None # optional LangChain chat model (SQL generation and the agent patterns)
+def default_registry(llm=None # LangChain chat model for SQL generation and the agent patterns; None: the one [llm] configures; False: none
                     )->WorkflowRegistry:
     "A registry with the six example workflows"
-    return WorkflowRegistry(SchemaAnalyzer, SQLGenerator, QueryOptimizer, JilParser, SimpleAgent, SupervisorAgent, llm=llm)
+    return WorkflowRegistry(SchemaAnalyzer, SQLGenerator, QueryOptimizer, JilParser, SimpleAgent, SupervisorAgent, llm=configured_model(llm))
