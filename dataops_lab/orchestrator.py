@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/orchestrator.html.md"""
 
 # %% ../nbs/38_orchestrator.ipynb #f29c7c60
 from __future__ import annotations
-import json, logging, math, re, time, traceback
+import functools, json, logging, math, re, time, traceback
 from typing import Any, Callable, Iterator, Literal
 import bm25s, bm25s.stopwords
 from pydantic import BaseModel, Field
@@ -94,19 +94,24 @@ _NUM_CUE = r"(?:top|first|limit|max(?:imum)?|up to|last)\s+(\d[\d,]*)"
 _STOP = set(bm25s.stopwords.STOPWORDS_EN_PLUS) | {'the', 'a', 'an', 'is', 'are', 'of', 'for', 'in', 'this', 'that', 'my', 'your', 'it'}
 _WHOLE = re.compile(r'question|query|request|prompt|ask')
 
+@functools.lru_cache(maxsize=1024)
+def _explicit_re(name:str, sep:str)->re.Pattern: return re.compile(rf"\b{re.escape(name)}\s*{sep}\s*(\"[^\"]*\"|'[^']*'|\S+)", re.I)
+
 def _explicit(name:str, text:str, sep:str='[=:]')->re.Match|None:
-    return re.search(rf"\b{re.escape(name)}\s*{sep}\s*(\"[^\"]*\"|'[^']*'|\S+)", text, re.I)
+    "`name=value` (or `name: value` when `sep` allows it) in `text`"
+    return _explicit_re(name, sep).search(text) if ('=' in text or ':' in text) else None
 
 def _path(text:str)->tuple[str, tuple[int, int]]|None:
     "The first path in `text` — quoted, absolute or home-relative, or a file name with a data suffix — and its span"
-    found = [(m, m.group(2)) for m in [_QUOTED_PATH.search(text)] if m] + [(m, m.group(1).rstrip('.')) for m in (_ABS_PATH.search(text), _PATH.search(text)) if m]
+    slash = '/' in text
+    found = [(m, m.group(2)) for m in [slash and _QUOTED_PATH.search(text)] if m] + [(m, m.group(1).rstrip('.')) for m in (slash and _ABS_PATH.search(text), _PATH.search(text)) if m]
     if not (found := [(m, v) for m,v in found if v.strip('/.~')]): return None
     m,v = min(found, key=lambda x: (x[0].start(), -len(x[1])))
     return v, m.span()
 
-def _find(p:WorkflowInputParameter, text:str, whole_query:bool)->tuple[str|None, tuple[int, int]|None]:
-    "A raw value for `p` in `text`, and the span to take out of the text the other inputs read (explicit values, SQL and paths)"
-    if m := _explicit(p.name, text): return m.group(1).strip('"\'').rstrip('.,;'), m.span()
+def _find(p:WorkflowInputParameter, text:str, whole_query:bool, explicit:bool=True)->tuple[str|None, tuple[int, int]|None]:
+    "A raw value for `p` in `text` (`name=value` first if `explicit`), and the span to take out of the text the other inputs read (explicit values, SQL and paths)"
+    if explicit and (m := _explicit(p.name, text)): return m.group(1).strip('"\'').rstrip('.,;'), m.span()
     if p.pattern:
         m = re.search(p.pattern, text)
         return (m.group(1) if m else None), None
@@ -137,12 +142,15 @@ def read_inputs(inputs:list[WorkflowInputParameter], # a workflow's inputs
                 whole_query:bool=True # may a question-like input take the whole (remaining) text?
                )->dict[str, str]:
     "Raw values for `inputs` found in `text`, each span taken out of the text the next inputs read: `name=value` first, then SQL and paths"
+    return _read(inputs, sorted(inputs, key=_rank), text, whole_query)
+
+def _read(inputs:list[WorkflowInputParameter], ranked:list[WorkflowInputParameter], text:str, whole_query:bool)->dict[str, str]:
     out,rest = {},text
     def take(span): nonlocal rest; rest = rest[:span[0]] + ' ' + rest[span[1]:]
     for p in inputs:
         if m := _explicit(p.name, rest): out[p.name] = m.group(1).strip('"\'').rstrip('.,;'); take(m.span())
-    for p in sorted((p for p in inputs if p.name not in out), key=_rank):
-        v,span = _find(p, rest, whole_query)
+    for p in (p for p in ranked if p.name not in out):
+        v,span = _find(p, rest, whole_query, explicit=False)  # no `name=value` is left in `rest`
         if v in (None, ''): continue
         out[p.name] = v
         if span and p.type in ('sql', 'path'): take(span)
@@ -160,7 +168,8 @@ def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|
                   )->Extraction:
     "Fill `wf`'s inputs from `query`, then earlier user turns (newest first), then `state`, then defaults"
     ex,state,ins = Extraction(),state or {},wf.metadata.required_inputs
-    now,before = read_inputs(ins, query, whole_query),[read_inputs(ins, h, whole_query=False) for h in history]
+    ranked = sorted(ins, key=_rank)
+    now,before = _read(ins, ranked, query, whole_query),[_read(ins, ranked, h, False) for h in history]
     for p in ins:
         found = [(now.get(p.name), 'query')] + [(b.get(p.name), 'earlier turn') for b in before] + [(state.get(p.name), 'session state')]
         for raw,src in found:
