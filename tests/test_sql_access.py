@@ -13,7 +13,7 @@ from dataops_lab.core import InvalidInputError
 from dataops_lab.sessions import SessionManager
 from dataops_lab.workflows import WorkflowRegistry
 from dataops_lab.orchestrator import Orchestrator
-from dataops_lab.examples.profiling import connect, profile_database
+from dataops_lab.examples.profiling import UnsafeSQLError, connect, profile_database
 from dataops_lab.examples.query_optimizer import optimize_query
 from dataops_lab.examples.workflows import SQLGenerator, QueryOptimizer, SchemaAnalyzer, default_registry
 from dataops_lab.examples.samples import sample_duckdb, sample_files
@@ -58,12 +58,12 @@ def test_a_connection_reads_only_its_source(secret, tmp_path):
     con.close()
     with connect(dbf) as db:
         assert db.query('SELECT x FROM t') == [(1,)]
-        for sql in (f"SELECT * FROM read_text('{secret}')", 'SELECT * FROM leak', f"COPY t TO '{tmp_path / 'out.csv'}'",
-                    "SET enable_external_access = true", f"ATTACH '{tmp_path / 'other.db'}'"):
-            with pytest.raises(Exception) as e: db.query(sql)
+        for sql in (f"SELECT * FROM read_text('{secret}')", 'SELECT * FROM leak', f"COPY t TO '{tmp_path / 'out.csv'}'", f"ATTACH '{tmp_path / 'other.db'}'"):
+            with pytest.raises(UnsafeSQLError, match='reached outside the source') as e: db.query(sql)
             assert MARK not in str(e.value), sql
+        with pytest.raises(Exception, match='configuration has been locked'): db.query("SET enable_external_access = true")
     assert not (tmp_path / 'out.csv').exists() and not (tmp_path / 'other.db').exists()
-    with pytest.raises(Exception) as e: profile_database(dbf)  # the trapped view fails the profile, clearly, without its content
+    with pytest.raises(UnsafeSQLError, match='reached outside the source') as e: profile_database(dbf)  # the trapped view fails the profile, clearly
     assert MARK not in str(e.value)
     with connect(sample_files('csv')) as db:  # a folder of files: its own files are readable, nothing else
         assert db.query('SELECT COUNT(*) FROM customers')[0][0] > 0

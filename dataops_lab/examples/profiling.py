@@ -46,7 +46,13 @@ def qi(name:str)->str:
 class Database:
     "A read-only connection to a SQLite or DuckDB database, or to CSV/Parquet files through DuckDB"
     def __init__(self, con, dialect:str, source:str): self.con,self.dialect,self.source = con,dialect,source
-    def query(self, sql:str, params:Iterable=())->list[tuple]: return self.con.execute(sql, list(params)).fetchall()
+    def query(self, sql:str, params:Iterable=())->list[tuple]: return self._execute(sql, params).fetchall()
+    def _execute(self, sql:str, params:Iterable=()):
+        try: return self.con.execute(sql, list(params))
+        except Exception as e:  # DuckDB refused to reach outside the source (a file, another database, an extension)
+            if type(e).__name__ != 'PermissionException': raise
+            raise UnsafeSQLError(f"{mask_url(self.source)}: the query reached outside the source, which is not allowed ({str(e).splitlines()[0]})",
+                                 "a query — or a view stored in the database — may read only the source's own tables and files") from None
     def close(self): self.con.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -111,7 +117,7 @@ class Database:
                limit:int|None=None # at most this many rows are fetched
               )->tuple[list[str], list[tuple]]:
         "(column names, rows) of `sql`, after `check_select`"
-        cur = self.con.execute(self.check_select(sql))
+        cur = self._execute(self.check_select(sql))
         cols = [d[0] for d in cur.description]
         return cols, (cur.fetchmany(limit) if limit is not None else cur.fetchall())
 
