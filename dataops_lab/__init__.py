@@ -41,10 +41,19 @@ _LAZY = {'FileBlobStore': 'store.files', 'SQLiteTable': 'store.sqlite', 'SQLiteC
          'RedisCache': 'store.redis', 'S3BlobStore': 'store.s3', 'DynamoTable': 'store.dynamodb',
          **{n: 'widgets' for n in ('SessionInspector', 'ArtifactBrowser', 'CheckpointTimeline')},
          **{n: 'progress' for n in ('RunProgress', 'ChainRunner')},
-         **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')}}
+         **{n: 'dashboard' for n in ('Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError')},
+         **{n: 'devkit' for n in ('create_workflow', 'test_workflow', 'validate_workflow', 'workflow_docs', 'benchmark_workflow', 'package_workflow',
+                                  'convert_workflow', 'WorkflowTestHarness', 'load_workflow', 'workspace_registry', 'current_llm', 'use_llm', 'external_tool')}}
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(f"dataops_lab.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'dataops_lab' has no attribute {name!r}")
+
+_BY_NAME_ONLY = {'Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError'}  # Panel takes seconds to import
+_LAYERS = ('core', 'config', 'models', 'store.base', 'artifact_content', 'artifacts', 'recall', 'sessions', 'context', 'workflows', 'llm',
+           'decorators', 'orchestrator', 'chain', 'checkpoint', 'examples.samples', 'examples.profiling', 'examples.sql_tools',
+           'examples.query_optimizer', 'examples.jil', 'examples.workflows', 'nbparams', 'runner', 'batch')
+import sys as _sys
+__all__ = sorted({n for m in _LAYERS for n in _sys.modules[f"dataops_lab.{m}"].__all__} | {'StoreTarget', 'run_conformance'} | (set(_LAZY) - _BY_NAME_ONLY))

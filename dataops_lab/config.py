@@ -17,8 +17,8 @@ from .core import ConfigError, mask_url
 
 # %% auto #0
 __all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'StorageSettings', 'LLMSettings', 'APISettings', 'BatchSettings',
-           'DashboardSettings', 'LoggingSettings', 'find_settings_file', 'read_ini', 'IniSettingsSource', 'Settings',
-           'display_value', 'load_settings']
+           'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'find_settings_file', 'read_ini',
+           'IniSettingsSource', 'Settings', 'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -138,6 +138,12 @@ class DashboardSettings(_Section):
     page_size: int = Field(50, ge=5, le=1000, description="rows per page of the sessions and artifacts tables")
     refresh_seconds: float = Field(5.0, ge=0, description="how often open views poll for changes; 0 turns live refresh off")
 
+class DevkitSettings(_Section):
+    "`[devkit]`: defaults of the `dataops-workflow` development kit"
+    template: Literal['simple', 'supervisor', 'iterative', 'sequential', 'parallel', 'conditional'] = Field('simple', description="template `dataops-workflow create` uses without --template")
+    author: str|None = Field(None, description="author written into new workflows (empty: git's user.name, else the login name)")
+    output_dir: str = Field('workflows', description="folder of workflow packages: where `create` writes and where `test`, `validate`, ... look (relative to the settings file's folder)")
+
 class LoggingSettings(_Section):
     "`[logging]`: level and format of the library's log records"
     level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'] = 'INFO'
@@ -149,7 +155,7 @@ class LoggingSettings(_Section):
     def _upper(cls, v): return v.upper() if isinstance(v, str) else v
 
 # %% ../nbs/01_config.ipynb #51f7b437
-SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'logging')
+SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'devkit', 'logging')
 _ini_path:ContextVar[Path|None] = ContextVar('_ini_path', default=None)
 
 def find_settings_file(start:Path|str|None=None # folder to start looking from (default: working directory)
@@ -194,6 +200,7 @@ class Settings(BaseSettings):
     api: APISettings = APISettings()
     batch: BatchSettings = BatchSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    devkit: DevkitSettings = DevkitSettings()
     logging: LoggingSettings = LoggingSettings()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
     source: Path|None = Field(None, exclude=True)

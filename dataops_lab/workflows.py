@@ -6,12 +6,13 @@ Docs: https://dataops-lab.github.io/dataops-lab/workflows.html.md"""
 
 # %% ../nbs/30_workflows.ipynb #8125d339
 from __future__ import annotations
-import importlib, importlib.util, inspect, logging, sys, traceback
+import copy, importlib, importlib.util, inspect, logging, sys, traceback
 from abc import ABC, abstractmethod
 from functools import cached_property
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Literal, TypedDict, get_args
+from types import ModuleType, UnionType
+from typing import Annotated, Any, Callable, Literal, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 import yaml
 from pydantic import BaseModel, Field, field_validator
 from langgraph.graph import StateGraph, START, END
@@ -20,7 +21,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['InputType', 'WorkflowInputParameter', 'WorkflowMetadata', 'BaseWorkflow', 'GraphWorkflow', 'FunctionWorkflow',
-           'workflow', 'WorkflowError', 'AdaptedWorkflow', 'WorkflowRegistry']
+           'workflow', 'WorkflowError', 'state_fields', 'inputs_from_state', 'starting_state', 'AdaptedWorkflow',
+           'WorkflowRegistry']
 
 # %% ../nbs/30_workflows.ipynb #2e713091
 _log = logging.getLogger('dataops_lab.workflows')
@@ -207,7 +209,7 @@ def workflow(name:str|None=None, # default: the function's name
         return FunctionWorkflow(fn, md)
     return deco
 
-# %% ../nbs/30_workflows.ipynb #83d2bb2e
+# %% ../nbs/30_workflows.ipynb #97c81f74
 class WorkflowError(BaseModel):
     "Why a workflow could not be registered"
     name: str
@@ -221,8 +223,12 @@ def _is_contract(o)->bool:
 
 def _origin(o)->str:
     "The module that defined `o` (a class, a `@workflow` function, or an instance)"
+    if isinstance(o, AdaptedWorkflow): o = o.obj
     if isinstance(o, type): return o.__module__
     return getattr(getattr(o, '__wrapped__', None), '__module__', None) or type(o).__module__
+
+_BUNDLED = 'dataops_lab.examples'
+def _bundled(o)->bool: return (m := _origin(o)) == _BUNDLED or m.startswith(_BUNDLED + '.')
 
 _TYPES = set(get_args(InputType))
 
@@ -239,33 +245,110 @@ def _as_metadata(m)->WorkflowMetadata:
     d = m.model_dump() if hasattr(m, 'model_dump') else m if isinstance(m, dict) else vars(m)
     return WorkflowMetadata(**{**d, 'required_inputs': [_as_input(p) for p in d.get('required_inputs', [])]})
 
+# %% ../nbs/30_workflows.ipynb #9ee5f33c
+_QUERY_FIELDS = ('input', 'query', 'user_query', 'question', 'request', 'prompt', 'task', 'text')
+_LEGACY_MAX = 3  # the max_iterations the original DataOps Agent orchestrator passed
+_ZEROS = {str: '', int: 0, float: 0.0, bool: False, list: [], tuple: (), set: set(), dict: {}}
+_NAMED = {'str': str, 'int': int, 'float': float, 'bool': bool, 'list': list, 'List': list, 'tuple': tuple, 'Tuple': tuple,
+          'set': set, 'Set': set, 'dict': dict, 'Dict': dict, 'Any': None}
+
+def _plain(t):
+    "The plain type an annotation (a type, or its source text) stands for: `list` for `list[str]`, None for `X | None` and `Any`"
+    if isinstance(t, str):
+        t = t.strip()
+        if t.startswith(('Optional[', 'Union[')) or '| None' in t or 'None |' in t: return None
+        return _NAMED.get(t.split('[')[0].split('.')[-1].strip())
+    if get_origin(t) is Annotated: t = get_args(t)[0]
+    if get_origin(t) in (Union, UnionType): return None
+    t = get_origin(t) or t
+    if isinstance(t, type) and is_typeddict(t): return dict
+    return next((b for b in _ZEROS if isinstance(t, type) and issubclass(t, b) and not (b is int and t is bool)), None)
+
+def state_fields(graph)->dict[str, Any]:
+    "Field → annotation of a compiled graph's input state; empty for an untyped (`dict`) state"
+    b = getattr(graph, 'builder', None)
+    schema = getattr(b, 'input_schema', None) or getattr(b, 'state_schema', None)
+    if schema is None or schema is dict: return {}
+    try: return get_type_hints(schema, include_extras=True)
+    except Exception: return dict(getattr(schema, '__annotations__', {}))
+
+def inputs_from_state(fields:dict[str, Any] # field → annotation (a type, or its source text as in `state_fields`)
+                     )->list[WorkflowInputParameter]:
+    "The inputs a workflow that declares none needs, read from its state: the user's request and `max_…` limits"
+    out = []
+    if q := next((n for n in _QUERY_FIELDS if n in fields and _plain(fields[n]) is str), None):
+        out.append(WorkflowInputParameter(name=q, description="the user's request", prompt='What should I do?', pattern=r'(?s)\A\s*(.*\S)\s*\Z'))
+    out += [WorkflowInputParameter(name=n, type='integer', required=False, default=_LEGACY_MAX, description=f"upper bound ({n.removeprefix('max_')})")
+            for n,t in fields.items() if n.startswith('max_') and _plain(t) is int]
+    return out
+
+def starting_state(fields:dict[str, Any] # field → annotation, as from `state_fields`
+                  )->dict[str, Any]:
+    "An empty value of its type for every state field: what the original orchestrator set before invoking a workflow"
+    out = {}
+    for n,t in fields.items():
+        z = _plain(t)
+        out[n] = _LEGACY_MAX if n.startswith('max_') and z is int else copy.copy(_ZEROS[z]) if z in _ZEROS else None
+    return out
+
 class AdaptedWorkflow(BaseWorkflow):
-    "A workflow written against another copy of the contract (e.g. ported from DataOps Agent), adapted"
+    "A workflow written against another copy of the contract (e.g. DataOps Agent's), adapted: inputs inferred when it declares none, its starting state filled in"
     def __init__(self, obj): self.obj = obj
-    def get_metadata(self): return _as_metadata(self.obj.get_metadata())
+    def get_metadata(self):
+        md = _as_metadata(self.obj.get_metadata())
+        if not md.required_inputs and (found := inputs_from_state(self.state_fields)):
+            _log.info("workflow %r declares no inputs; inferred from its state: %s", md.name, ', '.join(p.name for p in found))
+            md = md.model_copy(update={'required_inputs': found})
+        return md
     def get_compiled_graph(self): return self.obj.get_compiled_graph()
+    @cached_property
+    def state_fields(self)->dict[str, Any]: return state_fields(self.graph)
+    def validate_inputs(self, inputs:dict|None=None, strict:bool=True)->dict:
+        "The workflow's whole starting state: empty values for its state fields under the validated `inputs`"
+        return {**starting_state(self.state_fields), **super().validate_inputs(inputs, strict)}
+
+# %% ../nbs/30_workflows.ipynb #31952e37
+def _enabled(cfg:dict)->bool:
+    "`enabled` of a config.yaml: top-level (ours) or under `workflow:` (DataOps Agent's); true when absent"
+    if 'enabled' in cfg: return bool(cfg['enabled'])
+    return bool(cfg['workflow'].get('enabled', True)) if isinstance(cfg.get('workflow'), dict) else True
 
 class WorkflowRegistry:
     "Workflows by name, from code, folders and entry points"
-    def __init__(self, *workflows):
+    def __init__(self, *workflows, llm=None): # llm: a LangChain chat model for workflow classes that take one
+        self.llm = llm
         self.workflows:dict[str, BaseWorkflow] = {}
         self.sources:dict[str, str] = {}
         self.errors:list[WorkflowError] = []
         self.disabled:list[str] = []
+        self.shadowed:dict[str, BaseWorkflow] = {}  # bundled workflows replaced by one of the same name
+        self.shadowed_sources:dict[str, str] = {}
         for w in workflows: self.register(w)
 
     def register(self, wf, metadata:WorkflowMetadata|dict|None=None, source:str='code')->BaseWorkflow:
-        "Add a workflow (object, class, `@workflow` function, or a compiled graph with `metadata`)"
+        "Add a workflow (object, class, `@workflow` function, or a compiled graph with `metadata`); the one now registered under its name"
         if metadata is not None: wf = GraphWorkflow(wf, metadata)
-        elif isinstance(wf, type) and _is_contract(wf): wf = wf()
+        elif isinstance(wf, type) and _is_contract(wf): wf = self._instantiate(wf)
         if _is_contract(wf) and not isinstance(wf, BaseWorkflow): wf = AdaptedWorkflow(wf)
         if not isinstance(wf, BaseWorkflow):
             raise InvalidInputError(f"cannot register {wf!r}", "pass a BaseWorkflow (object or class), a @workflow function, or a compiled graph with metadata=")
         name = wf.metadata.name
-        if name in self.workflows and self.workflows[name] is not wf:
-            raise ConflictError(f"workflow name {name!r} is taken by {self.sources[name]}; {source} defines it again", "rename one of them")
+        old = self.workflows.get(name)
+        if old is not None and old is not wf:
+            if _bundled(old) == _bundled(wf):
+                raise ConflictError(f"workflow name {name!r} is taken by {self.sources[name]}; {source} defines it again", "rename one of them")
+            mine,mine_src,theirs,theirs_src = (wf,source,old,self.sources[name]) if _bundled(old) else (old,self.sources[name],wf,source)
+            _log.warning("workflow %r from %s replaces the bundled one (%s); rename yours to keep both", name, mine_src, theirs_src)
+            self.shadowed[name],self.shadowed_sources[name] = theirs,theirs_src
+            wf,source = mine,mine_src
         self.workflows[name],self.sources[name] = wf,source
         return wf
+
+    def _instantiate(self, cls:type):
+        "`cls()`, passing the registry's `llm` and the registry itself to a constructor that takes them"
+        try: params = inspect.signature(cls).parameters
+        except (TypeError, ValueError): params = {}
+        return cls(**{k: v for k,v in (('llm', self.llm), ('registry', self)) if k in params})
 
     def _try(self, name:str, source:str, fn):
         try: return fn()
@@ -273,39 +356,66 @@ class WorkflowRegistry:
             self.errors.append(WorkflowError(name=name, source=source, error=f"{type(e).__name__}: {e}", detail=traceback.format_exc(limit=-3)))
             _log.warning("skipping workflow %s from %s: %s", name, source, e)
 
+    def _load(self, mod_file:Path, mod_name:str, package:Path|None=None, cls:str|None=None)->list[str]:
+        "Import `mod_file` as `mod_name` (a package rooted at `package` if given) and register the workflows it defines"
+        if (top := mod_name.split('.')[0]) not in sys.modules:  # the parent package, so `from . import nodes` works in the module
+            ns = ModuleType(top, "workflow packages and modules loaded from folders by WorkflowRegistry"); ns.__path__ = []
+            sys.modules[top] = ns
+        spec = importlib.util.spec_from_file_location(mod_name, mod_file, submodule_search_locations=[str(package)] if package else None)
+        if spec is None or not mod_file.exists(): raise NotFoundError(f"{mod_file} not found", "set `module:` in config.yaml")
+        for k in [k for k in sys.modules if k.startswith(spec.name + '.')]: del sys.modules[k]  # loading again reads edited submodules (nodes.py, state.py) too
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        try: spec.loader.exec_module(mod)
+        except BaseException: sys.modules.pop(spec.name, None); raise
+        if cls: objs = [getattr(mod, cls)]
+        else:
+            found = {id(o): o for o in vars(mod).values() if _is_contract(o) and _origin(o) == mod.__name__
+                     and not (isinstance(o, type) and inspect.isabstract(o))}.values()  # one object under several names counts once
+            objs = [o for o in found if not (isinstance(o, type) and any(isinstance(x, o) for x in found))]  # a class with an instance: the instance
+        if not objs: raise NotFoundError(f"{mod_file} defines no workflow", "subclass BaseWorkflow or use @workflow")
+        return [self.register(o, source=str(package or mod_file)).name for o in objs]
+
+    def add_package(self, path:str|Path)->list[str]:
+        "Register the workflow package at `path` (a folder with a config.yaml) or the workflow module `path` (a .py file); the names added, none if it is disabled"
+        p = Path(path)
+        if p.is_file() and p.suffix == '.py': return self._load(p, f"dataops_workflows.{p.stem}")
+        cfg_path = p/'config.yaml'
+        if not cfg_path.is_file(): raise NotFoundError(f"{str(p)!r} is not a workflow package: it has no config.yaml", "pass a folder with a config.yaml (`dataops-workflow create` makes one) or a workflow .py file")
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        if not isinstance(cfg, dict): raise InvalidInputError(f"{cfg_path} must be a mapping", "write e.g. `enabled: true`")
+        if not _enabled(cfg): self.disabled.append(p.name); return []
+        return self._load(p/cfg.get('module', 'workflow.py'), f"dataops_workflows.{p.name}", p, cfg.get('class'))
+
     def discover_folder(self, path:str|Path)->list[str]:
-        "Register every enabled workflow package under `path`; the names added"
+        "Register every enabled workflow package and `workflow_*.py` module in `path`; the names added"
         root,added = Path(path),[]
         if not root.is_dir(): raise NotFoundError(f"workflows folder {str(root)!r} does not exist", "pass the folder that holds one sub-folder per workflow")
-        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('.', '_'))):
-            cfg_path = d/'config.yaml'
-            if not cfg_path.exists(): continue
-            def load(d=d, cfg_path=cfg_path):
-                cfg = yaml.safe_load(cfg_path.read_text()) or {}
-                if not isinstance(cfg, dict): raise InvalidInputError(f"{cfg_path} must be a mapping", "write e.g. `enabled: true`")
-                if not cfg.get('enabled', True): self.disabled.append(d.name); return None
-                mod_file = d/cfg.get('module', 'workflow.py')
-                spec = importlib.util.spec_from_file_location(f"dataops_workflows.{d.name}", mod_file, submodule_search_locations=[str(d)])
-                if spec is None or not mod_file.exists(): raise NotFoundError(f"{mod_file} not found", "set `module:` in config.yaml")
-                mod = importlib.util.module_from_spec(spec)
-                sys.modules[spec.name] = mod
-                spec.loader.exec_module(mod)
-                if cls := cfg.get('class'): objs = [getattr(mod, cls)]
-                else:
-                    found = {id(o): o for o in vars(mod).values() if _is_contract(o) and _origin(o) == mod.__name__
-                             and not (isinstance(o, type) and inspect.isabstract(o))}.values()  # one object under several names counts once
-                    objs = [o for o in found if not (isinstance(o, type) and any(isinstance(x, o) for x in found))]  # a class with an instance: the instance
-                if not objs: raise NotFoundError(f"{mod_file} defines no workflow", "subclass BaseWorkflow or use @workflow")
-                return [self.register(o, source=str(d)).name for o in objs]
-            added += self._try(d.name, str(d), load) or []
+        if (root/'__init__.py').exists() and (top := str(root.resolve().parent)) not in sys.path:
+            # a package inside a project (DataOps Agent's layout): its modules import the project's other packages
+            sys.path.append(top); _log.info("%s is a package: its project folder %s is now importable", root, top)
+        pkgs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('.', '_')) and (p/'config.yaml').exists())
+        for p in pkgs + sorted(root.glob('workflow_*.py')):
+            added += self._try(p.stem, str(p), lambda p=p: self.add_package(p)) or []
         return added
 
     def discover_entry_points(self, group:str='dataops_lab.workflows')->list[str]:
         "Register the workflows installed packages declare in `group`; the names added"
         added = []
         for ep in entry_points(group=group):
-            added += [self._try(ep.name, f"entry point {ep.value}", lambda ep=ep: self.register(ep.load(), source=f"entry point {ep.value}").name)] 
+            added += [self._try(ep.name, f"entry point {ep.value}", lambda ep=ep: self.register(ep.load(), source=f"entry point {ep.value}").name)]
         return [a for a in added if a]
+
+    @classmethod
+    def discover(cls, folders:list[str|Path]=(), # folders of workflow packages (see `discover_folder`)
+                 llm=None, # chat model for the workflows that take one
+                 group:str='dataops_lab.workflows' # entry-point group
+                )->WorkflowRegistry:
+        "A registry of the installed workflows (entry points in `group`) and those in `folders`"
+        reg = cls(llm=llm)
+        reg.discover_entry_points(group)
+        for f in folders: reg.discover_folder(f)
+        return reg
 
     def get(self, name:str)->BaseWorkflow:
         "The workflow called `name`; `NotFoundError` listing the known ones"
@@ -321,5 +431,6 @@ class WorkflowRegistry:
 
     def _repr_markdown_(self):
         rows = '\n'.join(f"| `{w.name}` | {w.metadata.category} | {w.metadata.description} | {', '.join(p.name for p in w.metadata.required_inputs) or '—'} | {self.sources[w.name]} |" for w in self)
+        notes = ''.join(f"\n\nℹ️ `{n}` from `{self.sources[n]}` replaces the bundled one from `{s}` (kept in `shadowed`)" for n,s in self.shadowed_sources.items())
         errs = ''.join(f"\n\n⚠️ `{e.name}` from `{e.source}` skipped: {e.error}" for e in self.errors)
-        return f"**{len(self)} workflows**\n\n| name | category | description | inputs | source |\n|---|---|---|---|---|\n{rows}{errs}"
+        return f"**{len(self)} workflows**\n\n| name | category | description | inputs | source |\n|---|---|---|---|---|\n{rows}{notes}{errs}"
