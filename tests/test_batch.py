@@ -380,3 +380,71 @@ def test_interrupted_batch_marks_its_runs_cancelled(tmp_path):
             assert all(r['error'] == 'the batch was interrupted' for r in rows)
             assert list_batches(st).items[0]['status'] == 'cancelled'
     finally: child.close()
+
+
+# ---------------------------------------------------------------- any file name; Ctrl-C never loses nor repeats finished work
+
+def test_any_file_name_runs_stores_and_resumes(tmp_path):
+    "A notebook named as people name files runs, stores its executed notebook, and is not executed again on resume"
+    ini = _ini(tmp_path)
+    log = tmp_path/'executions.log'
+    nb = write_notebook(tmp_path/'sales report (v2).ipynb', "n: int = 1",
+                        f"with open({str(log)!r}, 'a') as f: f.write(f'{{n}}\\n')\nfrom dataops_lab.runner import record\nrecord('n', n)")
+    first = run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, scheduler='synchronous')
+    assert first.status == 'succeeded', list(first.runs.error)
+    with ArtifactStore(Storage(load_settings(ini))) as arts:
+        a = arts.get_artifact(first.runs.artifact_ids[0][0])
+        assert (a.name, a.metadata['file_name'], a.artifact_type) == ('sales report v2.ipynb', 'sales report (v2).ipynb', ArtifactType.RESULT)
+        assert [arts.get_artifact(i).name for i in first.runs.artifact_ids[0]] == ['sales report v2.ipynb', 'sales report v2.records']
+    again = run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, scheduler='synchronous')
+    assert (again.status, list(again.runs.status)) == ('succeeded', ['skipped', 'skipped'])
+    assert sorted(log.read_text().split()) == ['1', '2']  # each run executed exactly once
+
+
+STEPS = ("import os, pathlib\nlog = pathlib.Path(logdir)\n(log/f'start-{n}-{os.getpid()}').touch()",
+         "import time\nwhile n > 1 and (log/'hold').exists(): time.sleep(0.05)  # runs after the first wait while 'hold' exists",
+         "(log/f'end-{n}-{os.getpid()}').touch()  # the last cell")
+
+
+def _count(folder, what, n): return len(list(folder.glob(f'{what}-{n}-*')))
+
+
+@pytest.mark.timeout(400)
+def test_sigint_to_the_cli_records_finished_runs_and_resume_never_reruns_them(tmp_path):
+    """A real SIGINT to `dataops-lab batch` the moment a run's notebook has finished every cell (before the batch heard of it):
+    that run is recorded succeeded, with its artifacts stored once; the resume runs only the others"""
+    from dataops_lab.runner import executed_completely
+    ini, logs = _ini(tmp_path), tmp_path/'logs'
+    logs.mkdir(); (logs/'hold').touch()
+    nb = write_notebook(tmp_path/'steps.ipynb', "n: int = 1\nlogdir: str = ''", *STEPS)
+    grid = tmp_path/'grid.yaml'
+    grid.write_text(json.dumps({'n': [1, 2, 3, 4, 5, 6], 'logdir': str(logs)}))
+    cmd = [str(VENV_BIN/'dataops-lab'), '--settings', str(ini), 'batch', str(nb), '--grid', str(grid), '--no-progress']
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_plain_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(executed_completely(p) for p in (tmp_path/'runs').glob('*/*/steps.ipynb')):  # run 1 finished its last cell
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, 'no run finished within 240 s'
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait(30)
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
+    with Storage(load_settings(ini)) as st:
+        (b,) = list_batches(st).items
+        runs = {r['params']['n']: r for r in batch_runs(st, b['batch_id'])}
+        assert b['status'] == 'cancelled' and runs[1]['status'] == 'succeeded', {n: (r['status'], r['error']) for n, r in runs.items()}
+        assert {r['status'] for n, r in runs.items() if n > 1} == {'cancelled'}
+    (logs/'hold').unlink()
+    res = subprocess.run(cmd, cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert '1 skipped' in res.stdout and '5 succeeded' in res.stdout, res.stdout
+    assert [_count(logs, 'end', n) for n in range(1, 7)] == [1] * 6  # every run finished exactly once
+    assert _count(logs, 'start', 1) == 1  # the finished run never started again
+    with Storage(load_settings(ini)) as st:
+        arts = ArtifactStore(st)
+        rows = batch_runs(st, b['batch_id'])
+        assert [r['status'] for r in rows] == ['succeeded'] * 6
+        assert [len(arts.list_artifacts(r['session_id'], name='steps.ipynb', include_shared=False)) for r in rows] == [1] * 6  # stored once
