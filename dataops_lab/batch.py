@@ -403,4 +403,6 @@ def batch_cli(notebook:str|Path, # the notebook to run
     table['notebook artifact'] = [ids[0] if ids else '' for ids in res.runs.artifact_ids]  # the executed notebook; the run's other artifacts are its children
     out(f"batch {res.batch_id}: {res.status} in {res.duration_s:.1f} s ({', '.join(f'{n} {s}' for s,n in res.counts.items())})")
     out(table.to_string(index=False, max_colwidth=60))
+    if errors := [(r.run_key, r.status, r.error) for r in res.runs.itertuples() if r.status in ('failed', 'cancelled') and r.error]:
+        out('\n'.join([f"{len(errors)} run(s) did not succeed:"] + [f"  {k} {s}: {' '.join(str(e).split())[:500]}" for k,s,e in errors]))
     return 0 if res.ok else 1

@@ -17,7 +17,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['PARAMETERS_TAG', 'RESERVED', 'load_notebook', 'parameters_cell', 'annotation_type', 'NotebookParameter',
-           'parse_parameters', 'ParameterSpec', 'inspect_notebook', 'write_notebook', 'validate_parameters']
+           'parse_parameters', 'ParameterSpec', 'inspect_notebook', 'write_notebook', 'validate_parameters',
+           'check_parameters']
 
 # %% ../nbs/40_nbparams.ipynb #b517defd
 PARAMETERS_TAG = 'parameters'
@@ -223,5 +224,24 @@ def validate_parameters(path:str|Path|ParameterSpec, # a notebook, or what `insp
         try: out[k] = spec[k].validate(v)
         except ValidationError as e: problems.append(f"parameter {k!r} ({spec[k].type_name}) = {v!r:.60}: {_why(e)}")
     problems += [f"parameter {p.name!r} ({p.type_name}) is required: {p.help or 'no default'}" for p in spec.values() if p.required and p.name not in params]
-    if problems: raise InvalidInputError(f"{spec.path}: invalid parameters:\n  " + '\n  '.join(problems), "fix the values above; `inspect_notebook(path)` lists every parameter with its type")
+    if problems: raise InvalidInputError(f"{spec.path}: invalid parameters:\n  " + '\n  '.join(problems), "fix the values above; `dataops-lab inspect NOTEBOOK` (or `inspect_notebook(path)`) lists every parameter with its type")
+    return out
+
+# %% ../nbs/40_nbparams.ipynb #f286f9d5
+def check_parameters(ns:dict|None=None # the notebook's namespace (default: the running IPython's)
+                    )->dict:
+    "In a notebook run by papermill: the injected values checked against the parameters cell and stored back coerced; `InvalidInputError` as `validate_parameters` raises it"
+    __tracebackhide__ = True  # IPython shows the error, not this function's frames
+    try: from IPython import get_ipython
+    except ImportError: return {}
+    ip = get_ipython()
+    if ip is None: return {}
+    ns = ip.user_ns if ns is None else ns
+    hist = [s for s in ns.get('In', []) if isinstance(s, str)]
+    i = next((j for j in range(len(hist)-1, 0, -1) if hist[j].lstrip().startswith('# Parameters')), None)
+    if i is None: return {}  # run by hand: the parameters cell's own values
+    spec = ParameterSpec(parse_parameters(hist[i-1], 'this notebook'), 'this notebook', i-1)
+    given = {p.name: p.default for p in parse_parameters(hist[i], 'the injected parameters').values() if p.literal and p.name not in RESERVED}
+    out = validate_parameters(spec, given)
+    ns.update(out)
     return out

@@ -454,3 +454,44 @@ def test_sigint_to_the_cli_records_finished_runs_and_resume_never_reruns_them(tm
         rows = batch_runs(st, b['batch_id'])
         assert [r['status'] for r in rows] == ['succeeded'] * 6
         assert [len(arts.list_artifacts(r['session_id'], name='steps.ipynb', include_shared=False)) for r in rows] == [1] * 6  # stored once
+
+
+def test_templates_check_their_parameters_under_plain_papermill(tmp_path):
+    "Plain papermill with a wrong value fails in the cell after the injected one, with run_notebook's message, before the template opens any storage"
+    spec = inspect_notebook(template_path('sql_questions'))
+    for value, why in (('how many orders are there?', "parameter 'questions' (list[str]) = 'how many orders are there?': Input should be a valid list"),
+                       ('5', "parameter 'questions' (list[str]) = 5: Input should be a valid list")):
+        with pytest.raises(InvalidInputError) as e: validate_parameters(spec, {'questions': value if value != '5' else 5})
+        assert why in str(e.value)  # the runner's own message...
+        p = subprocess.run([str(VENV_BIN/'papermill'), '--no-progress-bar', str(template_path('sql_questions')), 'q.ipynb', '-p', 'questions', value],
+                           cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0 and why in p.stderr, p.stderr[-3000:]  # ...is plain papermill's
+        out = nbformat.read(tmp_path/'q.ipynb', 4)
+        ran = [c for c in out.cells if c.cell_type == 'code' and c.execution_count]
+        assert 'injected-parameters' in ran[-2].metadata.get('tags', []) and 'check_parameters()' in ran[-1].source  # it stopped right after the injected cell
+        assert not (tmp_path/'.dataops').exists()  # before any storage was opened
+    bad = subprocess.run([str(VENV_BIN/'papermill'), '--no-progress-bar', str(template_path('profile_dataset')), 'p.ipynb', '-p', 'tables', 'orders'],
+                         cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "parameter 'tables' (Optional[list[str]]) = 'orders'" in bad.stderr, bad.stderr[-3000:]
+
+
+def test_a_run_that_answered_nothing_is_a_failure_everywhere(tmp_path):
+    "sql_questions on a database that does not exist: run_notebook raises, the batch and its table say failed, the CLI table shows what each run recorded"
+    ini = _ini(tmp_path)
+    with pytest.raises(NotebookRunError) as e: run_notebook(template_path('sql_questions'), {'database': str(tmp_path/'nope.db')}, settings=ini)
+    assert 'none of the 2 questions was answered' in str(e.value) and 'nope.db does not exist' in str(e.value)
+    assert e.value.result.status == 'failed' and (e.value.result.records['n_answered'], e.value.result.records['n_failed']) == (0, 2)
+    (tmp_path/'grid.yaml').write_text(json.dumps([{'database': str(tmp_path/'nope.db')}, {'questions': ['how many customers are there?', 'average salary by department']}]))
+    lines = []
+    code = batch_cli(template_path('sql_questions'), tmp_path/'grid.yaml', settings_path=ini, scheduler='synchronous', progress=False, out=lines.append)
+    assert code == 1 and '1 succeeded, 1 failed' in lines[0], lines
+    header, failed, partial = lines[1].splitlines()[:3]
+    assert header.split()[header.split().index('duration_s') + 1:][:2] == ['n_answered', 'n_failed']  # each run's records, as columns
+    assert re.search(r'\bfailed\s+1\s+\S+\s+0\s+2\s+sql_questions.ipynb: cell \d+ raised', failed), failed
+    assert re.search(r'1 run\(s\) did not succeed:\n  r\w+ failed: sql_questions.ipynb: cell \d+ raised InvalidInputError: none of the 2 questions was answered: '
+                     r"'how many orders are there\?': \S*nope.db does not exist", lines[2]), lines[2]  # the whole reason, below the table
+    assert re.search(r'\bsucceeded\s+1\s+\S+\s+1\s+1\s', partial), partial
+    with Storage(load_settings(ini)) as st:
+        (b,) = list_batches(st).items
+        assert (b['status'], b['n_failed'], b['n_succeeded']) == ('failed', 1, 1)
+        assert [(r['status'], r['records']) for r in batch_runs(st, b['batch_id'])] == [('failed', {'n_answered': 0, 'n_failed': 2}), ('succeeded', {'n_answered': 1, 'n_failed': 1})]
