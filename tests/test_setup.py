@@ -40,3 +40,11 @@ def test_run_lab_serves_the_tutorials():
 def test_the_readme_and_the_demo_point_at_run_lab():
     assert './run lab' in (ROOT/'README.md').read_text()
     assert (Path(sys.executable).parent/'jupyter-nbconvert').exists() and (Path(sys.executable).parent/'jupyter-lab').exists()
+
+
+def test_notebooks_are_stored_without_outputs():
+    "The README's reason for nbdev-test over nbval: notebooks and templates are stored without outputs (nothing saved to compare against)"
+    import nbformat
+    nbs = sorted((ROOT/'nbs').rglob('*.ipynb')) + sorted((ROOT/'dataops_lab'/'templates').glob('*.ipynb'))
+    with_outputs = [p.relative_to(ROOT).as_posix() for p in nbs if any(c.get('outputs') for c in nbformat.read(p, 4).cells if c.cell_type == 'code')]
+    assert len(nbs) > 30 and with_outputs == [], with_outputs
