@@ -270,7 +270,7 @@ def test_dead_scheduler_address_is_a_clear_error(tmp_path):
     ini = _ini(tmp_path, f"scheduler = {addr}\n")
     nb = write_notebook(tmp_path/'nb.ipynb', "n: int = 1", "n")
     with pytest.raises(SchedulerUnavailableError) as e: run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, connect_timeout=2)
-    assert addr in str(e.value) and 'dask scheduler' in str(e.value) and 'LocalCluster' in str(e.value)
+    assert addr in str(e.value) and 'dask scheduler' in str(e.value) and 'local cluster' in str(e.value)
     with Storage(load_settings(ini)) as st: assert list_batches(st).items == []  # nothing recorded, nothing started
     assert not any((tmp_path/'runs').glob('*/*/*.ipynb'))
 
