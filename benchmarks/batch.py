@@ -1,7 +1,7 @@
-"""Batch benchmark: run_batch on a 2-worker Dask LocalCluster vs the papermill CLI run sequentially, and the per-run
+"""Batch benchmark: run_batch on a 2-worker local Dask cluster vs the papermill CLI run sequentially, and the per-run
 overhead of run_notebook over a bare papermill.execute_notebook.
 
-    .venv/bin/python benchmarks/batch.py [--runs 40] [--workers 2] [--overhead-runs 10]
+    .venv/bin/python benchmarks/batch.py [--quick] [--runs 40] [--workers 2] [--overhead-runs 10]
 
 Throughput: the same small notebook (one parameter, one `record`) runs `--runs` times through `run_batch` (a fresh
 LocalCluster, embedded storage in a temporary folder) and `--runs` times through `papermill in.ipynb out.ipynb -p n i`
@@ -48,6 +48,7 @@ def throughput(tmp: Path, runs: int, workers: int):
         t_batch = time.perf_counter() - t1
     finally:
         client.close(); cluster.close()
+    if not res.ok: raise RuntimeError(f"the batch did not succeed: {res.counts}; errors: {sorted(set(res.runs.error.dropna()))[:3]}")
     assert_ok = res.counts
     seq_dir = tmp/'seq'; seq_dir.mkdir()
     t2 = time.perf_counter()
@@ -88,17 +89,20 @@ def overhead(tmp: Path, n: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--runs', type=int, default=40)
+    ap.add_argument('--quick', action='store_true', help='a smoke run: 4 runs, 1 overhead pair')
+    ap.add_argument('--runs', type=int, default=None, help='runs of the throughput comparison (default 40, quick 4)')
     ap.add_argument('--workers', type=int, default=2)
-    ap.add_argument('--overhead-runs', type=int, default=10)
+    ap.add_argument('--overhead-runs', type=int, default=None, help='alternating run_notebook / execute_notebook pairs (default 10, quick 1)')
     a = ap.parse_args()
+    a.runs = a.runs or (4 if a.quick else 40)
+    a.overhead_runs = a.overhead_runs or (1 if a.quick else 10)
     print(f"cpus {os.cpu_count()} · load average before: {load()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp/'tp').mkdir(); (tmp/'ov').mkdir()
         r = throughput(tmp/'tp', a.runs, a.workers)
         print(f"\nthroughput, {a.runs} runs of a small notebook")
-        print(f"  run_batch, {a.workers}-worker LocalCluster: {r['batch']:.1f} s ({a.runs / r['batch']:.2f} runs/s) + {r['startup']:.1f} s cluster start-up · {r['counts']}")
+        print(f"  run_batch, {a.workers}-worker local cluster: {r['batch']:.1f} s ({a.runs / r['batch']:.2f} runs/s) + {r['startup']:.1f} s cluster start-up · {r['counts']}")
         print(f"  papermill CLI, sequential:          {r['seq']:.1f} s ({a.runs / r['seq']:.2f} runs/s)")
         print(f"  ratio sequential / batch:           {r['seq'] / r['batch']:.2f}x (with start-up: {r['seq'] / (r['batch'] + r['startup']):.2f}x) — target >= 1.7x")
         print(f"  load average: {load()}")

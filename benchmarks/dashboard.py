@@ -222,15 +222,17 @@ def browser(s, rows:list, info:dict, runs:int=3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--quick', action='store_true', help='1,000 sessions and 10,000 artifacts')
-    ap.add_argument('--sessions', type=int, default=10_000)
-    ap.add_argument('--artifacts', type=int, default=100_000)
+    ap.add_argument('--quick', action='store_true', help='1,000 sessions and 10,000 artifacts, 5 repeats, 1 page load per app')
+    ap.add_argument('--sessions', type=int, default=None, help='sessions to seed (default 10,000, quick 1,000)')
+    ap.add_argument('--artifacts', type=int, default=None, help='artifacts to seed (default 100,000, quick 10,000)')
     ap.add_argument('--data', type=Path, help='folder to seed into (kept; reused when seeded with the same sizes)')
-    ap.add_argument('--repeats', type=int, default=20, help='timed calls per server-side figure (median shown)')
-    ap.add_argument('--browser-runs', type=int, default=3, help='page loads per app in the browser (median shown)')
+    ap.add_argument('--repeats', type=int, default=None, help='timed calls per server-side figure, median shown (default 20, quick 5)')
+    ap.add_argument('--browser-runs', type=int, default=None, help='page loads per app in the browser, median shown (default 3, quick 1)')
     ap.add_argument('--no-browser', action='store_true')
     a = ap.parse_args()
-    if a.quick: a.sessions, a.artifacts = 1000, 10_000
+    q = a.quick
+    a.sessions, a.artifacts = a.sessions or (1000 if q else 10_000), a.artifacts or (10_000 if q else 100_000)
+    a.repeats, a.browser_runs = a.repeats or (5 if q else 20), a.browser_runs or (1 if q else 3)
     folder = a.data or Path(tempfile.mkdtemp(prefix='dash-bench-'))
     folder.mkdir(parents=True, exist_ok=True)
     import panel, bokeh

@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/batch.html.md"""
 # %% ../nbs/42_batch.ipynb #2202722f
 from __future__ import annotations
 import datetime as dt, hashlib, itertools, json, logging, os, time
+import dask
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ from .runner import output_root, settings_file, check_kernel
 
 # %% auto #0
 __all__ = ['BATCHES_TABLE', 'BATCH_RUNS_TABLE', 'BATCH_TABLES', 'RUN_STATUSES', 'SchedulerUnavailableError', 'expand_runs',
-           'notebook_hash', 'run_key', 'batch_key', 'connect', 'BatchResult', 'run_batch', 'list_batches', 'batch_runs',
-           'load_grid', 'batch_cli']
+           'notebook_hash', 'run_key', 'batch_key', 'local_cluster', 'connect', 'scalar_records', 'BatchResult',
+           'run_batch', 'list_batches', 'batch_runs', 'load_grid', 'batch_cli']
 
 # %% ../nbs/42_batch.ipynb #5679e326
 _log = logging.getLogger('dataops_lab.batch')
@@ -75,22 +76,39 @@ def batch_key(nb_hash:str, keys:Iterable[str])->str:
     return 'batch_' + hashlib.sha256(f"{nb_hash}\n{_canon(sorted(keys))}".encode()).hexdigest()[:20]
 
 # %% ../nbs/42_batch.ipynb #0c0fc7c7
-def connect(scheduler:str|None, # 'tcp://host:8786', None for a LocalCluster, or 'synchronous'
+def local_cluster(n_workers:int=2, # worker processes
+                  threads_per_worker:int=1 # runs at once per worker
+                 ):
+    "A Dask cluster on this machine: scheduler in this process, each worker (with its nanny) a subprocess that does not import the caller's `__main__`"
+    from distributed import Scheduler, SpecCluster, LocalCluster
+    sched = {'host': '127.0.0.1', 'port': 0, 'dashboard': False, 'dashboard_address': ':0', 'allowed_failures': 0}
+    if os.name == 'nt':
+        with dask.config.set({'distributed.scheduler.allowed-failures': 0}):
+            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=':0', silence_logs=logging.ERROR)
+    from distributed.deploy.subprocess import SubprocessWorker
+    opts = {'worker_class': 'distributed.Nanny', 'worker_kwargs': {'host': '127.0.0.1', 'nthreads': threads_per_worker, 'silence_logs': logging.ERROR, 'dashboard': False}}
+    return SpecCluster(scheduler={'cls': Scheduler, 'options': sched}, workers={i: {'cls': SubprocessWorker, 'options': opts} for i in range(n_workers)},
+                       silence_logs=logging.ERROR, name='dataops-lab')
+
+def connect(scheduler:str|None, # 'tcp://host:8786', None for a local cluster, or 'synchronous'
             n_workers:int=2, threads_per_worker:int=1,
             connect_timeout:float=5 # seconds to reach a scheduler address
            ):
     "(client, cluster or None): a Dask client for the batch; `SchedulerUnavailableError` naming a dead address"
     if scheduler == 'synchronous': return None,None
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
     if scheduler:
         try: return Client(scheduler, timeout=connect_timeout, set_as_default=False),None
         except (OSError, TimeoutError) as e:
             raise SchedulerUnavailableError(f"cannot reach the Dask scheduler at {mask_url(scheduler)} within {connect_timeout:g} s ({type(e).__name__})",
-                "start it (`dask scheduler`), fix [batch] scheduler in settings.ini / scheduler=, or leave it empty to use a LocalCluster") from None
-    with dask.config.set({'distributed.scheduler.allowed-failures': 0}):
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-    return Client(cluster, set_as_default=False),cluster
+                "start it (`dask scheduler`), fix [batch] scheduler in settings.ini / scheduler=, or leave it empty to use a local cluster") from None
+    cluster = local_cluster(n_workers, threads_per_worker)
+    try:
+        client = Client(cluster, set_as_default=False)
+        client.wait_for_workers(n_workers, timeout=120)
+        return client,cluster
+    except BaseException:
+        cluster.close(); raise
 
 # %% ../nbs/42_batch.ipynb #1126e04b
 _STORAGES:dict[str, Storage] = {}
@@ -102,9 +120,15 @@ def _worker_storage(settings_path:str)->Storage:
 
 def _now()->str: return iso(utcnow())
 
+def scalar_records(records:dict)->dict:
+    "The records of a run that fit in a table cell: None, bools, numbers and strings of at most 200 characters"
+    return {k: v for k,v in (records or {}).items() if v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 200)}
+
+_OUTCOME = ('status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'output_path', 'records')
+
 def _run_task(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str, kernel:str, retries:int, workdir:str,
               execution_timeout:float|None=None, user_id:str='batch')->dict:
-    "Execute one run of a batch (on a worker); its outcome as a dict"
+    "Execute one run of a batch (on a worker), record its outcome in the runs table; the outcome as a dict"
     st = _worker_storage(settings_path)
     runs = st.table(BATCH_RUNS_TABLE)
     row = runs.get((batch_id, key))
@@ -112,13 +136,14 @@ def _run_task(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str
     started = _now()
     try: runs.update((batch_id, key), set={'status': 'running', 'started_at': started}, if_version=row['_version'])
     except ConflictError: return {'status': 'cancelled', 'attempts': 0, 'error': 'the run changed before it started'}
+    noted = lambda sid, out: runs.update((batch_id, key), set={'session_id': sid, 'output_path': out})
     t0,attempts,out = time.perf_counter(),0,{}
     while True:
         attempts += 1
         try:
             r = run_notebook(nb_path, params, settings=settings_path, kernel_name=kernel, workdir=workdir, run_id=f"{batch_id}.{key}", user_id=user_id,
-                             storage=st, execution_timeout=execution_timeout, session_metadata={'batch_id': batch_id, 'run_key': key})
-            out = dict(status='succeeded', session_id=r.session_id, artifact_ids=r.artifact_ids, output_path=r.output_path, error=None)
+                             storage=st, execution_timeout=execution_timeout, session_metadata={'batch_id': batch_id, 'run_key': key}, on_start=noted)
+            out = dict(status='succeeded', session_id=r.session_id, artifact_ids=r.artifact_ids, output_path=r.output_path, error=None, records=scalar_records(r.records))
             break
         except KernelStartError as e:
             if attempts <= retries: _log.warning("run %s: kernel did not start (attempt %d of %d), retrying", key, attempts, retries+1); continue
@@ -126,12 +151,15 @@ def _run_task(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str
             break
         except NotebookRunError as e:
             r = e.result
-            out = dict(status='failed', error=str(e).split('\n')[0], session_id=r.session_id if r else None, artifact_ids=r.artifact_ids if r else [], output_path=e.output_path)
+            out = dict(status='cancelled' if e.ename == 'KeyboardInterrupt' else 'failed', error=str(e).split('\n')[0], session_id=r.session_id if r else None, artifact_ids=r.artifact_ids if r else [],
+                       output_path=e.output_path, records=scalar_records(r.records if r else {}))
             break
         except Exception as e:
             out = dict(status='failed', error=f"{type(e).__name__}: {e}".split('\n')[0])
             break
-    return {**out, 'attempts': attempts, 'started_at': started, 'finished_at': _now(), 'duration_s': round(time.perf_counter()-t0, 3)}
+    out = {**out, 'attempts': attempts, 'started_at': started, 'finished_at': _now(), 'duration_s': round(time.perf_counter()-t0, 3)}
+    runs.update((batch_id, key), set={k: v for k,v in out.items() if k in _OUTCOME})  # the worker that did the work has the last word on its outcome
+    return out
 
 # %% ../nbs/42_batch.ipynb #ac1425ab
 @dataclass
@@ -148,17 +176,18 @@ class BatchResult:
     @property
     def ok(self)->bool: return self.status == 'succeeded'
     def _repr_html_(self):
-        cols = [c for c in self.runs.columns if c not in ('params', 'output_path')]
+        cols = [c for c in self.runs.columns if c not in ('params', 'output_path', 'records')]
         return (f"<div><b>batch <code>{self.batch_id}</code></b> of <code>{Path(self.notebook).name}</code>: <b>{self.status}</b> in {self.duration_s:.1f} s · "
                 f"{', '.join(f'{n} {s}' for s,n in self.counts.items())}</div>" + self.runs[cols].to_html(index=False, max_rows=50))
     def __repr__(self): return f"BatchResult({self.batch_id!r}, {self.status!r}, {self.counts})"
 
-_COLS = ['run_key', 'status', 'attempts', 'duration_s', 'session_id', 'artifact_ids', 'error', 'params', 'output_path']
+_COLS = ['run_key', 'status', 'attempts', 'duration_s', 'session_id', 'artifact_ids', 'error', 'records', 'params', 'output_path']
 
 def _frame(rows:list[dict], shown:dict[str, str])->Any:
     import pandas as pd
     names = list(dict.fromkeys(k for r in rows for k in r['params']))
-    recs = [{'run_key': r['run_key'], **{n: r['params'].get(n) for n in names}, **{c: r.get(c) for c in _COLS[1:]}, 'status': shown.get(r['run_key'], r['status'])} for r in rows]
+    recs = [{'run_key': r['run_key'], **{n: r['params'].get(n) for n in names}, **{c: r.get(c) for c in _COLS[1:]}, 'records': dict(r.get('records') or {}),
+             'status': shown.get(r['run_key'], r['status'])} for r in rows]
     return pd.DataFrame(recs, columns=['run_key', *names, *_COLS[1:]])
 
 # %% ../nbs/42_batch.ipynb #b5a6ef29
@@ -171,9 +200,10 @@ def _validate_all(spec:ParameterSpec, runs:list[dict])->list[dict]:
                                          "fix the grid; `inspect_notebook(path)` lists every parameter with its type")
     return out
 
-def _counts(rows:dict)->dict:
+def _counts(rows:dict, shown:dict|None=None)->dict:
+    "Run counts of this invocation: a run it did not execute because it had succeeded before counts as skipped"
     c = {s: 0 for s in RUN_STATUSES}
-    for r in rows.values(): c[r['status']] += 1
+    for k,r in rows.items(): c[(shown or {}).get(k, r['status'])] += 1
     return {'n_runs': len(rows), 'n_succeeded': c['succeeded'], 'n_failed': c['failed'] + c['cancelled'], 'n_skipped': c['skipped'], 'n_cancelled': c['cancelled']}
 
 # %% ../nbs/42_batch.ipynb #4c19152f
@@ -206,45 +236,53 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
     keys = [run_key(nbh, p) for p in params]
     bid = batch_key(nbh, keys)
     sched = scheduler or s.batch.scheduler
-    own_client = client is None
-    if own_client: client,cluster = connect(sched, n_workers or s.batch.n_workers, s.batch.threads_per_worker, connect_timeout)
-    else: cluster = None
     root = output_root(s)/bid
-    root.mkdir(parents=True, exist_ok=True)
-    ini = str(settings_file(s, root))
     st = Storage(s)
     batches,runs_t = st.table(BATCHES_TABLE),st.table(BATCH_RUNS_TABLE)
-    rows,shown,futures,outcome = {},{},{},'failed'
+    rows,shown,futures,outcome,cluster,prev = {},{},{},'failed',None,None
+    own_client = client is None
+    tell = lambda r: None
     try:
+        # plan: done before, finished on disk but never recorded (completed now, nothing run), succeeded in another batch, or to run
         old = {r['run_key']: r for r in runs_t.query_all(bid)}
+        plan = {}
+        for k in keys:
+            o = old.get(k, {})
+            if resume and o.get('status') in ('succeeded', 'skipped'): plan[k] = ('done', o)
+            elif resume and _complete(o) and (got := _recover(st, runs_t, path, o)): plan[k] = ('done', got)
+            elif resume and (other := next((r for r in runs_t.query_all(k, index='run_key-batch_id') if r['status'] == 'succeeded' and r['batch_id'] != bid), None)):
+                plan[k] = ('other', other)
+            else: plan[k] = ('run', None)
+        todo = [(k, p, i) for i,(k,p) in enumerate(zip(keys, params)) if plan[k][0] == 'run']
+        if todo and own_client: client,cluster = connect(sched, n_workers or s.batch.n_workers, s.batch.threads_per_worker, connect_timeout)
+        root.mkdir(parents=True, exist_ok=True)
+        ini = str(settings_file(s, root))
         prev = batches.get(bid)
         now = _now()
         batches.put({'batch_id': bid, 'kind': 'batch', 'notebook': str(path), 'notebook_hash': nbh, 'created_at': prev['created_at'] if prev else now,
-                     'started_at': now, 'finished_at': None, 'status': 'running', 'scheduler': sched or 'LocalCluster', 'duration_s': None,
+                     'started_at': now, 'finished_at': None, 'status': 'running', 'scheduler': sched or 'local', 'duration_s': (prev or {}).get('duration_s'),
+                     'last_duration_s': None, 'n_invocations': int((prev or {}).get('n_invocations') or (1 if prev else 0)) + 1,
                      **_counts({k: {'status': 'pending'} for k in keys})})
-        todo = []
         for i,(k,p) in enumerate(zip(keys, params)):
             base = {'batch_id': bid, 'run_key': k, 'index': i, 'params': p, 'attempts': 0, 'started_at': None, 'finished_at': None, 'duration_s': None,
-                    'session_id': None, 'artifact_ids': [], 'error': None, 'output_path': None, 'skipped_from': None}
-            if resume and old.get(k, {}).get('status') in ('succeeded', 'skipped'):
-                rows[k],shown[k] = old[k],'skipped'; continue
-            done = next((r for r in runs_t.query_all(k, index='run_key-batch_id') if r['status'] == 'succeeded' and r['batch_id'] != bid), None) if resume else None
-            if done is not None:
-                rows[k] = runs_t.put({**base, **{f: done.get(f) for f in ('attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'output_path')},
-                                      'status': 'skipped', 'skipped_from': done['batch_id']})
-                continue
-            rows[k] = runs_t.put({**base, 'status': 'pending'})
-            todo.append((k, p, i))
-        batches.update(bid, set=_counts(rows))
+                    'session_id': None, 'artifact_ids': [], 'error': None, 'output_path': None, 'skipped_from': None, 'records': {}}
+            how,row = plan[k]
+            if how == 'done': rows[k],shown[k] = row,'skipped'
+            elif how == 'run': rows[k] = runs_t.put({**base, 'status': 'pending'})
+            else: rows[k] = runs_t.put({**base, **{f: row.get(f) for f in ('attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'output_path', 'records')},
+                                        'status': 'skipped', 'skipped_from': row['batch_id']})
+        batches.update(bid, set=_counts(rows, shown))
         tell = (lambda r: on_run({**r, 'status': shown.get(r['run_key'], r['status'])})) if on_run else (lambda r: None)
         for k in keys: tell(rows[k])
         bar = tqdm(total=len(todo), desc=bid, disable=not progress or not todo, unit='run')
         def finish(k, res):
-            rows[k] = runs_t.update((bid, k), set={f: res.get(f, rows[k].get(f)) for f in ('status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'output_path')})
-            batches.update(bid, set=_counts(rows))
+            cur = runs_t.get((bid, k)) if res['status'] == 'failed' else None
+            if cur and cur['status'] == 'running' and _complete(cur) and (got := _recover(st, runs_t, path, cur)): rows[k] = got  # the worker died after the last cell
+            else: rows[k] = runs_t.update((bid, k), set={f: res.get(f, rows[k].get(f)) for f in _OUTCOME})
+            batches.update(bid, set=_counts(rows, shown))
             bar.update(1)
             tell(rows[k])
-            if res['status'] != 'succeeded': bar.set_postfix(failed=_counts(rows)['n_failed'])
+            if rows[k]['status'] != 'succeeded': bar.set_postfix(failed=_counts(rows, shown)['n_failed'])
         args = lambda k,p,i: (str(path), p, bid, k, ini, kernel, retries, str(root/k), execution_timeout, user_id)
         if client is None:
             for k,p,i in todo: finish(k, _run_task(*args(k, p, i)))
@@ -263,27 +301,49 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
         raise
     finally:
         try:
-            if futures and client is not None: client.cancel(list(futures))
+            try:
+                if futures and client is not None:
+                    with suppress(Exception): client.cancel(list(futures))
+            finally:
+                if own_client and client is not None:  # first stop our workers (and their kernels): nothing writes a run while we settle it
+                    with suppress(Exception): client.close()
+                    if cluster is not None: cluster.close()
+            settle = own_client  # an outside scheduler's workers may still be running: they record their own outcome
             for k,r in list(rows.items()):
-                if r['status'] in ('pending', 'running'):
-                    cur = runs_t.get((bid, k)) or r
-                    if cur['status'] in ('pending', 'running'):
-                        why = 'the batch was interrupted' if outcome == 'cancelled' else 'the batch stopped on an error before this run finished'
-                        rows[k] = runs_t.update((bid, k), set={'status': 'cancelled' if outcome == 'cancelled' else 'failed', 'error': why, 'finished_at': _now()})
-                        with suppress(Exception): tell(rows[k])
-                    else: rows[k] = cur
-            if prev_item := batches.get(bid):
-                batches.update(bid, set={'status': outcome, 'finished_at': _now(), 'duration_s': round(time.perf_counter()-t0, 3), **_counts(rows)})
+                if r['status'] not in ('pending', 'running'): continue
+                cur = runs_t.get((bid, k)) or r
+                if cur['status'] not in ('pending', 'running'): rows[k] = cur
+                elif settle and _complete(cur) and (got := _recover(st, runs_t, path, cur)): rows[k] = got
+                else:
+                    why = 'the batch was interrupted' if outcome == 'cancelled' else 'the batch stopped on an error before this run finished'
+                    try: rows[k] = runs_t.update((bid, k), set={'status': 'cancelled' if outcome == 'cancelled' else 'failed', 'error': why, 'finished_at': _now()},
+                                                 if_version=cur['_version'])
+                    except ConflictError: rows[k] = runs_t.get((bid, k)) or cur  # its worker recorded the outcome meanwhile
+                with suppress(Exception): tell(rows[k])
+            if batches.get(bid):
+                took = round(time.perf_counter()-t0, 3)
+                batches.update(bid, set={'status': outcome, 'finished_at': _now(), 'last_duration_s': took,
+                                         'duration_s': round(float((prev or {}).get('duration_s') or 0) + took, 3), **_counts(rows, shown)})
         finally:
             st.close()
-            if own_client and client is not None:
-                client.close()
-                if cluster is not None: cluster.close()
     return BatchResult(bid, str(path), outcome, _frame(sorted(rows.values(), key=lambda r: r['index']), shown), round(time.perf_counter()-t0, 3))
 
+def _complete(row:dict)->bool:
+    "Whether a run item points at a session and an executed notebook whose every cell completed"
+    return bool(row.get('session_id') and row.get('output_path') and executed_completely(row['output_path']))
+
+def _recover(st:Storage, runs_t, path:Path, row:dict)->dict:
+    "Record as succeeded a run whose cells all finished but whose outcome was not recorded (its results stored from the executed notebook, nothing run again); None if that fails"
+    try: res = store_executed_run(path, row['output_path'], row['session_id'], f"{row['batch_id']}.{row['run_key']}", row.get('params'), storage=st)
+    except DataOpsError as e:
+        _log.warning("run %s: its notebook finished but its results cannot be stored (%s); it will run again", row['run_key'], e)
+        return None
+    return runs_t.update((row['batch_id'], row['run_key']), set={'status': 'succeeded', 'error': None, 'artifact_ids': res.artifact_ids, 'records': scalar_records(res.records),
+                                                                 'finished_at': row.get('finished_at') or _now(), 'duration_s': row.get('duration_s') or round(res.duration_s, 3)})
+
 # %% ../nbs/42_batch.ipynb #f75a9f89
-_BATCH_KEYS = ('batch_id', 'notebook', 'created_at', 'status', 'n_runs', 'n_succeeded', 'n_failed', 'n_skipped', 'duration_s')
-_RUN_KEYS = ('run_key', 'params', 'status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error')
+_BATCH_KEYS = ('batch_id', 'notebook', 'created_at', 'status', 'n_runs', 'n_succeeded', 'n_failed', 'n_skipped', 'n_cancelled', 'duration_s', 'last_duration_s', 'n_invocations')
+_RUN_KEYS = ('run_key', 'params', 'status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'records')
 
 def list_batches(storage:Storage, # an open Storage
                  limit:int=50, # batches per page
@@ -302,7 +362,7 @@ def batch_runs(storage:Storage, # an open Storage
     check_key(batch_id, 'batch_id')
     items = sorted(storage.table(BATCH_RUNS_TABLE).query_all(batch_id), key=lambda r: r.get('index', 0))
     if not items and storage.table(BATCHES_TABLE).get(batch_id) is None: raise NotFoundError(f"no batch {batch_id!r}", "list the batches with list_batches(storage)")
-    return [{**{k: it.get(k) for k in _RUN_KEYS}, 'artifact_ids': list(it.get('artifact_ids') or []), 'output_path': it.get('output_path'), 'skipped_from': it.get('skipped_from')} for it in items]
+    return [{**{k: it.get(k) for k in _RUN_KEYS}, 'artifact_ids': list(it.get('artifact_ids') or []), 'records': dict(it.get('records') or {}), 'output_path': it.get('output_path'), 'skipped_from': it.get('skipped_from')} for it in items]
 
 # %% ../nbs/42_batch.ipynb #09c7b0fc
 def load_grid(path:str|Path # a .yaml/.yml or .json file holding a grid dict or a list of runs
@@ -332,12 +392,17 @@ def batch_cli(notebook:str|Path, # the notebook to run
               scheduler:str|None=None, n_workers:int|None=None, retries:int|None=None, resume:bool=True, progress:bool=True,
               kernel_name:str|None=None, out=print # where to write the results table
              )->int:
-    "Run a batch from the command line: progress, then the results table; exit code 0 when every run succeeded (or was skipped)"
+    "Run a batch from the command line: progress, then the results table (with each run's scalar records); exit code 0 when every run succeeded (or was skipped)"
     res = run_batch(notebook, load_grid(grid_path), settings=settings_path, scheduler=scheduler, n_workers=n_workers, retries=retries, resume=resume,
                     progress=progress, kernel_name=kernel_name)
-    cols = [c for c in res.runs.columns if c not in ('params', 'output_path', 'artifact_ids', 'session_id')]
-    table = res.runs[cols].fillna('')
+    import pandas as pd
+    cols = [c for c in res.runs.columns if c not in ('params', 'output_path', 'artifact_ids', 'session_id', 'records', 'error')]
+    recs = pd.DataFrame(list(res.runs.records), index=res.runs.index)  # what each run record()-ed, one column per name
+    recs.columns = [c if c not in res.runs.columns else f"record {c}" for c in recs.columns]
+    table = pd.concat([res.runs[cols], recs, res.runs[['error']]], axis=1).astype(object).where(lambda d: d.notna(), '')
     table['notebook artifact'] = [ids[0] if ids else '' for ids in res.runs.artifact_ids]  # the executed notebook; the run's other artifacts are its children
     out(f"batch {res.batch_id}: {res.status} in {res.duration_s:.1f} s ({', '.join(f'{n} {s}' for s,n in res.counts.items())})")
     out(table.to_string(index=False, max_colwidth=60))
+    if errors := [(r.run_key, r.status, r.error) for r in res.runs.itertuples() if r.status in ('failed', 'cancelled') and r.error]:
+        out('\n'.join([f"{len(errors)} run(s) did not succeed:"] + [f"  {k} {s}: {' '.join(str(e).split())[:500]}" for k,s,e in errors]))
     return 0 if res.ok else 1

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/cli.html.md"""
 
 # %% ../nbs/60_cli.ipynb #a8fc9253
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 from .core import *
 from .config import load_settings, display_value, SECTIONS, Settings
@@ -15,7 +15,7 @@ import dataops_lab.context  # registers the managers' tables for `storage init`
 
 # %% auto #0
 __all__ = ['run_demo', 'cmd_user', 'cmd_audit', 'cmd_serve', 'cmd_demo', 'cmd_storage', 'cmd_settings', 'notebook_arg',
-           'cmd_templates', 'cmd_inspect', 'cmd_batch', 'cmd_dashboard', 'parser', 'main']
+           'cmd_templates', 'cmd_inspect', 'cmd_batch', 'cmd_dashboard', 'parser', 'cli_message', 'main']
 
 # %% ../nbs/60_cli.ipynb #f010d009
 def run_demo(settings:Settings|None=None, # default: `load_settings()`
@@ -68,8 +68,8 @@ def run_demo(settings:Settings|None=None, # default: `load_settings()`
         say(f"checkpoint 'before_cleanup' restored: history back to {len(sm.get_history(s.session_id))} turns (was {n} before, {n+2} after one more question)")
         arts = sm.artifacts.list_artifacts(s.session_id, limit=1000)
     say(f"\ndone in {time.perf_counter()-t0:.1f} s: {len(arts)} artifacts and {n} messages stored under the URLs above")
-    say("next: `dataops-lab dashboard` reviews this session in a browser; `dataops-lab templates` lists notebooks to run as batches;\n"
-        "      the tutorial nbs/70_tutorial_first_session.ipynb walks through it in JupyterLab")
+    say("next: `./run lab` opens JupyterLab on the tutorials (nbs/70_tutorial_first_session.ipynb walks through this);\n"
+        "      `dataops-lab dashboard` reviews this session in a browser; `dataops-lab templates` lists notebooks to run as batches")
     return lines
 
 # %% ../nbs/60_cli.ipynb #491446bb
@@ -187,16 +187,16 @@ def cmd_templates(args):
         ps = inspect_notebook(template_path(t))
         print(f"{t:<18} {', '.join(n for n in ps if not n.startswith('dataops_'))}\n{'':<18} {template_path(t)}")
 
+def _cell(v:str, w:int=48)->str: return v if len(v) <= w else v[:w-1] + '…'
+
 def cmd_inspect(args):
     from dataops_lab.nbparams import inspect_notebook
     spec = inspect_notebook(notebook_arg(args.notebook))
     if args.json: return print(json.dumps(spec.json_schema(), indent=2))
-    recs = spec.records()
-    w = [max([len(h)] + [len(str(r[k])) for r in recs]) for h,k in (('name','name'), ('type','type'))]
-    print(f"{'name':<{w[0]}}  {'type':<{w[1]}}  default / required  help")
-    for r in recs:
-        d = 'required' if r['required'] else repr(r['default'])
-        print(f"{r['name']:<{w[0]}}  {r['type']:<{w[1]}}  {d:<18}  {r['help']}")
+    rows = [(r['name'], _cell(r['type']), 'required' if r['required'] else _cell(repr(r['default'])), r['help']) for r in spec.records()]
+    head = ('name', 'type', 'default', 'help')
+    w = [max(len(x) for x in col) for col in zip(head, *rows)][:3]
+    for r in [head, *rows]: print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip())
 
 def cmd_batch(args):
     from dataops_lab.batch import batch_cli
@@ -209,12 +209,16 @@ def cmd_dashboard(args):
 
 def parser()->argparse.ArgumentParser:
     "The `dataops-lab` argument parser"
+    from dataops_lab import __version__
     p = argparse.ArgumentParser('dataops-lab', description="dataops-lab: a Jupyter-first workbench for data-engineering agent workflows")
+    p.add_argument('--version', action='version', version=f"dataops-lab {__version__}")
     p.add_argument('--settings', help="settings.ini to use (default: $DATAOPS_SETTINGS or the nearest settings.ini)")
     sub = p.add_subparsers(dest='command', required=True)
     sub.add_parser('demo', help="sessions, context, artifacts and checkpoints on the configured storage").set_defaults(fn=cmd_demo)
-    sp = sub.add_parser('storage', help="provision (init) or verify (check) the configured storage")
-    sp.add_argument('action', choices=['init', 'check'])
+    sp = sub.add_parser('storage', help="provision (init) or verify (check) the configured storage",
+                        description="init: create the bucket or folder, cache and tables that are missing and set the data-protection features the backend supports (safe to repeat); "
+                                    "check: verify every backend is reachable and provisioned, changing nothing (exit code 2 naming what is missing; warnings for risky server settings)")
+    sp.add_argument('action', choices=['init', 'check'], help="init: provision what is missing; check: verify, change nothing")
     sp.set_defaults(fn=cmd_storage)
     sub.add_parser('settings', help="print the effective settings, secrets masked").set_defaults(fn=cmd_settings)
     sub.add_parser('templates', help="list the bundled workflow notebooks").set_defaults(fn=cmd_templates)
@@ -239,12 +243,25 @@ def parser()->argparse.ArgumentParser:
     _api_commands(sub)
     return p
 
+# the library's hints name Python arguments; on the command line they are options
+_CLI_WORDS = (('`inspect_notebook(path)`', '`dataops-lab inspect NOTEBOOK`'), ('pass kernel_name=...', 'pass --kernel NAME'),
+              ('e.g. retries=2', 'e.g. --retries 2'), ('/ scheduler=', '/ --scheduler ADDRESS'), ('pass session_id=/settings= to run_notebook instead', 'choose the settings with --settings'))
+
+def cli_message(e:DataOpsError)->str:
+    "The error as the command line shows it: its message and hint, with Python arguments named as options"
+    msg = str(e)
+    for py,cli in _CLI_WORDS: msg = msg.replace(py, cli)
+    return msg.replace('`dataops-lab inspect NOTEBOOK` (or `dataops-lab inspect NOTEBOOK`)', '`dataops-lab inspect NOTEBOOK`')
+
 def main(argv:list[str]|None=None)->int:
     "Entry point of `dataops-lab`"
     args = parser().parse_args(argv)
     try: rc = args.fn(args)
     except DataOpsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt: return 130
+    except BrokenPipeError:  # `dataops-lab settings | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return rc or 0

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/nbparams.html.md"""
 
 # %% ../nbs/40_nbparams.ipynb #2dd498ab
 from __future__ import annotations
-import ast, builtins, datetime, difflib, io, json, tokenize, typing
+import ast, datetime, difflib, io, json, tokenize, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Annotated, Literal, Optional, Union
@@ -16,8 +16,9 @@ from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'RESERVED', 'load_notebook', 'parameters_cell', 'NotebookParameter', 'parse_parameters',
-           'ParameterSpec', 'inspect_notebook', 'write_notebook', 'validate_parameters']
+__all__ = ['PARAMETERS_TAG', 'RESERVED', 'load_notebook', 'parameters_cell', 'annotation_type', 'NotebookParameter',
+           'parse_parameters', 'ParameterSpec', 'inspect_notebook', 'write_notebook', 'validate_parameters',
+           'check_parameters']
 
 # %% ../nbs/40_nbparams.ipynb #b517defd
 PARAMETERS_TAG = 'parameters'
@@ -42,9 +43,59 @@ def parameters_cell(nb:nbformat.NotebookNode, # a notebook
         "tag the cell holding the parameter assignments 'parameters' (JupyterLab: Property Inspector → Cell Tags; or `jupytext` with `# %% tags=[\"parameters\"]`)")
 
 # %% ../nbs/40_nbparams.ipynb #8f04cbce
-_NS = {**vars(builtins), **{n: getattr(typing, n) for n in ('Any', 'Literal', 'Optional', 'Union', 'Annotated', 'List', 'Dict')},
-       'Field': Field, 'datetime': datetime, 'date': datetime.date, 'Path': Path}
+_TYPES = {'int': int, 'float': float, 'str': str, 'bool': bool, 'bytes': bytes, 'list': list, 'dict': dict, 'tuple': tuple, 'set': set,
+          'frozenset': frozenset, 'Any': Any, 'Optional': Optional, 'Union': Union, 'Literal': Literal, 'Annotated': Annotated,
+          'List': typing.List, 'Dict': typing.Dict, 'Tuple': typing.Tuple, 'Set': typing.Set, 'datetime': datetime.datetime,
+          'date': datetime.date, 'time': datetime.time, 'timedelta': datetime.timedelta, 'Path': Path}
+_TYPES.update({f"typing.{k}": v for k,v in _TYPES.items() if k[0].isupper() and k != 'Path'})
+_TYPES.update({f"datetime.{k}": _TYPES[k] for k in ('datetime', 'date', 'time', 'timedelta')} | {'pathlib.Path': Path})
+_GENERIC = {list, dict, tuple, set, frozenset, Optional, Union, Literal, Annotated, typing.List, typing.Dict, typing.Tuple, typing.Set}
 _MISSING = object()
+
+class _Refused(Exception):
+    "An annotation part outside the allow-list: the offending node"
+    def __init__(self, node, why): super().__init__(why); self.node = node
+
+def _dotted(n:ast.AST)->str|None:
+    if isinstance(n, ast.Name): return n.id
+    if isinstance(n, ast.Attribute) and (base := _dotted(n.value)): return f"{base}.{n.attr}"
+    return None
+
+def _literal(n:ast.AST):
+    try: v = ast.literal_eval(n)
+    except (ValueError, SyntaxError, TypeError): raise _Refused(n, "Literal[...] takes literal values only") from None
+    if not isinstance(v, (str, int, bool, bytes, type(None))): raise _Refused(n, "Literal[...] takes str, int, bool, bytes or None values")
+    return v
+
+def _field(n:ast.AST):
+    if not (isinstance(n, ast.Call) and _dotted(n.func) in ('Field', 'pydantic.Field')): raise _Refused(n, "the metadata of Annotated[...] must be Field(...)")
+    try: args,kw = [ast.literal_eval(a) for a in n.args],{k.arg: ast.literal_eval(k.value) for k in n.keywords if k.arg}
+    except (ValueError, SyntaxError, TypeError): raise _Refused(n, "Field(...) takes literal arguments only") from None
+    if any(k.arg is None for k in n.keywords): raise _Refused(n, "Field(...) takes literal arguments only")
+    return Field(*args, **kw)
+
+def _type(n:ast.AST):
+    if isinstance(n, ast.Constant) and n.value is None: return type(None)
+    if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr): return Union[_type(n.left), _type(n.right)]
+    if isinstance(n, ast.Subscript):
+        base = _type(n.value)
+        if base not in _GENERIC: raise _Refused(n.value, "it takes no [...]")
+        items = list(n.slice.elts) if isinstance(n.slice, ast.Tuple) else [n.slice]
+        if base is Literal: args = tuple(_literal(x) for x in items)
+        elif base is Annotated: args = (_type(items[0]), *map(_field, items[1:]))
+        else: args = tuple(... if isinstance(x, ast.Constant) and x.value is Ellipsis and base in (tuple, typing.Tuple) else _type(x) for x in items)
+        return base[args if len(args) > 1 else args[0]]
+    if (name := _dotted(n)) in _TYPES: return _TYPES[name]
+    raise _Refused(n, "it is not a type name this reader knows")
+
+def annotation_type(src:str # the source of one annotation, e.g. "list[str] | None"
+                   ):
+    "The type `src` spells, built from an allow-list without evaluating anything; `ValueError` naming the part that is not allowed"
+    try: tree = ast.parse(src.strip(), mode='eval')
+    except SyntaxError as e: raise ValueError(f"`{src}` is not a Python annotation ({e.msg})") from None
+    try: return _type(tree.body)
+    except _Refused as e: raise ValueError(f"`{ast.get_source_segment(src.strip(), e.node) or src}` is not allowed: {e}") from None
+    except TypeError as e: raise ValueError(f"`{src}` is not a valid type: {e}") from None
 
 @dataclass
 class NotebookParameter:
@@ -67,8 +118,8 @@ class NotebookParameter:
 
 def _adapter(ann:str|None, default:Any, literal:bool):
     if ann is None: return TypeAdapter(type(default)) if literal and default is not None and type(default) in (int, float, str, bool, list, dict) else None
-    try: return TypeAdapter(eval(ann, {'__builtins__': {}}, _NS))
-    except Exception: return None  # an annotation we cannot evaluate: the value is not checked
+    return TypeAdapter(annotation_type(ann))
+
 
 # %% ../nbs/40_nbparams.ipynb #f5468e3e
 def _comments(src:str)->dict[int, str]:
@@ -96,8 +147,11 @@ def parse_parameters(src:str, # source of a parameters cell
         try: default,literal = ast.literal_eval(node.value),True
         except (ValueError, SyntaxError, TypeError): default,literal = None,False
         help = notes.get(node.end_lineno, '')
-        p = NotebookParameter(name, ann, dsrc, default, help, literal=literal, adapter=_adapter(ann, default, literal))
-        if ann is not None and p.adapter is not None and literal:
+        try: adapter = _adapter(ann, default, literal)
+        except ValueError as e: raise InvalidInputError(f"{str(path)!r}: line {node.lineno} of the parameters cell, parameter {name!r}: the annotation {e}",
+            "annotate with builtin types, typing's Optional/Union/Literal/Annotated/Any, Field(...) with literal arguments, datetime/date or Path") from None
+        p = NotebookParameter(name, ann, dsrc, default, help, literal=literal, adapter=adapter)
+        if ann is not None and literal:
             try: p.adapter.validate_python(default)
             except ValidationError: p.required = True
         out[name] = p
@@ -170,5 +224,24 @@ def validate_parameters(path:str|Path|ParameterSpec, # a notebook, or what `insp
         try: out[k] = spec[k].validate(v)
         except ValidationError as e: problems.append(f"parameter {k!r} ({spec[k].type_name}) = {v!r:.60}: {_why(e)}")
     problems += [f"parameter {p.name!r} ({p.type_name}) is required: {p.help or 'no default'}" for p in spec.values() if p.required and p.name not in params]
-    if problems: raise InvalidInputError(f"{spec.path}: invalid parameters:\n  " + '\n  '.join(problems), "fix the values above; `inspect_notebook(path)` lists every parameter with its type")
+    if problems: raise InvalidInputError(f"{spec.path}: invalid parameters:\n  " + '\n  '.join(problems), "fix the values above; `dataops-lab inspect NOTEBOOK` (or `inspect_notebook(path)`) lists every parameter with its type")
+    return out
+
+# %% ../nbs/40_nbparams.ipynb #f286f9d5
+def check_parameters(ns:dict|None=None # the notebook's namespace (default: the running IPython's)
+                    )->dict:
+    "In a notebook run by papermill: the injected values checked against the parameters cell and stored back coerced; `InvalidInputError` as `validate_parameters` raises it"
+    __tracebackhide__ = True  # IPython shows the error, not this function's frames
+    try: from IPython import get_ipython
+    except ImportError: return {}
+    ip = get_ipython()
+    if ip is None: return {}
+    ns = ip.user_ns if ns is None else ns
+    hist = [s for s in ns.get('In', []) if isinstance(s, str)]
+    i = next((j for j in range(len(hist)-1, 0, -1) if hist[j].lstrip().startswith('# Parameters')), None)
+    if i is None: return {}  # run by hand: the parameters cell's own values
+    spec = ParameterSpec(parse_parameters(hist[i-1], 'this notebook'), 'this notebook', i-1)
+    given = {p.name: p.default for p in parse_parameters(hist[i], 'the injected parameters').values() if p.literal and p.name not in RESERVED}
+    out = validate_parameters(spec, given)
+    ns.update(out)
     return out

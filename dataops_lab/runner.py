@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/runner.html.md"""
 
 # %% ../nbs/41_runner.ipynb #681b6e16
 from __future__ import annotations
-import datetime as dt, io, json, logging, os, re, time
+import datetime as dt, io, json, logging, os, re, time, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ from .nbparams import *
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError', 'KernelStartError',
-           'RunResult', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root', 'run_notebook',
-           'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path']
+           'RunResult', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root', 'artifact_name',
+           'run_notebook', 'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path',
+           'executed_completely', 'store_executed_run']
 
 # %% ../nbs/41_runner.ipynb #3171e0d3
 _log = logging.getLogger('dataops_lab.runner')
@@ -205,6 +206,21 @@ def _excerpt(src:str, n:int=6)->str:
 
 def _wf_name(path:Path)->str: return 'notebook:' + (re.sub(r'[^A-Za-z0-9_.@-]', '_', path.stem)[:100] or 'notebook')
 
+def _name_part(s:str)->str:
+    s = ''.join(ch for ch in unicodedata.normalize('NFKD', s) if not unicodedata.combining(ch))  # 'été' → 'ete'
+    s = re.sub(r'[^A-Za-z0-9_.@ -]+', '_', s)
+    return re.sub(' {2,}', ' ', re.sub(r'_*([ .])_*', r'\1', s)).strip(' ._-@')
+
+def artifact_name(file_name:str # any file name, e.g. 'sales report (v2).ipynb'
+                 )->str:
+    "A valid artifact name for `file_name`: characters artifact names do not allow become '_', at most 128 characters, the suffix kept"
+    from dataops_lab.artifacts import check_name
+    name = str(file_name)
+    stem,_,suf = name.rpartition('.') if '.' in name.strip('.') else (name, '', '')
+    stem,suf = _name_part(stem) or 'notebook',_name_part(suf)
+    suf = '.' + suf[:20] if suf else ''
+    return check_name(stem[:128-len(suf)].rstrip(' .') + suf, 'artifact name')
+
 # %% ../nbs/41_runner.ipynb #db5a9b1d
 def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
                  parameters:dict|None=None, # values for its parameters (validated first)
@@ -218,7 +234,8 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
                  execution_timeout:float|None=None, # seconds per cell (default: no limit)
                  start_timeout:float=60, # seconds for the kernel to start
                  session_metadata:dict|None=None, # extra metadata for a new session
-                 store:bool=True # store the executed notebook and records as artifacts
+                 store:bool=True, # store the executed notebook and records as artifacts
+                 on_start=None # called with (session_id, output_path) once the session exists, before the kernel starts
                 )->RunResult:
     "Run `path` through papermill in a dataops-lab session; the result, or `NotebookRunError`/`KernelStartError`"
     import papermill as pm
@@ -241,6 +258,7 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
         wd = Path(workdir) if workdir else output_root(settings)/run_id
         wd.mkdir(parents=True, exist_ok=True)
         out = wd/path.name
+        if on_start is not None: on_start(sid, str(out))
         extra = {'dataops_session_id': sid, 'dataops_settings': str(settings_file(settings, wd))}
         injected = {**params, **{k: v for k,v in extra.items() if k in spec}}
         res = RunResult('succeeded', str(path), str(out), sid, run_id, params)
@@ -260,36 +278,46 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
                                        kernel_name=kernel, output_path=str(out)) from None
             err = NotebookRunError(f"{path.name}: the run stopped: {type(e).__name__}: {e}", f"open the partial output notebook {out}",
                                    ename=type(e).__name__, evalue=str(e), output_path=str(out))
-        res.duration_s = time.perf_counter() - t0
-        if err is not None: res.status,res.error = 'failed',str(err).split('\n')[0]
-        if out.exists():
-            try: res.records = read_records(out)
-            except Exception as e:
-                if err is None: raise
-        if store and out.exists(): res.artifact_ids = _store_run(storage, res, path, since, err is None)
-        res.duration_s = time.perf_counter() - t0
-        if err is not None:
-            err.result = res
-            raise err
-        return res
+        return _finish(storage, res, path, since, err, store, t0)
     finally:
         if own: storage.close()
 
-def _store_run(storage:Storage, res:RunResult, path:Path, since:dt.datetime, ok:bool)->list[str]:
-    "Store the executed notebook and the records in the run's session; every artifact id of the run"
+def _finish(storage:Storage, res:RunResult, path:Path, since, err, store:bool, t0:float)->RunResult:
+    "Read the records of an executed (or partial) notebook, store the run's artifacts, return the result or raise `err`"
+    out = Path(res.output_path)
+    res.duration_s = time.perf_counter() - t0
+    if err is not None: res.status,res.error = 'failed',str(err).split('\n')[0]
+    if out.exists():
+        try: res.records = read_records(out)
+        except Exception as e:
+            if err is None: raise
+    if store and out.exists(): res.artifact_ids = _store_run(storage, res, path, since, err is None)
+    res.duration_s = time.perf_counter() - t0
+    if err is not None:
+        err.result = res
+        raise err
+    return res
+
+def _store_run(storage:Storage, res:RunResult, path:Path, since:dt.datetime|None, ok:bool)->list[str]:
+    "Store the executed notebook and the records in the run's session (reusing those this run already stored); every artifact id of the run"
     from dataops_lab.artifacts import ArtifactStore
     arts = ArtifactStore(storage)
     wf = _wf_name(path)
-    meta = {'run_id': res.run_id, 'status': res.status, 'parameters': jsonable(res.parameters), 'duration_s': round(res.duration_s, 3)}
-    nb_id = arts.store_artifact(Path(res.output_path), res.session_id, wf, name=path.name, artifact_type=ArtifactType.RESULT if ok else ArtifactType.DEBUG,
-                                metadata=meta, content_type='application/x-ipynb+json')
+    nb_name,rec_name = artifact_name(path.name),artifact_name(f"{path.stem}.records")
+    listed = arts.list_artifacts(res.session_id, since=since, include_shared=False, limit=1000)
+    mine = {a.name: a.artifact_id for a in listed if (a.metadata or {}).get('run_id') == res.run_id and a.name in (nb_name, rec_name)}
+    meta = {'run_id': res.run_id, 'status': res.status, 'parameters': jsonable(res.parameters), 'duration_s': round(res.duration_s, 3), 'file_name': path.name}
+    kind = ArtifactType.RESULT if ok else ArtifactType.DEBUG
+    nb_id = mine.get(nb_name) or arts.store_artifact(Path(res.output_path), res.session_id, wf, name=nb_name, artifact_type=kind, metadata=meta,
+                                                     content_type='application/x-ipynb+json')
     ids = [nb_id]
     if res.records:
         payload = {k: encode_record(k, v) for k,v in res.records.items()}
-        ids.append(arts.store_artifact(payload, res.session_id, wf, name=f"{path.stem}.records", artifact_type=ArtifactType.RESULT if ok else ArtifactType.DEBUG,
-                                       parents=[nb_id], metadata={'run_id': res.run_id}))
-    made = [a.artifact_id for a in arts.list_artifacts(res.session_id, since=since, include_shared=False, limit=1000) if a.artifact_id not in ids]
+        ids.append(mine.get(rec_name) or arts.store_artifact(payload, res.session_id, wf, name=rec_name, artifact_type=kind, parents=[nb_id],
+                                                             metadata={'run_id': res.run_id}))
+    made = [a.artifact_id for a in listed if a.artifact_id not in ids]
     return ids + sorted(made)
+
 
 # %% ../nbs/41_runner.ipynb #c779d23d
 @dataclass
@@ -330,3 +358,37 @@ def template_path(name:str # a template name from `list_templates()`, with or wi
     p = templates_dir()/f"{str(name).removesuffix('.ipynb')}.ipynb"
     if not p.is_file(): raise NotFoundError(f"no template named {name!r}", f"use one of {list_templates()}")
     return p
+
+# %% ../nbs/41_runner.ipynb #977dcd57
+def executed_completely(path:str|Path # a papermill output notebook
+                       )->bool:
+    "Whether `path` is a papermill output notebook whose every cell ran to completion without an error"
+    try: nb = nbformat.read(Path(path), as_version=4)
+    except Exception: return False
+    if 'papermill' not in nb.metadata or not nb.cells: return False
+    return all(c.metadata.get('papermill', {}).get('status') == 'completed' and not c.metadata.get('papermill', {}).get('exception') for c in nb.cells)
+
+def store_executed_run(path:str|Path, # the input notebook
+                       output_path:str|Path, # its executed notebook, every cell completed
+                       session_id:str, # the session the run wrote to
+                       run_id:str, # the run's id
+                       parameters:dict|None=None, # the run's validated parameters
+                       *, settings:Settings|str|Path|None=None, # default: `load_settings()`
+                       storage:Storage|None=None # an open Storage to reuse
+                      )->RunResult:
+    "The result of a run whose cells all finished, its notebook and records stored (once) without running it again"
+    out = Path(output_path)
+    if not executed_completely(out):
+        raise InvalidInputError(f"{str(out)!r} is not an output notebook whose every cell completed", "run the notebook again (run_notebook / run_batch)")
+    own = storage is None
+    storage = storage or Storage(load_settings(settings))
+    try:
+        SessionManager(storage).get_session(session_id)
+        res = RunResult('succeeded', str(path), str(out), session_id, run_id, dict(parameters or {}))
+        done = nbformat.read(out, as_version=4)
+        res.duration_s = float(done.metadata['papermill'].get('duration') or sum(c.metadata['papermill'].get('duration') or 0 for c in done.cells))
+        res.records = read_records(out)
+        res.artifact_ids = _store_run(storage, res, Path(path), None, True)
+        return res
+    finally:
+        if own: storage.close()

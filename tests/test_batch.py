@@ -270,7 +270,7 @@ def test_dead_scheduler_address_is_a_clear_error(tmp_path):
     ini = _ini(tmp_path, f"scheduler = {addr}\n")
     nb = write_notebook(tmp_path/'nb.ipynb', "n: int = 1", "n")
     with pytest.raises(SchedulerUnavailableError) as e: run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, connect_timeout=2)
-    assert addr in str(e.value) and 'dask scheduler' in str(e.value) and 'LocalCluster' in str(e.value)
+    assert addr in str(e.value) and 'dask scheduler' in str(e.value) and 'local cluster' in str(e.value)
     with Storage(load_settings(ini)) as st: assert list_batches(st).items == []  # nothing recorded, nothing started
     assert not any((tmp_path/'runs').glob('*/*/*.ipynb'))
 
@@ -380,3 +380,118 @@ def test_interrupted_batch_marks_its_runs_cancelled(tmp_path):
             assert all(r['error'] == 'the batch was interrupted' for r in rows)
             assert list_batches(st).items[0]['status'] == 'cancelled'
     finally: child.close()
+
+
+# ---------------------------------------------------------------- any file name; Ctrl-C never loses nor repeats finished work
+
+def test_any_file_name_runs_stores_and_resumes(tmp_path):
+    "A notebook named as people name files runs, stores its executed notebook, and is not executed again on resume"
+    ini = _ini(tmp_path)
+    log = tmp_path/'executions.log'
+    nb = write_notebook(tmp_path/'sales report (v2).ipynb', "n: int = 1",
+                        f"with open({str(log)!r}, 'a') as f: f.write(f'{{n}}\\n')\nfrom dataops_lab.runner import record\nrecord('n', n)")
+    first = run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, scheduler='synchronous')
+    assert first.status == 'succeeded', list(first.runs.error)
+    with ArtifactStore(Storage(load_settings(ini))) as arts:
+        a = arts.get_artifact(first.runs.artifact_ids[0][0])
+        assert (a.name, a.metadata['file_name'], a.artifact_type) == ('sales report v2.ipynb', 'sales report (v2).ipynb', ArtifactType.RESULT)
+        assert [arts.get_artifact(i).name for i in first.runs.artifact_ids[0]] == ['sales report v2.ipynb', 'sales report v2.records']
+    again = run_batch(nb, {'n': [1, 2]}, settings=ini, progress=False, scheduler='synchronous')
+    assert (again.status, list(again.runs.status)) == ('succeeded', ['skipped', 'skipped'])
+    assert sorted(log.read_text().split()) == ['1', '2']  # each run executed exactly once
+
+
+STEPS = ("import os, pathlib\nlog = pathlib.Path(logdir)\n(log/f'start-{n}-{os.getpid()}').touch()",
+         "import time\nwhile n > 1 and (log/'hold').exists(): time.sleep(0.05)  # runs after the first wait while 'hold' exists",
+         "(log/f'end-{n}-{os.getpid()}').touch()  # the last cell")
+
+
+def _count(folder, what, n): return len(list(folder.glob(f'{what}-{n}-*')))
+
+
+def _finished_every_cell(path):
+    "papermill marks each cell 'completed' in the output notebook it saves after every cell"
+    try: nb = nbformat.read(path, 4)
+    except Exception: return False
+    return all(c.metadata.get('papermill', {}).get('status') == 'completed' for c in nb.cells)
+
+
+@pytest.mark.timeout(400)
+def test_sigint_to_the_cli_records_finished_runs_and_resume_never_reruns_them(tmp_path):
+    """A real SIGINT to `dataops-lab batch` the moment a run's notebook has finished every cell (before the batch heard of it):
+    that run is recorded succeeded, with its artifacts stored once; the resume runs only the others"""
+    ini, logs = _ini(tmp_path), tmp_path/'logs'
+    logs.mkdir(); (logs/'hold').touch()
+    nb = write_notebook(tmp_path/'steps.ipynb', "n: int = 1\nlogdir: str = ''", *STEPS)
+    grid = tmp_path/'grid.yaml'
+    grid.write_text(json.dumps({'n': [1, 2, 3, 4, 5, 6], 'logdir': str(logs)}))
+    cmd = [str(VENV_BIN/'dataops-lab'), '--settings', str(ini), 'batch', str(nb), '--grid', str(grid), '--no-progress']
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_plain_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(_finished_every_cell(p) for p in (tmp_path/'runs').glob('*/*/steps.ipynb')):  # run 1 finished its last cell
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, 'no run finished within 240 s'
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait(30)
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
+    with Storage(load_settings(ini)) as st:
+        (b,) = list_batches(st).items
+        runs = {r['params']['n']: r for r in batch_runs(st, b['batch_id'])}
+        assert b['status'] == 'cancelled' and runs[1]['status'] == 'succeeded', {n: (r['status'], r['error']) for n, r in runs.items()}
+        assert {r['status'] for n, r in runs.items() if n > 1} == {'cancelled'}
+    (logs/'hold').unlink()
+    res = subprocess.run(cmd, cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert '1 skipped' in res.stdout and '5 succeeded' in res.stdout, res.stdout
+    assert [_count(logs, 'end', n) for n in range(1, 7)] == [1] * 6  # every run finished exactly once
+    assert _count(logs, 'start', 1) == 1  # the finished run never started again
+    with Storage(load_settings(ini)) as st:
+        arts = ArtifactStore(st)
+        rows = batch_runs(st, b['batch_id'])
+        assert [r['status'] for r in rows] == ['succeeded'] * 6
+        assert [len(arts.list_artifacts(r['session_id'], name='steps.ipynb', include_shared=False)) for r in rows] == [1] * 6  # stored once
+
+
+def test_templates_check_their_parameters_under_plain_papermill(tmp_path):
+    "Plain papermill with a wrong value fails in the cell after the injected one, with run_notebook's message, before the template opens any storage"
+    spec = inspect_notebook(template_path('sql_questions'))
+    for value, why in (('how many orders are there?', "parameter 'questions' (list[str]) = 'how many orders are there?': Input should be a valid list"),
+                       ('5', "parameter 'questions' (list[str]) = 5: Input should be a valid list")):
+        with pytest.raises(InvalidInputError) as e: validate_parameters(spec, {'questions': value if value != '5' else 5})
+        assert why in str(e.value)  # the runner's own message...
+        p = subprocess.run([str(VENV_BIN/'papermill'), '--no-progress-bar', str(template_path('sql_questions')), 'q.ipynb', '-p', 'questions', value],
+                           cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0 and why in p.stderr, p.stderr[-3000:]  # ...is plain papermill's
+        out = nbformat.read(tmp_path/'q.ipynb', 4)
+        ran = [c for c in out.cells if c.cell_type == 'code' and c.execution_count]
+        assert 'injected-parameters' in ran[-2].metadata.get('tags', []) and 'check_parameters()' in ran[-1].source  # it stopped right after the injected cell
+        assert not (tmp_path/'.dataops').exists()  # before any storage was opened
+    bad = subprocess.run([str(VENV_BIN/'papermill'), '--no-progress-bar', str(template_path('profile_dataset')), 'p.ipynb', '-p', 'tables', 'orders'],
+                         cwd=tmp_path, env=_plain_env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "parameter 'tables' (Optional[list[str]]) = 'orders'" in bad.stderr, bad.stderr[-3000:]
+
+
+def test_a_run_that_answered_nothing_is_a_failure_everywhere(tmp_path):
+    "sql_questions on a database that does not exist: run_notebook raises, the batch and its table say failed, the CLI table shows what each run recorded"
+    ini = _ini(tmp_path)
+    with pytest.raises(NotebookRunError) as e: run_notebook(template_path('sql_questions'), {'database': str(tmp_path/'nope.db')}, settings=ini)
+    assert 'none of the 2 questions was answered' in str(e.value) and 'nope.db does not exist' in str(e.value)
+    assert e.value.result.status == 'failed' and (e.value.result.records['n_answered'], e.value.result.records['n_failed']) == (0, 2)
+    (tmp_path/'grid.yaml').write_text(json.dumps([{'database': str(tmp_path/'nope.db')}, {'questions': ['how many customers are there?', 'average salary by department']}]))
+    lines = []
+    code = batch_cli(template_path('sql_questions'), tmp_path/'grid.yaml', settings_path=ini, scheduler='synchronous', progress=False, out=lines.append)
+    assert code == 1 and '1 succeeded, 1 failed' in lines[0], lines
+    header, failed, partial = lines[1].splitlines()[:3]
+    assert header.split()[header.split().index('duration_s') + 1:][:2] == ['n_answered', 'n_failed']  # each run's records, as columns
+    assert re.search(r'\bfailed\s+1\s+\S+\s+0\s+2\s+sql_questions.ipynb: cell \d+ raised', failed), failed
+    assert re.search(r'1 run\(s\) did not succeed:\n  r\w+ failed: sql_questions.ipynb: cell \d+ raised InvalidInputError: none of the 2 questions was answered: '
+                     r"'how many orders are there\?': \S*nope.db does not exist", lines[2]), lines[2]  # the whole reason, below the table
+    assert re.search(r'\bsucceeded\s+1\s+\S+\s+1\s+1\s', partial), partial
+    with Storage(load_settings(ini)) as st:
+        (b,) = list_batches(st).items
+        assert (b['status'], b['n_failed'], b['n_succeeded']) == ('failed', 1, 1)
+        assert [(r['status'], r['records']) for r in batch_runs(st, b['batch_id'])] == [('failed', {'n_answered': 0, 'n_failed': 2}), ('succeeded', {'n_answered': 1, 'n_failed': 1})]
