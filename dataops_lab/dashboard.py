@@ -261,7 +261,7 @@ def _build(self:Dashboard):
     self.pager = pn.pane.Markdown('', css_classes=['pager'], margin=(12, 10))
     self.status_line = pn.pane.Markdown('', css_classes=['status-line'])
     self.notice = pn.pane.HTML('', css_classes=['notice'], sizing_mode='stretch_width')
-    self.table = _table(pd.DataFrame(), max_height=440, widths={'title': 320}, css_classes=['sessions-table'])
+    self.table = _table(pd.DataFrame(), max_height=440, widths={'title': 280, 'workflows': 220}, css_classes=['sessions-table'])
     for w in (self.user, self.status, self.since, self.until): w.param.watch(lambda e: self.show_page(0), 'value')
     self.prev.on_click(lambda e: self.show_page(self.page_no-1))
     self.next.on_click(lambda e: self.show_page(self.page_no+1))
@@ -330,7 +330,10 @@ def show_page(self:Dashboard, page:int|None=None # 0-based; default: the current
 # %% ../nbs/52_dashboard.ipynb #6b11836a
 @patch
 def _on_session(self:Dashboard, e):
-    if e.new and e.new[0] < len(self.table.value) and self.table.value.session.iloc[e.new[0]] != self.session_id: self.open_session(self.table.value.session.iloc[e.new[0]])
+    if not (e.new and e.new[0] < len(self.table.value)) or (sid := self.table.value.session.iloc[e.new[0]]) == self.session_id: return
+    try: self.open_session(sid)
+    except DataOpsError as err:  # e.g. purged since the page was drawn: say so where the session would show
+        self.session_id,self.header.object,self.conversation.objects = None,_problem(f"Session {sid}", err),[]
 
 def _message_pane(m:Message)->pn.pane.HTML:
     "A turn as the HTML card of `dataops_lab.display`: escaped, an assistant's reply as sanitised Markdown"

@@ -315,11 +315,10 @@ def wrap_label(text:str, # a name to draw
                width:int=28, # most characters per line
                max_lines:int=4 # more lines than this: the last one ends in '…'
               )->list[str]:
-    "`text` split into lines of at most `width` characters, breaking after '.', '_', '/', '-' or a space where it can"
+    "`text` split into lines of at most `width` characters, breaking after '.', '/' or a space where it can, else after '_' or '-'"
     lines,rest = [],str(text)
     while len(rest) > width and len(lines) < max_lines-1:
-        cut = max(rest.rfind(c, 0, width) for c in '._/- ')
-        cut = cut+1 if cut >= width//3 else width
+        cut = next((c for c in (max(rest.rfind(s, 0, width) for s in seps) for seps in ('./ ', '_-')) if c >= width//3), width-1)+1
         lines.append(rest[:cut].rstrip()); rest = rest[cut:].lstrip()
     return lines + [short(rest, width)] if rest else lines
 
