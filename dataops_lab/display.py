@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Iterable
 import nh3
-from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
@@ -112,7 +111,8 @@ def _demote_headings(state):
         if t.type in ('heading_open', 'heading_close'): t.tag = f"h{min(6, int(t.tag[1])+3)}"
 
 @lru_cache(1)
-def _markdown()->MarkdownIt:
+def _markdown():
+    from markdown_it import MarkdownIt  # imported on first use: importing the package stays quick
     md = MarkdownIt('commonmark', {'html': False, 'linkify': False, 'typographer': False,
                                    'highlight': lambda src, lang, attrs: code_html(src, lang.split()[0] if lang else '')})
     md.enable(['table', 'strikethrough']).disable('image')
