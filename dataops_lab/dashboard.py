@@ -307,7 +307,7 @@ def _no_match(filters:dict, total:int)->str:
     said = [f"user {filters['user']!r}" if filters['user'] else '', f"status {filters['status']!r}" if filters['status'] else '',
             f"created from {filters['since']}" if filters['since'] else '', f"created until {filters['until']}" if filters['until'] else '']
     if not total: return "No sessions yet: a workflow run, the orchestrator or <code>dataops-lab demo</code> records them."
-    return f"No session matches {esc(' and '.join(s for s in said if s))}. Clear a filter to see the {total:,} sessions."
+    return f"No session matches {esc(' and '.join(s for s in said if s))}. Clear a filter to see {'the one session' if total == 1 else f'all {total:,} sessions'}."
 
 @patch
 def show_page(self:Dashboard, page:int|None=None # 0-based; default: the current one
