@@ -21,15 +21,18 @@ from .store.base import Storage
 from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .display import lineage_svg, pretty_json, esc, too_large, pre, short
+from .display import (Markup, esc, html_table, too_large, pre, short, lineage_svg, json_tree, markdown_html, sql_html, looks_like_sql,
+                                 visible_count, SessionFacts, session_facts, session_card)
+from .panel_notebook import panel_mimebundle
 from .batch import list_batches, batch_runs
 
 # %% auto #0
-__all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'Dashboard', 'PortInUseError', 'DashboardServer',
-           'serve_dashboard', 'dashboard_cli']
+__all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'Dashboard', 'batch_status', 'PortInUseError',
+           'DashboardServer', 'serve_dashboard', 'dashboard_cli']
 
 # %% ../nbs/52_dashboard.ipynb #093564bb
-_INDEX_COLS = ['session_id', 'user_id', 'status', 'created_at', 'last_active', 'message_count']
+_INDEX_COLS = ['session_id', 'user_id', 'status', 'created_at', 'last_active', 'message_count', 'visible', 'hidden', 'meta']
+_TITLE_KEYS = ('title', 'notebook', 'run_key')  # the metadata a session's title may come from
 
 def _ts(v)->pd.Timestamp|None:
     "`v` (date, datetime, ISO string or None) as a UTC timestamp"
@@ -46,26 +49,32 @@ class SessionPage:
     total: int
     page: int
     pages: int
-    def _repr_markdown_(self): return f"page {self.page+1} of {self.pages} · {self.total:,} sessions\n\n" + self.rows.to_markdown(index=False)
+    def _repr_markdown_(self): return f"page {self.page+1} of {self.pages} · {self.total:,} sessions\n\n" + self.rows.drop(columns=['hidden', 'meta']).to_markdown(index=False)
+
+def _index_row(it:dict)->tuple:
+    n,hidden = int(it.get('message_count') or 0),tuple(tuple(r) for r in it.get('hidden_ranges') or ())
+    return (it['session_id'], it.get('user_id'), it.get('status'), it.get('created_at'), it.get('last_active'), n, visible_count(n, hidden), hidden,
+            {k: v for k,v in (it.get('metadata') or {}).items() if k in _TITLE_KEYS})
 
 class SessionIndex:
     "The listing fields of every session, in memory, for paging and filtering without store-wide reads"
+    max_facts = 20_000  # sessions whose title and workflows are kept in memory
     def __init__(self, sessions:SessionManager): # the manager whose sessions table is indexed
         self.sessions = sessions
         self.frame = pd.DataFrame({c: pd.Series(dtype='object') for c in _INDEX_COLS})
         self.built_at,self.build_s,self.generation = 0.0,0.0,0
-        self._lock,self._thread = threading.Lock(),None
+        self._lock,self._thread,self._facts = threading.Lock(),None,{}
 
     def rebuild(self)->SessionIndex:
         "Scan the sessions table once and swap in the new frame; returns self"
         t0,rows,cursor = time.perf_counter(),[],None
         while True:
             page = self.sessions.sessions.scan(limit=1000, cursor=cursor)
-            rows += [(it['session_id'], it.get('user_id'), it.get('status'), it.get('created_at'), it.get('last_active'), it.get('message_count', 0)) for it in page.items]
+            rows += [_index_row(it) for it in page.items]
             if not (cursor := page.cursor): break
         f = pd.DataFrame(rows, columns=_INDEX_COLS)
         for c in ('created_at', 'last_active'): f[c] = pd.to_datetime(f[c], utc=True, format='ISO8601')
-        f['message_count'] = f['message_count'].astype('int64')
+        for c in ('message_count', 'visible'): f[c] = f[c].astype('int64')
         f = f.sort_values(['created_at', 'session_id'], ascending=False, ignore_index=True)
         with self._lock:
             changed = not f.equals(self.frame)
@@ -118,33 +127,61 @@ class SessionIndex:
         page = min(page, pages-1)
         return SessionPage(f.loc[hit[page*page_size:(page+1)*page_size]].reset_index(drop=True), total, page, pages)
 
+    def facts(self, row:dict|pd.Series # a row of `page(...).rows`
+             )->SessionFacts:
+        "The title and workflows of the session in `row`: read once, then only its turns added since"
+        key = (int(row['message_count']), row['hidden'])
+        known = self._facts.get(row['session_id'])
+        if known is not None and known[0] == key: return known[1]
+        item = {'session_id': row['session_id'], 'message_count': key[0], 'hidden_ranges': row['hidden'], 'metadata': row['meta']}
+        try: f = session_facts(self.sessions, item, known[1] if known else None)
+        except DataOpsError: return SessionFacts(visible=int(row['visible']))  # an unreadable history leaves the listing as it is
+        while len(self._facts) >= self.max_facts: self._facts.pop(next(iter(self._facts)))
+        self._facts[row['session_id']] = (key, f)
+        return f
+
 # %% ../nbs/52_dashboard.ipynb #c02c089b
 _IMAGES = ('image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/svg+xml')
 
+_NUMBERS = ('messages', 'v', 'size', 'runs', 'succeeded', 'failed', 'skipped', 'attempts', 'artifacts', 'duration', 'total')  # columns aligned right
+
+def _table(df:pd.DataFrame, selectable=1, **kw)->pn.widgets.Tabulator:
+    "A read-only table (text left, numbers right) whose rows can be clicked; no header sorting (it would sort one page only)"
+    return pn.widgets.Tabulator(df, disabled=True, selectable=selectable, show_index=False, sizing_mode='stretch_width', layout='fit_data_stretch',
+                                text_align={c: 'right' for c in _NUMBERS} | {c: 'left' for c in df.columns if c not in _NUMBERS},
+                                configuration={'columnDefaults': {'headerSort': False}}, **kw)
+
+def _scroll(h:str, what:str='preview')->pn.pane.HTML:
+    "HTML in a scrolling box"
+    return pn.pane.HTML(f'<div class="{what}" style="max-height:420px;overflow:auto">{h}</div>', sizing_mode='stretch_width')
+
 def _pre(text:str, limit:int=20_000)->pn.pane.HTML:
     "`text`, escaped and cut to `limit` characters by `display`, in a scrolling box"
-    return pn.pane.HTML(f'<div class="preview" style="max-height:420px;overflow:auto">{pre(short(text, limit))}</div>', sizing_mode='stretch_width')
+    return _scroll(pre(short(text, limit)))
 
 def artifact_preview(artifacts:ArtifactStore, # the store holding it
                      artifact:Artifact, # metadata from `get_artifact`/`list_artifacts`
                      rows:int=50 # DataFrame rows shown
                     )->pn.viewable.Viewable:
-    "A Panel view of `artifact`'s content: table, JSON, text, image or bytes"
+    "A Panel view of `artifact`'s content: table, JSON tree, SQL, Markdown, text, image or bytes"
     if (note := too_large(artifact)) is not None: return pn.pane.HTML(note)
     v = artifacts.get_artifact_content(artifact.artifact_id)
+    ct = artifact.content_type.split(';')[0].strip()
     if isinstance(v, pd.DataFrame):
         note = pn.pane.Markdown(f"{len(v):,} rows × {v.shape[1]} columns" + (f" · first {rows} shown" if len(v) > rows else ''))
-        return pn.Column(note, pn.pane.DataFrame(v.head(rows), index=False, sizing_mode='stretch_width', max_height=420), sizing_mode='stretch_width')
-    if isinstance(v, (dict, list)): return _pre(json.dumps(v, indent=2, default=str))
-    if isinstance(v, str): return _pre(v)
-    ct = artifact.content_type.split(';')[0].strip()
+        return pn.Column(note, _table(v.head(rows), selectable=False, max_height=420), sizing_mode='stretch_width')
+    if isinstance(v, (dict, list)): return _scroll(json_tree(v), 'preview json')
+    if isinstance(v, str):
+        if ct == 'text/markdown': return _scroll(markdown_html(short(v, 20_000)))
+        if ct in ('application/sql', 'text/x-sql') or looks_like_sql(v): return _scroll(sql_html(v))
+        return _pre(v)
     if ct in _IMAGES:
         return pn.pane.HTML(f'<img class="preview" alt="{html.escape(artifact.name)}" style="max-width:100%;max-height:420px" src="data:{ct};base64,{base64.b64encode(v).decode()}">')
     head = v[:512]
     return _pre(f"{len(v):,} bytes of {artifact.content_type}\n\n" + ' '.join(f"{b:02x}" for b in head) + (' …' if len(v) > 512 else ''))
 
 # %% ../nbs/52_dashboard.ipynb #86fee183
-_STATUS_COLORS = {'succeeded': '#2e7d32', 'failed': '#c62828', 'running': '#1565c0', 'pending': '#9e9e9e', 'skipped': '#8d6e63', 'cancelled': '#ef6c00'}
+_STATUS_COLORS = {'succeeded': '#2e7d32', 'failed': '#c62828', 'running': '#1565c0', 'pending': '#9e9e9e', 'skipped': '#8d6e63', 'cancelled': '#ef6c00', 'partly failed': '#f9a825'}
 
 def batch_charts(rows:list[dict], # `list_batches(...).items` or `batch_runs(...)`
                  key:str='batch_id', # the field naming each bar of the duration chart
@@ -167,12 +204,12 @@ def batch_charts(rows:list[dict], # `list_batches(...).items` or `batch_runs(...
     return pn.Row(pn.pane.Bokeh(f1), pn.pane.Bokeh(f2))
 
 # %% ../nbs/52_dashboard.ipynb #b7720f70
-def _fmt(t)->str: return '' if t is None or (isinstance(t, float) and math.isnan(t)) or t is pd.NaT else pd.Timestamp(t).strftime('%Y-%m-%d %H:%M:%S')
+def _fmt(t)->str:
+    "A time as 'YYYY-mm-dd HH:MM:SS' ('' for none)"
+    if t is None or t is pd.NaT or (isinstance(t, float) and math.isnan(t)) or t == '': return ''
+    return pd.Timestamp(t).strftime('%Y-%m-%d %H:%M:%S')
 
-def _table(df:pd.DataFrame, **kw)->pn.widgets.Tabulator:
-    "A read-only table whose rows can be clicked; no header sorting (it would sort one page only)"
-    return pn.widgets.Tabulator(df, disabled=True, selectable=1, show_index=False, sizing_mode='stretch_width', layout='fit_data_stretch',
-                                configuration={'columnDefaults': {'headerSort': False}}, **kw)
+def _secs(s)->str: return '' if s is None or (isinstance(s, float) and math.isnan(s)) else f"{float(s):,.1f} s"
 
 class Dashboard:
     "The review dashboard: sessions (with conversation, state, artifacts, lineage, checkpoints) and batch runs"
@@ -207,7 +244,9 @@ class Dashboard:
     def _start_live(self):
         if self._cb is None: self._cb = pn.state.add_periodic_callback(self.refresh, period=int(self.refresh_seconds*1000))
 
-    def _repr_mimebundle_(self, include=None, exclude=None): return pn.panel(self.__panel__())._repr_mimebundle_(include, exclude)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        "Live in JupyterLab (files from the Jupyter server, no `pn.extension()` needed); a static copy where no live view can run"
+        return panel_mimebundle(self.__panel__(), static=self.static_html, include=include, exclude=exclude)
 
 # %% ../nbs/52_dashboard.ipynb #2e8d2b17
 @patch
@@ -221,7 +260,8 @@ def _build(self:Dashboard):
     self.next = W.Button(label='Next ▶', width=80)
     self.pager = pn.pane.Markdown('', css_classes=['pager'], margin=(12, 10))
     self.status_line = pn.pane.Markdown('', css_classes=['status-line'])
-    self.table = _table(pd.DataFrame(), max_height=440)
+    self.notice = pn.pane.HTML('', css_classes=['notice'], sizing_mode='stretch_width')
+    self.table = _table(pd.DataFrame(), max_height=440, widths={'title': 280, 'workflows': 220}, css_classes=['sessions-table'])
     for w in (self.user, self.status, self.since, self.until): w.param.watch(lambda e: self.show_page(0), 'value')
     self.prev.on_click(lambda e: self.show_page(self.page_no-1))
     self.next.on_click(lambda e: self.show_page(self.page_no+1))
@@ -230,25 +270,27 @@ def _build(self:Dashboard):
     self.header = pn.pane.HTML('<i>Select a session to see its conversation, state, artifacts and checkpoints.</i>', sizing_mode='stretch_width')
     self.conversation = pn.Column(sizing_mode='stretch_width', max_height=520, scroll=True, css_classes=['conversation'])
     self.state = pn.pane.HTML('', sizing_mode='stretch_width')
-    self.art_table = _table(pd.DataFrame(), max_height=320)
+    self.art_table = _table(pd.DataFrame(), max_height=320, css_classes=['artifacts-table'])
     self.art_table.param.watch(lambda e: self._on_artifact(e), 'selection')
     self.preview = pn.Column(sizing_mode='stretch_width', css_classes=['artifact-preview'])
-    self.versions = pn.pane.DataFrame(None, index=False, sizing_mode='stretch_width')
+    self.versions = _table(pd.DataFrame(), selectable=False, css_classes=['versions-table'])
     self.lineage = pn.pane.HTML('', css_classes=['lineage-view'], sizing_mode='stretch_width')
-    self.checkpoints = pn.pane.DataFrame(None, index=False, sizing_mode='stretch_width')
-    art_tab = pn.Column(self.art_table, pn.Row(pn.Column('### Preview', self.preview, '### Versions', self.versions, sizing_mode='stretch_width'),
-                                               pn.Column('### Lineage', self.lineage, sizing_mode='stretch_width'), sizing_mode='stretch_width'), sizing_mode='stretch_width')
+    self.checkpoints = _table(pd.DataFrame(), selectable=False, css_classes=['checkpoints-table'])
+    self.art_notice = pn.pane.HTML('', sizing_mode='stretch_width')
+    art_tab = pn.Column(self.art_notice, self.art_table, '### Preview', self.preview, '### Lineage', self.lineage, '### Versions', self.versions,
+                        sizing_mode='stretch_width')
     self.detail = pn.Tabs(('Conversation', self.conversation), ('State', self.state), ('Artifacts', art_tab), ('Checkpoints', self.checkpoints), sizing_mode='stretch_width')
     # batches
-    self.batch_table = _table(pd.DataFrame(), max_height=320)
+    self.batch_table = _table(pd.DataFrame(), max_height=320, css_classes=['batches-table'])
     self.batch_table.param.watch(lambda e: self._on_batch(e), 'selection')
     self.bprev,self.bnext = W.Button(label='◀ Newer', width=90),W.Button(label='Older ▶', width=90)
     self.bprev.on_click(lambda e: self.show_batches(self.batch_page-1))
     self.bnext.on_click(lambda e: self.show_batches(self.batch_page+1))
     self.charts = pn.Column(sizing_mode='stretch_width')
-    self.runs = pn.pane.DataFrame(None, index=False, sizing_mode='stretch_width')
+    self.runs = _table(pd.DataFrame(), selectable=False, widths={'error': 360}, css_classes=['runs-table'])
     self.run_header = pn.pane.HTML('')
-    sessions_tab = pn.Column(pn.Row(self.user, self.status, self.since, self.until), pn.Row(self.prev, self.next, self.pager), self.table, self.header, self.detail, sizing_mode='stretch_width')
+    sessions_tab = pn.Column(pn.Row(self.user, self.status, self.since, self.until), pn.Row(self.prev, self.next, self.pager), self.notice, self.table,
+                             self.header, self.detail, sizing_mode='stretch_width')
     batches_tab = pn.Column(pn.Row(self.bprev, self.bnext), self.batch_table, self.charts, self.run_header, self.runs, sizing_mode='stretch_width')
     self.tabs = pn.Tabs(('Sessions', sessions_tab), ('Batches', batches_tab), sizing_mode='stretch_width')
     self.tabs.param.watch(lambda e: self.show_batches() if e.new == 1 else None, 'active')  # batches are read when their tab opens
@@ -260,15 +302,25 @@ def filters(self:Dashboard)->dict:
     "The filter widgets' values as `SessionIndex.page` arguments"
     return dict(user=self.user.value or None, status=None if self.status.value == 'any' else self.status.value, since=self.since.value, until=self.until.value)
 
+def _no_match(filters:dict, total:int)->str:
+    "What to say when no session matches `filters` out of `total`"
+    said = [f"user {filters['user']!r}" if filters['user'] else '', f"status {filters['status']!r}" if filters['status'] else '',
+            f"created from {filters['since']}" if filters['since'] else '', f"created until {filters['until']}" if filters['until'] else '']
+    if not total: return "No sessions yet: a workflow run, the orchestrator or <code>dataops-lab demo</code> records them."
+    return f"No session matches {esc(' and '.join(s for s in said if s))}. Clear a filter to see {'the one session' if total == 1 else f'all {total:,} sessions'}."
+
 @patch
 def show_page(self:Dashboard, page:int|None=None # 0-based; default: the current one
              )->SessionPage:
-    "Show one page of the sessions matching the filters"
+    "Show one page of the sessions matching the filters: title, user, status, workflows used, visible turns"
     p = self.index.page(**self.filters(), page=max(0, self.page_no if page is None else page), page_size=self.page_size)
-    self.page_no = p.page
-    df = p.rows.assign(created_at=p.rows.created_at.map(_fmt), last_active=p.rows.last_active.map(_fmt))
-    self.table.value = df.rename(columns={'session_id': 'session', 'user_id': 'user', 'message_count': 'messages', 'created_at': 'created', 'last_active': 'last active'})
-    self.table.selection = [i for i,s in enumerate(df.session_id) if s == self.session_id]
+    self.page_no,r = p.page,p.rows
+    facts = [self.index.facts(row) for _,row in r.iterrows()]  # page_size reads at most, once per session
+    self.table.value = pd.DataFrame({'session': r.session_id, 'title': [f.title for f in facts], 'user': r.user_id, 'status': r.status,
+                                     'workflows': [', '.join(f.workflows) for f in facts], 'messages': r.visible,
+                                     'created': r.created_at.map(_fmt), 'last active': r.last_active.map(_fmt)})
+    self.table.selection = [i for i,s in enumerate(r.session_id) if s == self.session_id]
+    self.notice.object = '' if p.total else f'<p class="no-match"><i>{_no_match(self.filters(), len(self.index))}</i></p>'
     self.pager.object = f"page **{p.page+1}** of {p.pages} · {p.total:,} matching sessions"
     self.prev.disabled,self.next.disabled = p.page == 0,p.page >= p.pages-1
     self.status_line.object = (f"{len(self.index):,} sessions indexed {time.strftime('%H:%M:%S', time.localtime(self.index.built_at))} "
@@ -278,11 +330,17 @@ def show_page(self:Dashboard, page:int|None=None # 0-based; default: the current
 # %% ../nbs/52_dashboard.ipynb #6b11836a
 @patch
 def _on_session(self:Dashboard, e):
-    if e.new and e.new[0] < len(self.table.value) and self.table.value.session.iloc[e.new[0]] != self.session_id: self.open_session(self.table.value.session.iloc[e.new[0]])
+    if not (e.new and e.new[0] < len(self.table.value)) or (sid := self.table.value.session.iloc[e.new[0]]) == self.session_id: return
+    try: self.open_session(sid)
+    except DataOpsError as err:  # e.g. purged since the page was drawn: say so where the session would show
+        self.session_id,self.header.object,self.conversation.objects = None,_problem(f"Session {sid}", err),[]
 
 def _message_pane(m:Message)->pn.pane.HTML:
-    "A turn as the escaped HTML card of `dataops_lab.display` (stored text never reaches the page as markup)"
+    "A turn as the HTML card of `dataops_lab.display`: escaped, an assistant's reply as sanitised Markdown"
     return pn.pane.HTML(m._repr_html_(), css_classes=['message'], sizing_mode='stretch_width')
+
+def _problem(what:str, e:DataOpsError)->str:
+    return f'<p style="color:#b00">{esc(what)} could not be read: {esc(e.message)}</p>'
 
 @patch
 def _page_of_turns(self:Dashboard, before:int|None=None)->tuple[list[Message], bool]:
@@ -324,28 +382,34 @@ def _turns_from(self:Dashboard, keep_from:int|None)->tuple[list[Message], bool]:
 def open_session(self:Dashboard, session_id:str,
                  keep_from:int|None=None # also show the turns from this seq on (a refresh keeps what *Show older* opened)
                 )->Session:
-    "Show `session_id`'s conversation, state, artifacts and checkpoints"
+    "Show `session_id`'s conversation, state, artifacts and checkpoints (a part that cannot be read says why; the rest shows)"
     s = self.sessions.get_session(session_id)
-    self.session_id,self.artifact_id,self._shown = s.session_id,None,(s.last_active, s.message_count, s.status)
-    self.header.object = s._repr_html_()
-    msgs,older = self._turns_from(keep_from)
-    self._first_seq = msgs[0].seq if msgs else None
-    self.conversation.objects = [_message_pane(m) for m in msgs] or [pn.pane.Markdown('*no messages*')]
-    self._older_button(older)
+    self.session_id,self.artifact_id,self._shown = s.session_id,None,(s.last_active, s.message_count, s.status, tuple(map(tuple, s.hidden_ranges)))
+    row = {'session_id': s.session_id, 'message_count': s.message_count, 'visible': visible_count(s.message_count, s.hidden_ranges),
+           'hidden': tuple(tuple(r) for r in s.hidden_ranges), 'meta': {k: v for k,v in s.metadata.items() if k in _TITLE_KEYS}}
+    self.header.object = session_card(s, self.index.facts(row))
+    try:
+        msgs,older = self._turns_from(keep_from)
+        self._first_seq = msgs[0].seq if msgs else None
+        self.conversation.objects = [_message_pane(m) for m in msgs] or [pn.pane.Markdown('*no messages*')]
+        self._older_button(older)
+    except DataOpsError as e: self._first_seq,self.conversation.objects = None,[pn.pane.HTML(_problem('The conversation', e))]
     md = dict(s.metadata)
-    self.state.object = ''.join(f"<h4>{h}</h4>{pretty_json(v)}" for h,v in (('global context', s.global_context), ('active workflows', s.active_workflows),
+    self.state.object = ''.join(f"<h4>{h}</h4>{json_tree(v)}" for h,v in (('global context', s.global_context), ('active workflows', s.active_workflows),
         ('orchestrator state', md.pop('orchestrator_state', {})), ('workflow states', md.pop('workflow_states', {})), ('metadata', md)))
-    arts = self.artifacts.list_artifacts(s.session_id, limit=self.page_size)
+    try: arts,self.art_notice.object = self.artifacts.list_artifacts(s.session_id, limit=self.page_size),''
+    except DataOpsError as e: arts,self.art_notice.object = [],_problem('The artifacts', e)
     self.art_table.value = pd.DataFrame([{'name': a.name, 'v': a.version, 'type': a.artifact_type.value, 'content': a.content_type, 'workflow': a.workflow_name,
                                           'node': a.created_by or '', 'size': a.size, 'created': _fmt(a.created_at), 'artifact_id': a.artifact_id} for a in arts],
                                         columns=['name', 'v', 'type', 'content', 'workflow', 'node', 'size', 'created', 'artifact_id'])
     self.art_table.selection = []
-    self.preview.objects,self.versions.object,self.lineage.object = [pn.pane.Markdown('*Select an artifact.*')],None,''
-    snaps = self.context.list_snapshots(s.session_id)
-    self.checkpoints.object = pd.DataFrame([{'kind': x.kind, 'label': x.label or '', 'id': x.snapshot_id, 'created': _fmt(x.created_at),
-                                             'messages': f"{x.first_seq}–{x.last_seq}" if x.first_seq is not None else '—', 'artifacts': len(x.artifact_refs),
-                                             'bytes': f"{x.original_size:,} → {x.compressed_size:,}"} for x in snaps],
-                                           columns=['kind', 'label', 'id', 'created', 'messages', 'artifacts', 'bytes'])
+    self.preview.objects,self.versions.value,self.lineage.object = [pn.pane.Markdown('*Select an artifact.*')],pd.DataFrame(),''
+    try: snaps = self.context.list_snapshots(s.session_id)
+    except DataOpsError: snaps = []
+    self.checkpoints.value = pd.DataFrame([{'kind': x.kind, 'label': x.label or '', 'id': x.snapshot_id, 'created': _fmt(x.created_at),
+                                            'messages': f"{x.first_seq}–{x.last_seq}" if x.first_seq is not None else '—', 'artifacts': len(x.artifact_refs),
+                                            'bytes': f"{x.original_size:,} → {x.compressed_size:,}"} for x in snaps],
+                                          columns=['kind', 'label', 'id', 'created', 'messages', 'artifacts', 'bytes'])
     return s
 
 # %% ../nbs/52_dashboard.ipynb #5a1092cb
@@ -355,16 +419,32 @@ def _on_artifact(self:Dashboard, e):
 
 @patch
 def open_artifact(self:Dashboard, artifact_id:str)->Artifact:
-    "Show `artifact_id`'s preview, versions and lineage"
+    "Show `artifact_id`'s preview, lineage and versions"
     a = self.artifacts.get_artifact(artifact_id)
     self.artifact_id = a.artifact_id
     self.preview.objects = [pn.pane.HTML(a._repr_html_(), sizing_mode='stretch_width'), artifact_preview(self.artifacts, a, rows=self.page_size)]
-    self.versions.object = pd.DataFrame([{'v': x.version, 'artifact_id': x.artifact_id, 'created': _fmt(x.created_at), 'size': x.size, 'hash': x.content_hash[:12]}
-                                         for x in self.artifacts.list_versions(a.artifact_id)], columns=['v', 'artifact_id', 'created', 'size', 'hash'])
+    self.versions.value = pd.DataFrame([{'v': x.version, 'artifact_id': x.artifact_id, 'created': _fmt(x.created_at), 'size': x.size, 'hash': x.content_hash[:12]}
+                                        for x in self.artifacts.list_versions(a.artifact_id)], columns=['v', 'artifact_id', 'created', 'size', 'hash'])
     self.lineage.object = lineage_svg(self.artifacts.get_lineage(a.artifact_id, direction='both', depth=3))
     return a
 
 # %% ../nbs/52_dashboard.ipynb #3c10555d
+def batch_status(b:dict # a batch record (`list_batches` item)
+                )->str:
+    "The batch's status as its runs give it: 'failed' or 'partly failed' whenever a run failed"
+    st,nf = b.get('status') or 'unknown',int(b.get('n_failed') or 0)
+    if st in ('running', 'pending'): return st + (f" ({nf} failed)" if nf else '')
+    if nf: return 'partly failed' if int(b.get('n_succeeded') or 0) + int(b.get('n_skipped') or 0) else 'failed'
+    return st
+
+def _kv(d:dict|None)->str:
+    "`{'a': 1, 'b': None}` as 'a=1, b=—'"
+    return ', '.join(f"{k}={'—' if v is None else v if isinstance(v, str) else json.dumps(v, default=str)}" for k,v in (d or {}).items())
+
+def _duration(b:dict)->str:
+    n = int(b.get('n_invocations') or 1)
+    return _secs(b.get('duration_s')) + (f" ({n} invocations)" if n > 1 else '')
+
 @patch
 def show_batches(self:Dashboard, page:int=0, # 0-based page of batches, newest first
                  force:bool=True # redraw even if the page has not changed
@@ -376,10 +456,12 @@ def show_batches(self:Dashboard, page:int=0, # 0-based page of batches, newest f
     self._batch_cursors = self._batch_cursors[:page+1] + ([p.cursor] if p.cursor else [])
     self._batch_rows,self.batch_id,self.batch_page = p.items,None,page
     self.bprev.disabled,self.bnext.disabled = page == 0,p.cursor is None
-    cols = ['batch_id', 'status', 'n_runs', 'n_succeeded', 'n_failed', 'n_skipped', 'duration_s', 'started_at', 'notebook']
-    self.batch_table.value = pd.DataFrame([{c: (Path(r[c]).name if c == 'notebook' and r.get(c) else r.get(c)) for c in cols} for r in p.items], columns=cols)
-    self.charts.objects = [batch_charts(p.items)] if p.items else [pn.pane.Markdown('*No batches recorded yet: `run_batch` records them.*')]
-    self.run_header.object,self.runs.object = '',None
+    self.batch_table.value = pd.DataFrame([{'batch': r['batch_id'], 'notebook': Path(r['notebook']).name if r.get('notebook') else '', 'status': batch_status(r),
+                                            'runs': int(r.get('n_runs') or 0), 'succeeded': int(r.get('n_succeeded') or 0), 'failed': int(r.get('n_failed') or 0),
+                                            'skipped': int(r.get('n_skipped') or 0), 'duration': _duration(r), 'started': _fmt(r.get('started_at'))} for r in p.items],
+                                          columns=['batch', 'notebook', 'status', 'runs', 'succeeded', 'failed', 'skipped', 'duration', 'started'])
+    self.charts.objects = [batch_charts([{**r, 'status': batch_status(r)} for r in p.items])] if p.items else [pn.pane.Markdown('*No batches recorded yet: `run_batch` records them.*')]
+    self.run_header.object,self.runs.value = '',pd.DataFrame()
     return p.items
 
 @patch
@@ -388,11 +470,15 @@ def _on_batch(self:Dashboard, e):
 
 @patch
 def open_batch(self:Dashboard, batch_id:str)->list[dict]:
-    "Show the runs of `batch_id` with their status and duration charts"
+    "Show the runs of `batch_id`: status, parameters, what each recorded, its error, with status and duration charts"
     runs = batch_runs(self.storage, batch_id)
     self.batch_id = batch_id
     self.run_header.object = f"<h3>Runs of <code>{esc(batch_id)}</code></h3>"
-    self.runs.object = pd.DataFrame([{**{k: r.get(k) for k in ('run_key', 'status', 'attempts', 'duration_s', 'session_id', 'error')}, 'params': json.dumps(r.get('params'), default=str)} for r in runs])
+    self.runs.value = pd.DataFrame([{'run': r.get('run_key') or '', 'status': (r.get('status') or '') + (f" (done in {r['skipped_from']})" if r.get('skipped_from') else ''),
+                                     'parameters': _kv(r.get('params')), 'recorded': _kv(r.get('records')), 'attempts': int(r.get('attempts') or 0),
+                                     'duration': _secs(r.get('duration_s')), 'error': short((r.get('error') or '').strip().split('\n')[0], 300),
+                                     'session': r.get('session_id') or ''} for r in runs],
+                                   columns=['run', 'status', 'parameters', 'recorded', 'attempts', 'duration', 'error', 'session'])
     self.charts.objects = [batch_charts(runs, key='run_key', title='runs')]
     return runs
 
@@ -410,7 +496,7 @@ def refresh(self:Dashboard, background:bool=True # rebuild the index in a thread
         try: s = self.sessions.get_session(self.session_id)
         except NotFoundError: s = None
         if s is None: self.session_id,self.header.object,self.conversation.objects = None,'<i>The session was purged.</i>',[]
-        elif (s.last_active, s.message_count, s.status) != self._shown:
+        elif (s.last_active, s.message_count, s.status, tuple(map(tuple, s.hidden_ranges))) != self._shown:
             aid = self.artifact_id
             self.open_session(s.session_id, keep_from=self._first_seq)  # the older turns the reader opened stay open
             if aid is not None:
@@ -421,6 +507,19 @@ def refresh(self:Dashboard, background:bool=True # rebuild the index in a thread
         self.show_batches(self.batch_page, force=False)
         if self._batch_rows is not rows and bid in {r['batch_id'] for r in self._batch_rows}: self.open_batch(bid)  # redrawn: keep the batch open
     return redrew
+
+# %% ../nbs/52_dashboard.ipynb #5bbd26c5
+@patch
+def static_html(self:Dashboard)->Markup:
+    "The sessions page and the open session as static HTML (what a notebook shows where no live view can run)"
+    t = self.table.value
+    rows = html_table(list(t.columns), t.astype(str).values.tolist(), 'no sessions') if len(t) else Markup(self.notice.object)
+    turns = ''.join(o.object for o in self.conversation.objects if isinstance(o, pn.pane.HTML)) if self.session_id else ''
+    return Markup(f"<div class='dataops-dashboard'><h3>dataops-lab dashboard</h3><p><small>{esc(self.status_line.object)}</small></p>"
+                  f"<p>{esc(self.pager.object.replace('**', ''))}</p>{rows}"
+                  + (f"{self.header.object}<div style='max-height:480px;overflow:auto'>{turns}</div>" if self.session_id else '')
+                  + "<p><small><i>A static copy: displayed in JupyterLab the dashboard is live; <code>serve_dashboard()</code> "
+                    "or <code>dataops-lab dashboard</code> serves it in a browser tab.</i></small></p></div>")
 
 # %% ../nbs/52_dashboard.ipynb #07103188
 class PortInUseError(DataOpsError, OSError): "The dashboard's TCP port is taken by another process"

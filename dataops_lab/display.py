@@ -1,4 +1,4 @@
-"""HTML cards and tables for sessions, messages, artifacts, snapshots, checkpoints and run results — every user value escaped.
+"""HTML cards and tables for sessions, messages, artifacts, snapshots, checkpoints and run results — every user value escaped, assistant replies rendered as sanitised Markdown.
 
 Docs: https://dataops-lab.github.io/dataops-lab/display.html.md"""
 
@@ -6,16 +6,26 @@ Docs: https://dataops-lab.github.io/dataops-lab/display.html.md"""
 
 # %% ../nbs/50_display.ipynb #8e44daac
 from __future__ import annotations
-import html, json
+import html, json, re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Iterable
+import nh3
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 from fastcore.basics import patch
 from .models import *
+from .sessions import SessionManager
 from .artifacts import Lineage
 from .chain import ChainResult
 from .orchestrator import OrchestratorResult
 
 # %% auto #0
-__all__ = ['PREVIEW_MAX_BYTES', 'Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'too_large', 'pretty_json',
+__all__ = ['PREVIEW_MAX_BYTES', 'MESSAGE_MAX_CHARS', 'Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'too_large',
+           'pretty_json', 'code_html', 'markdown_html', 'looks_like_sql', 'sql_html', 'value_html', 'json_tree',
+           'visible_count', 'SessionFacts', 'session_facts', 'message_body', 'session_card', 'wrap_label',
            'lineage_svg']
 
 # %% ../nbs/50_display.ipynb #b2875386
@@ -83,23 +93,176 @@ def pretty_json(v:Any, # JSON-able data
     "`v` as indented JSON in a `<pre>` block, escaped and cut to `n` characters"
     return pre(short(json.dumps(v, indent=2, default=str, ensure_ascii=False), n))
 
+# %% ../nbs/50_display.ipynb #247dd5d9
+_CODE_FMT = HtmlFormatter(noclasses=True, nowrap=True, style='vs')
+_PRE_STYLE = 'margin:4px 0;padding:6px 8px;background-color:#f6f8fa;border-radius:4px;white-space:pre-wrap;overflow-x:auto;font-size:90%'
+
+def code_html(text:str, # source code
+              lang:str='' # a Pygments lexer name such as 'sql' or 'python'; unknown or empty: no highlighting
+             )->Markup:
+    "`text` as a highlighted `<pre>` block (inline styles; the text escaped)"
+    try: lexer = get_lexer_by_name(lang) if lang else None
+    except ClassNotFound: lexer = None
+    body = highlight(text, lexer, _CODE_FMT) if lexer else html.escape(text, quote=False)
+    return Markup(f'<pre class="code" style="{_PRE_STYLE}"><code>{body.rstrip(chr(10))}</code></pre>')
+
+def _demote_headings(state):
+    for t in state.tokens:
+        if t.type in ('heading_open', 'heading_close'): t.tag = f"h{min(6, int(t.tag[1])+3)}"
+
+@lru_cache(1)
+def _markdown():
+    from markdown_it import MarkdownIt  # imported on first use: importing the package stays quick
+    md = MarkdownIt('commonmark', {'html': False, 'linkify': False, 'typographer': False,
+                                   'highlight': lambda src, lang, attrs: code_html(src, lang.split()[0] if lang else '')})
+    md.enable(['table', 'strikethrough']).disable('image')
+    md.core.ruler.push('demote_headings', _demote_headings)
+    return md
+
+_MD_CLEAN = nh3.Cleaner(
+    tags={'p', 'br', 'hr', 'h4', 'h5', 'h6', 'strong', 'em', 'del', 's', 'code', 'pre', 'blockquote', 'ul', 'ol', 'li', 'a',
+          'table', 'thead', 'tbody', 'tr', 'th', 'td', 'span'},
+    attributes={'a': {'href', 'title'}, 'ol': {'start'}, 'pre': {'style'}, 'span': {'style'}, 'th': {'style'}, 'td': {'style'}},
+    url_schemes={'http', 'https', 'mailto'}, link_rel='noopener noreferrer nofollow', set_tag_attribute_values={'a': {'target': '_blank'}},
+    allowed_classes={'pre': {'code'}}, strip_comments=True,
+    filter_style_properties={'color', 'background-color', 'font-weight', 'font-style', 'text-align', 'margin', 'padding', 'border-radius',
+                             'white-space', 'overflow-x', 'font-size'})
+
+def markdown_html(text:str # Markdown, e.g. an assistant's reply
+                 )->Markup:
+    "`text` rendered as Markdown with raw HTML off, unsafe links refused, images not loaded, then sanitised"
+    return Markup('<div class="md">' + _MD_CLEAN.clean(_markdown().render(text or '')) + '</div>')
+
+# %% ../nbs/50_display.ipynb #f8f34cf1
+_SQL_START = re.compile(r"\s*(?:SELECT\b[\s\S]*\bFROM\b|WITH\s+(?:RECURSIVE\s+)?\w+(?:\s*\([^)]*\))?\s+AS\s*\(|INSERT\s+INTO\b|"
+                        r"UPDATE\s+\S+\s+SET\b|DELETE\s+FROM\b|(?:CREATE|ALTER|DROP)\s+(?:TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW|INDEX)\b|EXPLAIN\s)", re.I)
+
+@lru_cache(256)
+def looks_like_sql(s:str # any string
+                  )->bool:
+    "True when `s` reads as one SQL statement: a statement's start, and sqlglot parses it"
+    if not isinstance(s, str) or len(s) > 20_000 or not _SQL_START.match(s): return False
+    import sqlglot
+    try: return sqlglot.parse_one(s) is not None
+    except Exception: return False  # sqlglot raises several error types for prose
+
+def sql_html(sql:str # a SQL statement
+            )->Markup:
+    "`sql` as highlighted code; a one-line statement is pretty-printed first"
+    s = sql.strip()
+    if '\n' not in s and len(s) > 60:
+        import sqlglot
+        try: s = sqlglot.parse_one(s).sql(pretty=True)
+        except Exception: pass  # shown as stored
+    return code_html(s, 'sql')
+
+# %% ../nbs/50_display.ipynb #224b9fc1
+def value_html(v:Any, # a JSON leaf: str, number, bool or None
+               n:int=500 # most characters of a one-line value shown
+              )->Markup:
+    "A JSON leaf as HTML: SQL as highlighted code, a multi-line string as a block, anything else as compact JSON"
+    if isinstance(v, str) and looks_like_sql(v): return sql_html(v)
+    if isinstance(v, str) and '\n' in v.strip(): return Markup(f'<pre style="{_PRE_STYLE}">{esc(short(v, 20_000))}</pre>')
+    return code(short(json.dumps(v, default=str, ensure_ascii=False), n))
+
+def json_tree(v:Any, # JSON-able data
+              open_levels:int=1, # nesting levels shown expanded
+              limit:int=100, # most items shown per level
+              _depth:int=0)->Markup:
+    "`v` as a collapsible HTML tree (`<details>`, no script), every key and value escaped"
+    if isinstance(v, dict) or isinstance(v, list):
+        items = list(v.items()) if isinstance(v, dict) else list(enumerate(v))
+        more = f"<li><i>… {len(items)-limit} more</i></li>" if len(items) > limit else ''
+        lis = ''.join(f"<li><b>{esc(k)}</b>: {json_tree(x, open_levels, limit, _depth+1)}</li>" for k,x in items[:limit])
+        what = f"{{{len(items)} keys}}" if isinstance(v, dict) else f"[{len(items)} items]"
+        op = ' open' if _depth < open_levels else ''
+        return Markup(f'<details{op} class="json" style="display:inline-block;vertical-align:top;max-width:100%"><summary>{esc(what)}</summary>'
+                      f'<ul style="margin:0;padding-left:18px;list-style:none">{lis}{more}</ul></details>')
+    return value_html(v)
+
+# %% ../nbs/50_display.ipynb #a183948b
+def visible_count(message_count:int, # turns ever added to the session (its `message_count`)
+                  hidden_ranges:Iterable=() # its `hidden_ranges`: inclusive (first, last) seq pairs a restore hid
+                 )->int:
+    "How many of turns 1..`message_count` no restore hides"
+    hidden,upto = 0,0
+    for a,b in sorted((max(1, int(a)), min(int(b), message_count)) for a,b in hidden_ranges or ()):
+        a = max(a, upto+1)
+        if b >= a: hidden += b-a+1; upto = b
+    return max(0, message_count - hidden)
+
+@dataclass
+class SessionFacts:
+    "What a session's visible turns tell beyond its record: how many, a title, the workflows used"
+    visible: int = 0  # turns a person can see
+    title: str = ''  # metadata['title'], else the first visible user turn, else the batch notebook, else the first visible turn
+    workflows: list[str] = field(default_factory=list)  # workflows named by visible turns, in order of first use
+    seen: int = 0  # the newest seq read
+    hidden: tuple = ()  # the hidden ranges the turns were read under
+    first_user: str = ''
+    first_turn: str = ''
+
+def _field(s, k, default=None): return s.get(k, default) if isinstance(s, dict) else getattr(s, k, default)
+
+def _first_line(text:str, n:int=80)->str: return short(next((l.strip() for l in (text or '').splitlines() if l.strip()), ''), n)
+
+def session_facts(sessions:SessionManager, # where the session's turns are
+                  s:Session|dict, # the session (a `Session` or its stored item)
+                  known:SessionFacts|None=None # the facts read before: only newer turns are read while nothing was hidden since
+                 )->SessionFacts:
+    "The visible-turn count, title and workflows of `s`, reading only what `known` does not cover"
+    hidden = tuple(tuple(r) for r in _field(s, 'hidden_ranges') or ())
+    count = int(_field(s, 'message_count') or 0)
+    again = known is None or known.hidden != hidden or known.seen > count
+    f = SessionFacts(hidden=hidden) if again else replace(known, workflows=list(known.workflows))
+    if again or count > f.seen:
+        for m in sessions.get_history(_field(s, 'session_id'), after=None if again else f.seen):
+            f.visible += 1; f.seen = max(f.seen, m.seq)
+            if m.workflow and m.workflow not in f.workflows: f.workflows.append(m.workflow)
+            if not f.first_turn: f.first_turn = _first_line(m.content)
+            if not f.first_user and m.role == Role.USER: f.first_user = _first_line(m.content)
+    md = _field(s, 'metadata') or {}
+    nb = md.get('notebook')
+    f.title = (_first_line(md['title']) if isinstance(md.get('title'), str) and md['title'].strip() else f.first_user
+               or (f"{nb} · run {md['run_key']}" if nb and md.get('run_key') else nb or '') or f.first_turn)
+    return f
+
 # %% ../nbs/50_display.ipynb #0015025e
 def _ts(t)->str: return iso(t)[:19].replace('T', ' ') if t else ''
 
+MESSAGE_MAX_CHARS = 5_000  # most characters of one turn shown in a card (the views link the rest through get_history)
+
+def message_body(m:Message, # a turn
+                 n:int=MESSAGE_MAX_CHARS # most characters shown
+                )->Markup:
+    "An assistant's reply rendered as sanitised Markdown; any other turn as the text it is"
+    text = short(m.content, n)
+    return markdown_html(text) if m.role == Role.ASSISTANT else pre(text)
+
 @patch
 def _repr_html_(self:Message):
-    "An HTML card of the message (content cut to 300 characters)"
+    "An HTML card of the message: who, when, its artifacts and its content (an assistant's as Markdown)"
     title = f"#{self.seq} {self.role.value}" + (f" · {self.workflow}" if self.workflow else '')
     f = {'at': _ts(self.timestamp)}
     if self.artifact_ids: f['artifacts'] = ', '.join(self.artifact_ids)
-    return card(title, f, short(self.content))
+    return card(title, f, message_body(self))
+
+def session_card(s:Session, # the session record
+                 facts:SessionFacts|None=None # what its turns tell (`session_facts`); without them, what the record holds
+                )->Markup:
+    "An HTML card of the session: ids, status, the turns a person can see, the workflows used and the state keys"
+    hidden = s.message_count - visible_count(s.message_count, s.hidden_ranges)
+    f = {'user': s.user_id, 'status': s.status.value, 'created': _ts(s.created_at), 'last active': _ts(s.last_active),
+         'messages': f"{s.message_count - hidden}" + (f" ({hidden} hidden by a restore)" if hidden else '')}
+    wf = facts.workflows if facts is not None else s.active_workflows
+    if facts is not None or wf: f['workflows'] = ', '.join(wf) or '—'
+    f['state keys'] = ', '.join(s.global_context) or '—'
+    return card(f"Session {s.session_id}" + (f" · {facts.title}" if facts is not None and facts.title else ''), f)
 
 @patch
 def _repr_html_(self:Session):
-    "An HTML card of the session: ids, status, counts and state keys"
-    return card(f"Session {self.session_id}", {'user': self.user_id, 'status': self.status.value, 'created': _ts(self.created_at),
-                'last active': _ts(self.last_active), 'messages': self.message_count,
-                'workflows': ', '.join(self.active_workflows) or '—', 'state keys': ', '.join(self.global_context) or '—'})
+    "An HTML card of the session: ids, status, visible turns, workflows and state keys"
+    return session_card(self)
 
 # %% ../nbs/50_display.ipynb #8aa0ed30
 def _size(n:int)->str:
@@ -148,42 +311,63 @@ def _repr_html_(self:OrchestratorResult):
     return card(self.kind, f, short(self.reply, 2000))
 
 # %% ../nbs/50_display.ipynb #87ef9400
+def wrap_label(text:str, # a name to draw
+               width:int=28, # most characters per line
+               max_lines:int=4 # more lines than this: the last one ends in '…'
+              )->list[str]:
+    "`text` split into lines of at most `width` characters, breaking after '.', '/' or a space where it can, else after '_' or '-'"
+    lines,rest = [],str(text)
+    while len(rest) > width and len(lines) < max_lines-1:
+        cut = next((c for c in (max(rest.rfind(s, 0, width) for s in seps) for seps in ('./ ', '_-')) if c >= width//3), width-1)+1
+        lines.append(rest[:cut].rstrip()); rest = rest[cut:].lstrip()
+    return lines + [short(rest, width)] if rest else lines
+
 def lineage_svg(lin:Lineage, # from ArtifactStore.get_lineage
-                box:tuple[int, int]=(190, 42), # node width and height in pixels
-                gap:tuple[int, int]=(50, 14) # horizontal and vertical space between nodes
+                width:int=210, # node width in pixels
+                gap:tuple[int, int]=(46, 14), # horizontal and vertical space between nodes
+                min_scale:float=0.6 # the drawing shrinks to fit its container down to this fraction of its size, then scrolls
                )->Markup:
-    "An SVG drawing of `lin`: one box per artifact, arrows from parent to child, every label escaped"
+    "An SVG drawing of `lin`: one box per artifact, arrows from parent to child, labels wrapped (never cut) and escaped"
     ids = list(lin.nodes)
     col = {a: 0 for a in ids}
     for _ in range(len(ids)):  # longest path from a source: acyclic, so this settles in len(ids) rounds
         for p,c in lin.edges:
             if p in col and c in col and col[c] < col[p]+1: col[c] = col[p]+1
-    rows,pos = {},{}
+    labels = {}
     for a in ids:
-        r = rows.setdefault(col[a], 0); rows[col[a]] += 1
-        pos[a] = (10 + col[a]*(box[0]+gap[0]), 10 + r*(box[1]+gap[1]))
-    w = 20 + (max(col.values(), default=0)+1)*(box[0]+gap[0]) - gap[0]
-    h = 20 + max(rows.values(), default=1)*(box[1]+gap[1]) - gap[1]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">',
+        art = lin.nodes[a]
+        top,sub = (f"{art.name} v{art.version}", art.workflow_name + (f" / {art.created_by}" if art.created_by else '')) if art else (a, 'expired or purged')
+        labels[a] = (wrap_label(top, (width-16)//7), wrap_label(sub, (width-16)//6))
+    height = {a: 12 + 14*(len(t)+len(s)) for a,(t,s) in labels.items()}
+    tops,pos = {},{}
+    for a in ids:  # stack each column's boxes
+        y = tops.get(col[a], 10)
+        pos[a] = (10 + col[a]*(width+gap[0]), y)
+        tops[col[a]] = y + height[a] + gap[1]
+    w = 20 + (max(col.values(), default=0)+1)*(width+gap[0]) - gap[0]
+    h = max(tops.values(), default=10+gap[1]) - gap[1] + 10
+    out = [f'<div class="lineage-frame" style="max-width:100%;overflow-x:auto">'
+           f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" viewBox="0 0 {w} {h}" preserveAspectRatio="xMinYMin meet" '
+           f'style="width:100%;max-width:{w}px;min-width:{int(w*min_scale)}px;height:auto" font-family="sans-serif" font-size="11">',
            '<defs><marker id="arr" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
            '<path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>']
     for p,c in lin.edges:
         if p not in pos or c not in pos: continue
         (x1,y1),(x2,y2) = pos[p],pos[c]
-        x1,y1,y2 = x1+box[0],y1+box[1]/2,y2+box[1]/2
+        x1,y1,y2 = x1+width,y1+height[p]/2,y2+height[c]/2
         mx = (x1+x2)/2
         out.append(f'<path d="M {x1} {y1} C {mx} {y1}, {mx} {y2}, {x2} {y2}" fill="none" stroke="#555" marker-end="url(#arr)"/>')
     for a in ids:
-        x,y = pos[a]
-        art = lin.nodes[a]
-        top,sub = (f"{art.name} v{art.version}", art.workflow_name + (f" / {art.created_by}" if art.created_by else '')) if art else (a, 'expired or purged')
+        (x,y),(top,sub) = pos[a],labels[a]
         stroke = ' stroke-width="3"' if a == lin.root else ''
-        dash = '' if art else ' stroke-dasharray="4 3"'
+        dash = '' if lin.nodes[a] else ' stroke-dasharray="4 3"'
         fill = '#eef3ff' if a == lin.root else '#fff'
-        out.append(f'<g class="node" data-id="{esc(a)}"><title>{esc(a)}</title><rect x="{x}" y="{y}" width="{box[0]}" height="{box[1]}" rx="5" fill="{fill}" stroke="#446"{stroke}{dash}/>'
-                   f'<text x="{x+8}" y="{y+17}" font-weight="bold">{esc(short(top, 28))}</text>'
-                   f'<text x="{x+8}" y="{y+32}" fill="#555">{esc(short(sub, 30))}</text></g>')
-    return Markup(''.join(out) + '</svg>')
+        lines = ''.join(f'<tspan x="{x+8}" dy="{14 if i else 0}">{esc(t)}</tspan>' for i,t in enumerate(top))
+        subs = ''.join(f'<tspan x="{x+8}" dy="{14 if i else 0}">{esc(t)}</tspan>' for i,t in enumerate(sub))
+        out.append(f'<g class="node" data-id="{esc(a)}"><title>{esc(a)}</title><rect x="{x}" y="{y}" width="{width}" height="{height[a]}" rx="5" fill="{fill}" stroke="#446"{stroke}{dash}/>'
+                   f'<text x="{x+8}" y="{y+17}" font-weight="bold">{lines}</text>'
+                   f'<text x="{x+8}" y="{y+17+14*len(top)}" fill="#555">{subs}</text></g>')
+    return Markup(''.join(out) + '</svg></div>')
 
 @patch
 def _repr_html_(self:Lineage):

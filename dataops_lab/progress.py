@@ -100,7 +100,10 @@ def update(self:RunProgress, event:Event|dict # one event of a chain or orchestr
 @patch
 def _render(self:RunProgress):
     color = {'failed': '#b00', 'completed': '#070'}.get(self.status, '#333')
-    self.header.value = Markup(f"<b>{esc(self.title or 'run')}</b> · <span style='color:{color}'>{esc(self.status)}</span>") + (
+    counts = {}
+    for r in self.rows.values(): counts[r['status']] = counts.get(r['status'], 0) + 1
+    tally = ' · '.join(f"{n} {s}" for s,n in counts.items())
+    self.header.value = Markup(f"<b>{esc(self.title or 'run')}</b> · <span style='color:{color}'>{esc(self.status)}</span>" + (f" <small>({esc(tally)})</small>" if tally else '')) + (
         Markup(f"<div style='color:#b00'>{esc(short(self.error, 500))}</div>") if self.error else '')
     self.table.value = html_table(['', 'step', 'status', 'time', 'artifact'],
                                   [(_ICON.get(r['status'], ''), s, r['status'] + (f" (retried {r['retries']}×)" if r['retries'] else ''),

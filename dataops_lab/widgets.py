@@ -18,10 +18,10 @@ from .sessions import SessionManager
 from .artifacts import Lineage
 from .context import ContextManager
 from .display import *
-from .display import _size, _ts
+from .display import _size, _ts, _PRE_STYLE
 
 # %% auto #0
-__all__ = ['SessionInspector', 'artifact_rows', 'json_tree', 'preview_html', 'ArtifactBrowser', 'dict_diff', 'CheckpointTimeline']
+__all__ = ['SessionInspector', 'artifact_rows', 'preview_html', 'ArtifactBrowser', 'dict_diff', 'CheckpointTimeline']
 
 # %% ../nbs/51_widgets.ipynb #61771ded
 class _View:
@@ -87,7 +87,7 @@ class SessionInspector(_View):
         _count(history, 'history', 'history=200 (the newest turns shown)')
         self._open(settings)
         self.session_id,self.poll,self.history = self.sm.get_session(session_id).session_id,poll,history
-        self.data,self.refreshes,self.error,self._msgs,self._history_key = {},0,None,[],None
+        self.data,self.refreshes,self.error,self._msgs,self._history_key,self.facts = {},0,None,[],None,None
         self._lock,self._stop,self._thread = threading.RLock(),threading.Event(),None
         self.header,self.footer = W.HTML(),W.HTML()
         self.conversation,self.state,self.artifacts,self.checkpoints = W.HTML(),W.HTML(),W.HTML(),W.HTML()
@@ -112,7 +112,7 @@ def _turns(msgs:list[Message])->Markup:
 def _state_html(s:Session)->Markup:
     parts = [('global_context', s.global_context), ('workflow_states', s.metadata.get('workflow_states', {})),
              ('orchestrator_state', s.metadata.get('orchestrator_state', {}))]
-    return Markup(''.join(card(k, None, pretty_json(v)) for k,v in parts if v or k == 'global_context'))
+    return Markup(''.join(card(k, None, json_tree(v)) for k,v in parts if v or k == 'global_context'))
 
 def artifact_rows(arts:Iterable[Artifact])->list[dict]:
     "One plain dict per artifact: what the views list"
@@ -134,11 +134,14 @@ def _snaps_html(snaps:list[ContextSnapshot])->Markup:
 def _read_view(self:SessionInspector)->tuple[dict, Session, list, list]:
     s = self.sm.get_session(self.session_id)
     key = (s.message_count, repr(s.hidden_ranges))  # the history can only change when one of these does
-    if key != self._history_key: self._msgs,self._history_key = self.sm.get_history(self.session_id, limit=self.history),key
-    msgs = self._msgs
+    if key != self._history_key:
+        self._msgs,self._history_key = self.sm.get_history(self.session_id, limit=self.history),key
+        self.facts = session_facts(self.sm, s, self.facts)  # only the turns added since, unless a restore changed what is hidden
+    msgs,f = self._msgs,self.facts
     arts = self.sm.artifacts.list_artifacts(self.session_id, limit=100)
     snaps = self.ctx.list_snapshots(self.session_id)
-    data = {'status': s.status.value, 'messages': [{'seq': m.seq, 'role': m.role.value, 'content': m.content, 'workflow': m.workflow} for m in msgs],
+    data = {'status': s.status.value, 'title': f.title, 'visible_messages': f.visible, 'workflows': f.workflows,
+            'messages': [{'seq': m.seq, 'role': m.role.value, 'content': m.content, 'workflow': m.workflow} for m in msgs],
             'state': s.global_context, 'workflow_states': s.metadata.get('workflow_states', {}), 'orchestrator_state': s.metadata.get('orchestrator_state', {}),
             'active_workflows': s.active_workflows, 'artifacts': artifact_rows(arts),
             'checkpoints': [{'id': x.snapshot_id, 'kind': x.kind, 'label': x.label} for x in snaps]}
@@ -156,12 +159,14 @@ def refresh(self:SessionInspector)->bool:
         self.refreshes += 1
         changed = data != self.data
         if changed:
-            self.header.value = s._repr_html_()
+            self.header.value = session_card(s, self.facts)
             self.conversation.value,self.state.value = _turns(msgs),_state_html(s)
             self.artifacts.value,self.checkpoints.value = _arts_html(data['artifacts']),_snaps_html(snaps)
             self.data,self.error = data,None
         live = f" · refreshing every {self.poll:g} s" if self.polling else ''
-        self.footer.value = f"<small>{len(data['messages'])} messages · read {esc(time.strftime('%H:%M:%S'))}{esc(live)}</small>"
+        shown = len(data['messages'])
+        self.footer.value = (f"<small>{data['visible_messages']} messages" + (f" (the newest {shown} shown)" if shown < data['visible_messages'] else '')
+                             + f" · read {esc(time.strftime('%H:%M:%S'))}{esc(live)}</small>")
         return changed
 
 # %% ../nbs/51_widgets.ipynb #5834a9fd
@@ -196,21 +201,6 @@ def close(self:SessionInspector):
     with self._lock: _View.close(self)
 
 # %% ../nbs/51_widgets.ipynb #ba75b02b
-def json_tree(v:Any, # JSON-able data
-              open_levels:int=1, # nesting levels shown expanded
-              limit:int=100, # most items shown per level
-              _depth:int=0)->Markup:
-    "`v` as a collapsible HTML tree (`<details>`, no script), every key and value escaped"
-    if isinstance(v, dict) or isinstance(v, list):
-        items = list(v.items()) if isinstance(v, dict) else list(enumerate(v))
-        more = f"<li><i>… {len(items)-limit} more</i></li>" if len(items) > limit else ''
-        lis = ''.join(f"<li><b>{esc(k)}</b>: {json_tree(x, open_levels, limit, _depth+1)}</li>" for k,x in items[:limit])
-        what = f"{{{len(items)} keys}}" if isinstance(v, dict) else f"[{len(items)} items]"
-        op = ' open' if _depth < open_levels else ''
-        return Markup(f'<details{op} style="display:inline-block;vertical-align:top"><summary>{esc(what)}</summary>'
-                      f'<ul style="margin:0;padding-left:18px;list-style:none">{lis}{more}</ul></details>')
-    return code(short(json.dumps(v, default=str, ensure_ascii=False), 500))
-
 def preview_html(content:Any, # an artifact's content as `get_artifact_content` returns it
                  content_type:str='' # the artifact's MIME type (tells images from other bytes)
                 )->tuple[str, Markup]:
@@ -221,7 +211,9 @@ def preview_html(content:Any, # an artifact's content as `get_artifact_content` 
             return 'dataframe', Markup(f"<small>{len(content):,} rows × {len(content.columns)} columns</small>" + content.head(50).to_html(max_cols=30, escape=True, border=0))
     except ImportError: pass
     if isinstance(content, (dict, list)): return 'json', json_tree(content)
-    if isinstance(content, str): return 'text', pre(short(content, 20_000))
+    if isinstance(content, str):
+        if content_type.startswith('text/markdown'): return 'markdown', markdown_html(short(content, 20_000))
+        return ('sql', sql_html(content)) if content_type.startswith(('application/sql', 'text/x-sql')) or looks_like_sql(content) else ('text', pre(short(content, 20_000)))
     if isinstance(content, (bytes, bytearray)):
         if content_type.startswith('image/') and content_type in ('image/png', 'image/jpeg', 'image/gif', 'image/webp'):
             return 'image', Markup(f'<img style="max-width:100%" src="data:{esc(content_type)};base64,{base64.b64encode(content).decode()}"/>')
@@ -381,6 +373,9 @@ def refresh(self:CheckpointTimeline)->list[dict]:
     self.a.value = a if a in ids else (opts[-1][1] if opts else None)
     self.b.value = b if b in ids else 'now'
     self._sync()
+    if self.diff:  # the diff on show is recomputed: 'now' has moved (a restore, a new turn), or a record is gone
+        if {self.diff['a'], self.diff['b']} - ids - {'now'}: self.diff,self.diff_view.value = {},''
+        else: self.compare(self.diff['a'], self.diff['b'])
     return self.rows
 
 @patch

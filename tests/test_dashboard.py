@@ -1,10 +1,11 @@
 """The review dashboard end to end: seeded sessions, artifacts, a checkpoint and a real batch on embedded storage, served on
-a free port and driven by headless Chromium (Playwright) — no CDN request may leave the machine. Plus the CLI entry point
-under Ctrl-C and a port that is taken."""
-import os, re, signal, socket, subprocess, sys, time, urllib.request
+a free port and driven by headless Chromium (Playwright) — no CDN request may leave the machine. The same dashboard displayed
+in a notebook in JupyterLab, also driven by Chromium. Plus the CLI entry point under Ctrl-C and a port that is taken."""
+import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pandas as pd, pytest
 from conftest import write_ini
+from servers import free_port, wait_for
 
 from dataops_lab.config import load_settings
 from dataops_lab.sessions import SessionManager
@@ -35,17 +36,48 @@ def seeded(tmp_path_factory):
         sm.add_message(ana.session_id, 'user', 'profile the orders table please')
         sm.add_message(ana.session_id, 'assistant', 'The orders table has 1204 rows and 7 columns', workflow='profiling')
         sm.add_message(ana.session_id, 'user', '<img src=x onerror="window.__xss=1"> is this escaped?')  # stored text must stay text
+        sm.add_message(ana.session_id, 'assistant', MARKDOWN_REPLY, workflow='sql_generator')  # Markdown is rendered, its payloads stay text
         prof = sm.artifacts.store_artifact({'rows': 1204, 'columns': 7, 'table': 'orders'}, session_id=ana.session_id, workflow_name='profiling', name='orders_profile')
         top = sm.artifacts.store_artifact(pd.DataFrame({'customer': ['cust_alpha', 'cust_beta'], 'total': [310.5, 122.0]}), session_id=ana.session_id,
                                           workflow_name='sql', name='top_customers', parents=[prof], created_by='run_query')
+        query = sm.artifacts.store_artifact({'sql': 'SELECT customer, total\nFROM orders\nORDER BY total DESC', 'dialect': 'sqlite'}, session_id=ana.session_id,
+                                            workflow_name='sql_generator', name='top_query')
+        chain, parent = [], None  # a chain of steps with long names: its lineage spans five columns
+        for step in ('schema_analyzer', 'sql_generator', 'both_queries', 'query_optimizer', 'final_report'):
+            parent = sm.artifacts.store_artifact({'step': step}, session_id=ana.session_id, workflow_name='profile_query_optimize',
+                                                 name=f'profile_query_optimize.{step}', created_by=step, parents=[parent] if parent else [])
+            chain.append(parent)
         cm.create_checkpoint(ana.session_id, 'after_profile')
+        sm.add_message(ana.session_id, 'user', 'now drop the orders table')  # undone by the restore below: hidden, not counted
+        sm.add_message(ana.session_id, 'assistant', 'dropped', workflow='query_optimizer')
+        cm.restore_checkpoint(ana.session_id, 'after_profile')
         others = [sm.create_session('ben').session_id for _ in range(3)]
         sm.add_message(others[0], 'user', 'hello from ben')
         for i in range(1, 13): sm.add_message(others[1], 'user', f'ben turn {i}')  # longer than a page (10)
     nb = write_notebook(tmp/'square.ipynb', "n: int = 1  # the number to square", "assert n != 3, 'three is refused'\nprint(n*n)")
     res = run_batch(nb, {'n': [2, 3]}, settings=ini, progress=False, scheduler='synchronous')
     assert res.counts == {'succeeded': 1, 'failed': 1}, res.counts
-    return dict(ini=ini, settings=s, ana=ana.session_id, ben=others, prof=prof, top=top, batch=res.batch_id)
+    return dict(ini=ini, settings=s, ana=ana.session_id, ben=others, prof=prof, top=top, query=query, chain=chain, batch=res.batch_id)
+
+
+# an assistant reply in Markdown carrying the usual stored-XSS payloads: a javascript: link, raw HTML, an image that would be
+# fetched from outside, a script in a code fence (each would set window.__xss if it ran)
+MARKDOWN_REPLY = """Here is the **query**:
+
+```sql
+SELECT customer, total
+FROM orders
+```
+
+- finding one: `total` has no nulls
+- finding two
+
+[click me](javascript:window.__xss=2) <img src=x onerror="window.__xss=3"> ![pixel](http://tracker.invalid/p.png)
+<a href="javascript:window.__xss=5">raw link</a>
+
+```html
+<script>window.__xss=4</script>
+```"""
 
 
 def _browser(p):
@@ -59,6 +91,22 @@ def tab(page, name):
     return page.locator('.bk-tab').filter(has_text=re.compile(f'^{name}$'))
 
 
+def _local_only(page, outside):
+    "Let data:, blob: and loopback requests through; record and refuse any other"
+    def route(r):
+        host = r.request.url.split('/')[2] if '://' in r.request.url else ''
+        if r.request.url.startswith(('data:', 'blob:')) or host.split(':')[0] in ('127.0.0.1', 'localhost'): return r.continue_()
+        outside.append(r.request.url); r.abort()
+    page.route('**/*', route)
+
+
+def _shot(page, request):
+    SHOTS.mkdir(exist_ok=True)
+    shot = SHOTS/f"{request.node.name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+
+
 def test_dashboard_in_a_browser(seeded, request):
     from playwright.sync_api import sync_playwright, expect
     srv = serve_dashboard(seeded['settings'], port=0)
@@ -67,21 +115,25 @@ def test_dashboard_in_a_browser(seeded, request):
         with sync_playwright() as p:
             browser = _browser(p)
             page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            def route(r):
-                host = r.request.url.split('/')[2] if '://' in r.request.url else ''
-                if r.request.url.startswith(('data:', 'blob:')) or host.split(':')[0] in ('127.0.0.1', 'localhost'): return r.continue_()
-                outside.append(r.request.url); r.abort()
-            page.route('**/*', route)
+            _local_only(page, outside)
             errors = []
             page.on('pageerror', lambda e: errors.append(str(e)))
             try:
                 page.goto(srv.url, timeout=30_000)
-                table = page.locator('.tabulator').first
+                table = page.locator('.sessions-table .tabulator')
                 # the sessions table lists every seeded session, newest first: 4 in one page of 10
                 for sid in [seeded['ana'], *seeded['ben']]: expect(table.get_by_text(sid)).to_be_visible(timeout=30_000)
                 n = len(seeded['ben']) + 1 + 2  # Ana's, Ben's and the batch runs' sessions
                 expect(page.get_by_text(f'{n} matching sessions')).to_be_visible()
-                # filter by user, then by status (no session is closed), then clear both
+                # each session has a title and the workflows its visible turns used; the count leaves out the 2 turns a restore hid
+                ana_row = table.locator('.tabulator-row').filter(has_text=seeded['ana'])
+                cell = lambda row, field: row.locator(f'.tabulator-cell[tabulator-field="{field}"]')
+                expect(cell(ana_row, 'title')).to_have_text('profile the orders table please')
+                expect(cell(ana_row, 'workflows')).to_have_text('profiling, sql_generator')
+                expect(cell(ana_row, 'messages')).to_have_text('4')
+                ben_row = table.locator('.tabulator-row').filter(has_text=seeded['ben'][1])
+                expect(cell(ben_row, 'title')).to_have_text('ben turn 1')
+                # filter by user, then by status (no session is closed: the page says so), then clear both
                 user = page.get_by_placeholder('any user')
                 user.fill('ben'); user.press('Enter')
                 expect(page.get_by_text('3 matching sessions')).to_be_visible(timeout=10_000)
@@ -89,29 +141,55 @@ def test_dashboard_in_a_browser(seeded, request):
                 user.fill(''); user.blur()
                 page.locator('select').first.select_option('closed')
                 expect(page.get_by_text('0 matching sessions')).to_be_visible(timeout=10_000)
+                expect(page.get_by_text("No session matches status 'closed'")).to_be_visible()
                 page.locator('select').first.select_option('any')
                 expect(page.get_by_text(f'{n} matching sessions')).to_be_visible(timeout=10_000)
-                # open Ana's session: conversation and state
+                expect(page.get_by_text('No session matches')).to_have_count(0)
+                # open Ana's session: conversation (the Markdown reply rendered, its payloads inert) and state
                 table.get_by_text(seeded['ana']).click()
                 expect(page.get_by_text('The orders table has 1204 rows and 7 columns')).to_be_visible(timeout=10_000)
-                expect(page.get_by_text('profile the orders table please')).to_be_visible()
+                expect(page.get_by_text('profile the orders table please').last).to_be_visible()
                 expect(page.get_by_text('<img src=x onerror="window.__xss=1"> is this escaped?')).to_be_visible()
+                expect(page.get_by_text('4 (2 hidden by a restore)')).to_be_visible()
+                conv = page.locator('.conversation')
+                expect(conv.locator('li').filter(has_text='finding one')).to_be_visible()  # a Markdown list, not '- finding one'
+                expect(conv.locator('strong').filter(has_text='query')).to_be_visible()
+                expect(conv.locator('pre.code').first).to_contain_text('FROM orders')  # the sql fence, highlighted
+                expect(conv.locator('pre.code span').filter(has_text='SELECT').first).to_be_visible()
+                expect(conv.get_by_text('<script>window.__xss=4</script>')).to_be_visible()  # code shows as code
+                expect(page.get_by_text('now drop the orders table')).to_have_count(0)  # hidden by the restore
+                links = conv.locator('a')
+                assert [links.nth(i).get_attribute('href') for i in range(links.count())] == ['http://tracker.invalid/p.png']  # the image as a link
+                assert page.locator('a[href^="javascript"], img[src="x"], script:has-text("__xss")').count() == 0
+                conv.get_by_text('click me').click()  # text, not a link: nothing runs
                 assert page.evaluate('window.__xss') is None, "a stored message ran as markup in the page"
                 tab(page, 'State').click()
                 expect(page.get_by_text('shop_orders.db')).to_be_visible(timeout=10_000)
                 # artifacts: open the DataFrame, see its rows, its version and its lineage back to the JSON profile
                 tab(page, 'Artifacts').click()
-                arts = page.locator('.tabulator').nth(1)
-                arts.get_by_text('top_customers').click()
+                arts = page.locator('.artifacts-table .tabulator')
+                arts.get_by_text('top_customers', exact=True).click()
                 expect(page.get_by_text('cust_alpha')).to_be_visible(timeout=10_000)
                 expect(page.get_by_text('2 rows × 2 columns')).to_be_visible()
                 lineage = page.locator('svg.lineage')
                 expect(lineage).to_be_visible()
                 expect(lineage.locator('g.node')).to_have_count(2)
                 expect(lineage.get_by_text('orders_profile v1')).to_be_visible()
-                # the JSON profile previews as JSON
-                arts.get_by_text('orders_profile').click()
-                expect(page.get_by_text('"table": "orders"')).to_be_visible(timeout=10_000)
+                # the JSON profile previews as a tree; a stored query as highlighted SQL, not as a JSON string with literal \n
+                arts.get_by_text('orders_profile', exact=True).click()
+                expect(page.locator('.preview.json').get_by_text('orders', exact=False).first).to_be_visible(timeout=10_000)
+                arts.get_by_text('top_query', exact=True).click()
+                sql = page.locator('.preview pre.code')
+                expect(sql).to_contain_text('ORDER BY total DESC', timeout=10_000)
+                assert '\\n' not in page.locator('.artifact-preview').inner_text()
+                # a five-step lineage with long names fits the page, every name whole
+                arts.get_by_text('profile_query_optimize.query_optimizer', exact=True).click()
+                expect(lineage.locator('g.node')).to_have_count(5, timeout=10_000)
+                for step in ('schema_analyzer', 'sql_generator', 'both_queries', 'query_optimizer', 'final_report'):
+                    expect(lineage.locator('g.node').filter(has_text=f'profile_query_optimize.{step} v1')).to_have_count(1)
+                box = lineage.bounding_box()
+                assert box['x'] >= 0 and box['x'] + box['width'] <= 1400, box
+                assert page.evaluate('document.documentElement.scrollWidth') <= 1400  # nothing pushes the page wider than the window
                 tab(page, 'Checkpoints').click()
                 expect(page.get_by_text('after_profile', exact=True)).to_be_visible(timeout=10_000)
                 # live refresh: a session created now shows up without reloading (refresh_seconds = 1)
@@ -125,25 +203,93 @@ def test_dashboard_in_a_browser(seeded, request):
                 page.get_by_role('button', name='Show older messages').click()
                 expect(page.get_by_text('ben turn 1', exact=True)).to_be_visible(timeout=10_000)
                 expect(page.get_by_role('button', name='Show older messages')).to_have_count(0)
-                # batches: the real batch with one succeeded and one failed run, charts drawn
+                # batches: the real batch with one succeeded and one failed run shows as partly failed, never succeeded; charts drawn
                 tab(page, 'Batches').click()
-                btable = page.locator('.tabulator').nth(2)
+                btable = page.locator('.batches-table .tabulator')
                 expect(btable.get_by_text(seeded['batch'])).to_be_visible(timeout=10_000)
+                brow = btable.locator('.tabulator-row').filter(has_text=seeded['batch'])
+                expect(cell(brow, 'status')).to_have_text('partly failed')
                 expect(page.locator('canvas').first).to_be_attached()  # the status and duration charts (drawn on canvas)
                 btable.get_by_text(seeded['batch']).click()
                 expect(page.get_by_text('three is refused')).to_be_visible(timeout=10_000)
+                runs = page.locator('.runs-table .tabulator')
+                expect(runs.locator('.tabulator-row')).to_have_count(2)
+                expect(runs.locator('.tabulator-cell[tabulator-field="status"]')).to_have_text(['succeeded', 'failed'])
+                expect(page.get_by_text('None', exact=True)).to_have_count(0)  # no literal None where a value is missing
+                align = lambda field: runs.locator(f'.tabulator-cell[tabulator-field="{field}"]').first.evaluate('e => getComputedStyle(e).textAlign')
+                assert (align('parameters'), align('run'), align('attempts')) == ('left', 'left', 'right')  # text left, numbers right
                 assert outside == [], f"requests left the machine: {outside}"
                 assert not errors, f"JavaScript errors: {errors}"
             except BaseException:
-                SHOTS.mkdir(exist_ok=True)
-                shot = SHOTS/f"{request.node.name}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"screenshot: {shot}")
+                _shot(page, request)
                 raise
             finally: browser.close()
     finally: srv.stop()
     assert not srv.thread.is_alive()  # the server's thread ended
     with pytest.raises(OSError): socket.create_connection(('127.0.0.1', srv.port), timeout=2).close()  # and its port no longer answers
+
+
+def _jupyterlab(root:Path):
+    "JupyterLab on a free loopback port serving `root` (its app exposed to the page for driving); (process, url, token)"
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(root/'.jupyter'), 'JUPYTER_RUNTIME_DIR': str(root/'.jupyter/runtime')}
+    log = open(root/'jupyterlab.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--allow-root', '--ip=127.0.0.1', f'--port={port}',
+                             f'--IdentityProvider.token={token}', '--LabApp.expose_app_in_browser=True', f'--ServerApp.root_dir={root}'],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def up():
+        if proc.poll() is not None: raise RuntimeError(f"jupyter lab exited with {proc.returncode}: {(root/'jupyterlab.log').read_text()[-2000:]}")
+        try: return urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2).status == 200
+        except OSError: return False
+    try: wait_for(up, 120, 'jupyter lab')
+    except BaseException: proc.kill(); proc.wait(); raise
+    return proc, f'http://127.0.0.1:{port}', token
+
+
+def test_dashboard_in_jupyterlab(seeded, tmp_path, request):
+    "Dashboard(...) as a cell's value in JupyterLab: the live app with no pn.extension() first, every file from the Jupyter server, a small saved notebook"
+    import nbformat
+    from playwright.sync_api import sync_playwright, expect
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"from dataops_lab.dashboard import Dashboard\ndash = Dashboard({str(seeded['ini'])!r})\ndash")],
+                                  metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
+    nbformat.write(nb, tmp_path/'review.ipynb')
+    lab, url, token = _jupyterlab(tmp_path)
+    outside = []
+    try:
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            _local_only(page, outside)
+            try:
+                page.goto(f'{url}/lab/tree/review.ipynb?token={token}', timeout=60_000)
+                kernel = 'window.jupyterapp.shell.currentWidget.sessionContext.session.kernel'
+                page.wait_for_function(f"window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext "
+                                       f"&& window.jupyterapp.shell.currentWidget.sessionContext.session && {kernel} && {kernel}.status == 'idle'", timeout=120_000)
+                page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                out = page.locator('.jp-OutputArea-output')
+                table = out.locator('.sessions-table .tabulator')
+                expect(table.get_by_text(seeded['ana'])).to_be_visible(timeout=120_000)  # the app itself, not '<Dashboard at 0x…>'
+                expect(out.get_by_text('requires the panel extension')).to_have_count(0)
+                table.get_by_text(seeded['ana']).click()  # live both ways: the click runs in the kernel, the conversation comes back
+                expect(out.get_by_text('The orders table has 1204 rows and 7 columns')).to_be_visible(timeout=60_000)
+                expect(out.locator('.conversation li').filter(has_text='finding one')).to_be_visible()
+                assert page.evaluate('window.__xss') is None
+                page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+                page.wait_for_function("!window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+                assert outside == [], f"requests left the machine: {outside}"
+            except BaseException:
+                _shot(page, request)
+                raise
+            finally: browser.close()
+    finally:
+        lab.terminate()
+        try: lab.wait(30)
+        except subprocess.TimeoutExpired: lab.kill(); lab.wait()
+    saved = nbformat.read(tmp_path/'review.ipynb', 4)
+    kinds = {k for o in saved.cells[0].outputs for k in o.get('data', {})}
+    assert 'application/vnd.holoviews_exec.v0+json' in kinds, kinds  # the live view was stored
+    size = (tmp_path/'review.ipynb').stat().st_size
+    assert size < 300_000, f"the saved notebook is {size:,} bytes: the dashboard's files were written into it"
 
 
 def test_port_in_use_and_cli(seeded):

@@ -1,6 +1,6 @@
 """The JupyterLab views of `dataops_lab.widgets`, driven headlessly: their handlers are called and their buttons
 clicked as a person would, and what they show is read back from their state and their HTML."""
-import base64, threading, time
+import base64, os, re, threading, time
 import pandas as pd
 import pytest
 from conftest import write_ini
@@ -271,3 +271,90 @@ def test_browser_does_not_load_an_artifact_too_large_to_preview(sm, sid):
         shown = b.show(big)
         assert shown['preview'] == 'too large' and 'save_artifact_content' in b.preview.value
     finally: b.close()
+
+
+MARKDOWN_REPLY = """The query:
+
+```sql
+SELECT customer, total
+FROM orders
+```
+
+- finding one
+- finding two
+
+[click me](javascript:window.__xss=1) <img src=x onerror="window.__xss=2"> ![pixel](http://tracker.invalid/p.png)
+<a href="javascript:window.__xss=3">raw link</a> <svg onload="window.__xss=4"></svg>
+
+```html
+<script>window.__xss=5</script>
+```"""
+
+
+def test_inspector_renders_markdown_replies_and_counts_what_a_restore_left(sm, sid):
+    "Assistant replies as Markdown; after a restore the count, the workflows and the conversation are those a person can see"
+    ctx = ContextManager(sm)
+    sm.add_message(sid, 'assistant', MARKDOWN_REPLY, workflow='sql_generator')
+    ctx.create_checkpoint(sid, 'answered')
+    sm.add_message(sid, 'user', 'now drop the table')
+    sm.add_message(sid, 'assistant', 'dropped', workflow='query_optimizer')
+    insp = SessionInspector(sid, sm, poll=0)
+    try:
+        assert insp.data['workflows'] == ['sql_generator', 'query_optimizer'] and insp.data['visible_messages'] == 4
+        assert insp.data['title'] == 'Profile the orders table'
+        ctx.restore_checkpoint(sid, 'answered')
+        assert insp.refresh()
+        assert (insp.data['visible_messages'], len(insp.data['messages']), insp.data['workflows']) == (2, 2, ['sql_generator'])
+        assert '>2 (2 hidden by a restore)<' in insp.header.value and 'sql_generator' in insp.header.value and 'query_optimizer' not in insp.header.value
+        assert '2 messages' in insp.footer.value
+        html = insp.conversation.value
+        assert '<li>finding one</li>' in html and '<strong>' not in html.split('The query')[0]
+        assert re.search(r'<span style="[^"]*">SELECT</span>', html)  # the fence, highlighted
+        assert 'drop the table' not in html
+    finally: insp.close()
+
+
+def test_inspector_markdown_stays_inert_in_a_browser(sm, sid, tmp_path):
+    "The inspector's conversation HTML, loaded into Chromium as the page itself: no payload runs, no javascript: link, nothing fetched"
+    from playwright.sync_api import sync_playwright
+    sm.add_message(sid, 'assistant', MARKDOWN_REPLY, workflow='sql_generator')
+    insp = SessionInspector(sid, sm, poll=0)
+    html = insp.conversation.value
+    insp.close()
+    if not os.path.exists('/usr/bin/chromium'): pytest.fail("/usr/bin/chromium is missing: apt-get install chromium", pytrace=False)
+    outside = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'])
+        try:
+            page = browser.new_page()
+            page.route('**/*', lambda r: (outside.append(r.request.url), r.abort()))
+            page.set_content(f'<html><body>{html}</body></html>', wait_until='load')
+            assert page.locator('li').filter(has_text='finding one').count() == 1
+            assert page.locator('pre.code').first.inner_text().startswith('SELECT customer, total')
+            hrefs = page.eval_on_selector_all('a', 'as => as.map(a => a.getAttribute("href"))')
+            assert hrefs == ['http://tracker.invalid/p.png'], hrefs  # the image, as a link to click, not loaded
+            assert page.eval_on_selector_all('img, script, svg, iframe', 'es => es.length') == 0
+            page.get_by_text('click me').click()
+            assert page.evaluate('window.__xss') is None
+            assert page.get_by_text('<script>window.__xss=5</script>').count() == 1  # the html fence shows its code as text
+        finally: browser.close()
+    assert outside == [], outside
+
+
+def test_timeline_diff_on_show_follows_a_restore(sm, sid):
+    "A diff on show is recomputed after a restore: 'now' is the restored session, not what it was when the diff was drawn"
+    ctx = ContextManager(sm)
+    ctx.create_checkpoint(sid, 'clean')
+    sm.update_session(sid, {'global_context': {'database': 'other.db'}})
+    sm.add_message(sid, 'user', 'after the checkpoint')
+    tl = CheckpointTimeline(sid, sm)
+    try:
+        before = tl.compare()
+        assert before['messages_added'] == [2] and 'other.db' in tl.diff_view.value
+        tl.ask('restore'); tl.confirm()
+        assert (tl.diff['messages_added'], tl.diff['state']) == ([], {'added': {}, 'removed': {}, 'changed': {}})
+        assert 'other.db' not in tl.diff_view.value and 'no differences' in tl.diff_view.value
+        sm.add_message(sid, 'user', 'a new turn')
+        tl.refresh()
+        assert tl.diff['messages_added'] == [3]  # and on any refresh
+    finally: tl.close()
