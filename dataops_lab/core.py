@@ -67,6 +67,7 @@ def private_dir(path:str|os.PathLike # a folder to create if missing
     for d in missing:
         try: os.mkdir(d, 0o700)
         except FileExistsError: pass
+    if not p.is_dir(): raise FileExistsError(17, 'a file is in the way of the folder', str(p))
     return p
 
 def write_private(path:str|os.PathLike, # the file to write (replaced atomically if it exists)
