@@ -53,9 +53,9 @@ def mask_url(url:str # a storage URL that may carry credentials
         cred,host = netloc.rsplit('@', 1)
         user = cred.split(':', 1)[0]
         netloc = f"{user}:***@{host}" if ':' in cred or not user else f"***@{host}"
-    q = [(k, '***' if _SECRET_PARAMS.search(k) and k not in _KEEP_PARAMS else v) for k,v in parse_qsl(p.query, keep_blank_values=True)]
+    q = [(k, '***' if _SECRET_PARAMS.search(k) and k not in _KEEP_PARAMS else mask_url(v) if '://' in v else v) for k,v in parse_qsl(p.query, keep_blank_values=True)]  # a URL in a parameter (endpoint_url=...) is masked too
     out = f"{p.scheme}://{netloc}{p.path}" if p.scheme else f"{netloc}{p.path}"
-    if q: out += '?' + urlencode(q, safe='/:*')
+    if q: out += '?' + urlencode(q, safe='/:*@')
     return out + (f"#{p.fragment}" if p.fragment else '')
 
 # %% ../nbs/00_core.ipynb #07cc9a32
