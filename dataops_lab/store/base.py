@@ -28,6 +28,7 @@ class Page:
     "One page of a listing or query; pass `cursor` back to get the next page"
     items: list
     cursor: str|None = None
+    skipped: list = field(default_factory=list)  # keys of stored records that could not be read (skipped, not fatal)
     def __iter__(self): return iter(self.items)
     def __len__(self): return len(self.items)
 
