@@ -14,8 +14,8 @@ from .store.base import *
 import dataops_lab.context  # registers the managers' tables for `storage init`
 
 # %% auto #0
-__all__ = ['run_demo', 'cmd_demo', 'cmd_storage', 'cmd_settings', 'notebook_arg', 'cmd_templates', 'cmd_inspect', 'cmd_batch',
-           'cmd_dashboard', 'parser', 'main']
+__all__ = ['run_demo', 'cmd_user', 'cmd_audit', 'cmd_serve', 'cmd_demo', 'cmd_storage', 'cmd_settings', 'notebook_arg',
+           'cmd_templates', 'cmd_inspect', 'cmd_batch', 'cmd_dashboard', 'parser', 'main']
 
 # %% ../nbs/60_cli.ipynb #f010d009
 def run_demo(settings:Settings|None=None, # default: `load_settings()`
@@ -71,6 +71,79 @@ def run_demo(settings:Settings|None=None, # default: `load_settings()`
     say("next: `dataops-lab dashboard` reviews this session in a browser; `dataops-lab templates` lists notebooks to run as batches;\n"
         "      the tutorial nbs/70_tutorial_first_session.ipynb walks through it in JupyterLab")
     return lines
+
+# %% ../nbs/60_cli.ipynb #491446bb
+def _users(args):
+    from dataops_lab.api.users import UserStore, USER_TABLES
+    st = open_storage(_settings(args)).ensure(USER_TABLES)
+    return UserStore(st)
+
+def _password(args)->str:
+    import getpass
+    if not sys.stdin.isatty(): return sys.stdin.readline().rstrip('\n')
+    pw = getpass.getpass(f"password for {args.name}: ")
+    if pw != getpass.getpass("again: "): raise InvalidInputError("the two passwords differ", "type the same password twice")
+    return pw
+
+def cmd_user(args):
+    us = _users(args)
+    if args.action == 'list':
+        for u in us.list_users(): print(f"{u.user_id:<24} {u.role:<10} {'password' if u.has_password else 'keys only':<10} {u.created_at[:19]}")
+        return
+    if not args.name: raise InvalidInputError(f"`user {args.action}` needs a user name", f"e.g. dataops-lab user {args.action} alice")
+    if args.action == 'add':
+        u = us.add_user(args.name, args.role or 'user', None if args.no_password else _password(args))
+        print(f"added {u.user_id} ({u.role})")
+    elif args.action == 'passwd': us.set_password(args.name, _password(args)); print(f"password of {args.name} changed")
+    elif args.action == 'remove':
+        if not us.remove_user(args.name): raise NotFoundError(f"no user {args.name!r}", "`dataops-lab user list` shows the users")
+        print(f"removed {args.name}")
+    elif args.action == 'role':
+        if not args.role: raise InvalidInputError("`user role` needs --role", "e.g. dataops-lab user role alice --role developer")
+        print(f"{args.name} is now {us.set_role(args.name, args.role).role}")
+    elif args.action == 'key':
+        k = us.create_key(args.name, args.key_name)
+        print(f"API key {k.key_id} for {k.user_id} (shown once, keep it secret):\n{k.key.get_secret_value()}")
+
+def cmd_audit(args):
+    import datetime as dt
+    from dataops_lab.api.audit import AuditLog, AUDIT_TABLE
+    since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.timezone.utc) if args.since else None
+    for r in AuditLog(open_storage(_settings(args)).ensure([AUDIT_TABLE])).query(args.user, since, limit=args.limit):
+        print(r.model_dump_json() if args.json else f"{r.ts[:23]} {r.user_id:<16} {r.method:<6} {r.route:<44} {r.status} {r.outcome:<15} {r.client or '-'} {r.resource or ''}")
+
+def cmd_serve(args):
+    import secrets
+    from dataops_lab.api.server import serve
+    s = _settings(args)
+    us = _users(args)
+    if not us.any_users():
+        pw = secrets.token_urlsafe(12)
+        us.add_user('admin', 'admin', pw)
+        print(f"no users yet: created 'admin' with password {pw}\n(change it with `dataops-lab user passwd admin`; add users with `dataops-lab user add NAME --role developer`)", flush=True)
+    us.storage.close()
+    serve(s, host=args.host, port=args.port, workers=args.workers, registry='dataops_lab.examples:default_registry')
+
+def _api_commands(sub):
+    "Add `serve`, `user` and `audit` to the sub-command parser `sub`"
+    sp = sub.add_parser('serve', help="serve the REST + WebSocket API (and the dashboard under /dashboard) until Ctrl-C")
+    sp.add_argument('--host', help="interface to listen on (default: [api] host)")
+    sp.add_argument('--port', type=int, help="TCP port (default: [api] port)")
+    sp.add_argument('--workers', type=int, help="server processes (default: [api] workers)")
+    sp.set_defaults(fn=cmd_serve)
+    sp = sub.add_parser('user', help="manage the API's users and their API keys")
+    sp.add_argument('action', choices=['add', 'remove', 'list', 'role', 'key', 'passwd'])
+    sp.add_argument('name', nargs='?', help="the user name")
+    sp.add_argument('--role', choices=['admin', 'developer', 'user'], help="role for add (default: user) and role")
+    sp.add_argument('--no-password', action='store_true', help="add: a user who signs in with API keys only")
+    sp.add_argument('--key-name', default='default', help="key: a name for the new API key")
+    sp.set_defaults(fn=cmd_user)
+    sp = sub.add_parser('audit', help="print the API's audit log, newest first")
+    sp.add_argument('--user', help="only this user's requests")
+    sp.add_argument('--since', help="ISO date or time (UTC), e.g. 2026-05-01")
+    sp.add_argument('--limit', type=int, default=50)
+    sp.add_argument('--json', action='store_true', help="one JSON record per line")
+    sp.set_defaults(fn=cmd_audit)
 
 # %% ../nbs/60_cli.ipynb #6b258065
 def _settings(args): return load_settings(args.settings) if args.settings else load_settings()
@@ -160,6 +233,7 @@ def parser()->argparse.ArgumentParser:
     sp.add_argument('--host', help="interface to listen on (default: [dashboard] host)")
     sp.add_argument('--port', type=int, help="TCP port, 0 for a free one (default: [dashboard] port)")
     sp.set_defaults(fn=cmd_dashboard)
+    _api_commands(sub)
     return p
 
 def main(argv:list[str]|None=None)->int:

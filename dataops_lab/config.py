@@ -91,14 +91,38 @@ class LLMSettings(_Section):
     temperature: float = Field(0.0, ge=0, le=2)
     timeout: float = Field(60.0, gt=0, description="seconds per model call")
 
+def _rate(v:str, what:str)->str:
+    "`v` if `limits` parses it as one or more rate limits ('120/minute', '10/second;1000/hour')"
+    from limits import parse_many
+    try: parse_many(v)
+    except ValueError: raise ValueError(f"{what} {v!r} is not a rate limit; write e.g. '120/minute' or '10/second;1000/hour'") from None
+    return v
+
 class APISettings(_Section):
-    "`[api]`: the REST + WebSocket server"
-    host: str = '127.0.0.1'
-    port: int = Field(8000, ge=1, le=65535)
-    auth: Literal['none', 'token'] = 'none'
-    tokens: list[SecretStr] = Field(default_factory=list, description="accepted bearer tokens when auth = token (comma-separated in the file)")
-    rate_limit_per_minute: int = Field(120, ge=1)
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser, e.g. https://app.example.com (comma-separated in the file; * for any)")
+    "`[api]`: the REST + WebSocket server started by `dataops-lab serve`"
+    host: str = Field('127.0.0.1', description="interface to listen on; 0.0.0.0 exposes it to the network")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    workers: int = Field(1, ge=1, le=64, description="server processes; they share users, tokens, rate limits and events through the storage tiers")
+    jwt_secret: SecretStr|None = Field(None, description="HMAC key that signs tokens, at least 32 bytes; empty: a random key kept in .dataops/api_secret (mode 0600) on the embedded default")
+    jwt_algorithm: Literal['HS256', 'HS384', 'HS512'] = Field('HS256', description="the one algorithm tokens are signed with and accepted in")
+    jwt_issuer: str = Field('dataops-lab', min_length=1, description="`iss` of the tokens this server issues and accepts")
+    jwt_audience: str = Field('dataops-lab-api', min_length=1, description="`aud` of the tokens this server issues and accepts")
+    access_ttl: float = Field(900, gt=0, le=86400, description="seconds an access token is valid")
+    refresh_ttl: float = Field(14*86400, gt=0, description="seconds a refresh token family lives without being used")
+    rate_limit: str = Field('120/minute', description="requests per user and endpoint, e.g. '120/minute' or '10/second;1000/hour'")
+    endpoint_limits: list[str] = Field(default_factory=list, description="per-endpoint overrides as operation=limit, comma-separated, e.g. 'query_session=30/minute'")
+    login_rate_limit: str = Field('10/minute', description="sign-in attempts per client address and user name")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body in bytes (413 above it)")
+    max_upload_bytes: int = Field(64*1024*1024, ge=1024, description="largest artifact upload in bytes (413 above it)")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API, e.g. https://app.example.com, comma-separated (* for any)")
+    tls_cert: str|None = Field(None, description="PEM certificate (chain); with tls_key the server speaks TLS 1.3 only and sends HSTS")
+    tls_key: str|None = Field(None, description="PEM private key of tls_cert")
+    hsts_max_age: int = Field(31_536_000, ge=0, description="Strict-Transport-Security max-age in seconds when TLS is on")
+    run_threads: int = Field(8, ge=1, le=256, description="workflow runs executed at once per server process")
+    events_keep: int = Field(1000, ge=10, description="newest progress events kept per session for clients that reconnect")
+    events_ttl: float = Field(3600, gt=0, description="seconds a session's events are kept after its newest one")
+    ws_queue: int = Field(256, ge=8, description="events buffered per WebSocket client; one further behind is closed and resumes from its last event id")
+    dashboard: bool = Field(True, description="serve the review dashboard under /dashboard, behind the same login (admins)")
 
     @field_validator('cors_origins')
     @classmethod
@@ -106,6 +130,29 @@ class APISettings(_Section):
         for o in v:
             if o != '*' and not re.fullmatch(r'https?://[A-Za-z0-9.\[\]:-]+', o): raise ValueError(f"{o!r} is not an origin: write scheme://host[:port] (no path), or *")
         return v
+
+    @field_validator('rate_limit', 'login_rate_limit')
+    @classmethod
+    def _limit(cls, v, info): return _rate(v, info.field_name)
+
+    @field_validator('endpoint_limits')
+    @classmethod
+    def _limits(cls, v):
+        for e in v:
+            name,sep,lim = e.partition('=')
+            if not sep or not name.strip(): raise ValueError(f"{e!r} is not operation=limit, e.g. 'query_session=30/minute'")
+            _rate(lim.strip(), name.strip())
+        return [f"{e.partition('=')[0].strip()}={e.partition('=')[2].strip()}" for e in v]
+
+    @field_validator('jwt_secret')
+    @classmethod
+    def _secret(cls, v):
+        if v is not None and len(v.get_secret_value().encode()) < 32: raise ValueError("must be at least 32 bytes; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+        return v
+
+    @field_validator('tls_cert', 'tls_key', mode='before')
+    @classmethod
+    def _empty_none(cls, v): return v or None
 
 class BatchSettings(_Section):
     "`[batch]`: papermill runs fanned out on Dask"

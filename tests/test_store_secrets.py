@@ -22,10 +22,10 @@ def test_settings_and_storage_never_show_a_password(tmp_path, monkeypatch):
                                            f"blob = s3://bucket/data?region=eu-west-1&aws_secret_access_key={SECRET}\n\n"
                                            f"[llm]\nprovider = openai\napi_key = {SECRET}\nbase_url = https://u:{SECRET}@llm.internal/v1\n")
     monkeypatch.setenv('DATAOPS_STORAGE__COLD', f"dynamodb://eu-west-1?endpoint_url=http://u:{SECRET}@ddb.internal:8000")
-    monkeypatch.setenv('DATAOPS_API__TOKENS', f'["{SECRET}", "other-{SECRET}"]')  # JSON, which worked before the comma form
+    monkeypatch.setenv('DATAOPS_API__JWT_SECRET', SECRET * 3)
     s = load_settings(tmp_path / 'settings.ini')
     assert s.storage.hot == f"redis://app:{SECRET}@cache.internal:6379/0"  # code that needs the value still gets it
-    assert [t.get_secret_value() for t in s.api.tokens] == [SECRET, f"other-{SECRET}"]
+    assert s.api.jwt_secret.get_secret_value() == SECRET * 3
     st = Storage(s)
     shown = {'repr(Settings)': repr(s), 'str(Settings)': str(s), 'model_dump()': str(s.model_dump()), 'model_dump_json()': s.model_dump_json(),
              'Settings._repr_markdown_': s._repr_markdown_(), 'repr(section)': repr(s.storage) + repr(s.llm) + repr(s.api),
@@ -76,19 +76,19 @@ LIST_SETTINGS = textwrap.dedent("""
     from dataops_lab.config import load_settings
     s = load_settings()
     SessionManager(s).close()
-    print(len(s.api.tokens), ','.join(s.api.cors_origins))
+    print(';'.join(s.api.endpoint_limits), ','.join(s.api.cors_origins))
 """)
 
-@pytest.mark.parametrize('tokens,origins', [('tok1,tok2', 'https://a.example,https://b.example'),
-                                            ('["tok1", "tok2"]', '["https://a.example", "https://b.example"]')])
-def test_list_settings_from_the_environment(tmp_path, tokens, origins):
-    "DATAOPS_API__TOKENS=tok1,tok2 — the form settings.ini documents — and JSON both work at every entry point; a bad value is a ConfigError naming it"
+@pytest.mark.parametrize('limits,origins', [('query_session=30/minute, login=5/minute', 'https://a.example,https://b.example'),
+                                            ('["query_session=30/minute", "login=5/minute"]', '["https://a.example", "https://b.example"]')])
+def test_list_settings_from_the_environment(tmp_path, limits, origins):
+    "Comma-separated lists — the form settings.ini documents — and JSON both work in DATAOPS_* variables at every entry point; a bad value is a ConfigError naming it"
     (tmp_path / 'settings.ini').write_text('[storage]\n')
-    env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__TOKENS': tokens, 'DATAOPS_API__CORS_ORIGINS': origins}
+    env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__ENDPOINT_LIMITS': limits, 'DATAOPS_API__CORS_ORIGINS': origins}
     lib = subprocess.run([sys.executable, '-c', LIST_SETTINGS], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert (lib.returncode, lib.stdout.strip()) == (0, '2 https://a.example,https://b.example'), lib.stderr[-2000:]
+    assert (lib.returncode, lib.stdout.strip()) == (0, 'query_session=30/minute;login=5/minute https://a.example,https://b.example'), lib.stderr[-2000:]
     cli = Path(sys.executable).parent / 'dataops-lab'
     out = subprocess.run([str(cli), 'settings'], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and 'tok1' not in out.stdout and 'https://a.example, https://b.example' in out.stdout, out.stderr[-2000:]
+    assert out.returncode == 0 and 'https://a.example, https://b.example' in out.stdout and 'query_session=30/minute, login=5/minute' in out.stdout, out.stderr[-2000:]
     bad = subprocess.run([str(cli), 'settings'], env={**env, 'DATAOPS_API__CORS_ORIGINS': '["https://a.example",'}, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and 'DATAOPS_API__CORS_ORIGINS' in bad.stderr and 'SettingsError' not in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr[-2000:]

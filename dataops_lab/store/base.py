@@ -19,8 +19,8 @@ from ..config import Settings, load_settings
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
            'decode_cursor', 'parse_store_url', 'Backend', 'check_metadata', 'iter_chunks', 'BlobStore', 'IndexSpec',
            'TableSpec', 'check_item', 'is_expired', 'MetadataTable', 'as_bytes', 'Subscription', 'Lock', 'HotCache',
-           'register_store', 'store_factory', 'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage',
-           'open_storage']
+           'stream_id_key', 'register_store', 'store_factory', 'open_blob', 'open_table', 'open_cache',
+           'register_tables', 'Storage', 'open_storage']
 
 # %% ../../nbs/10_store.ipynb #195eb988
 @dataclass
@@ -332,6 +332,29 @@ class HotCache(Backend):
         return Lock(self, name, ttl, timeout)
 
 _twins(HotCache, 'get', 'set', 'delete', 'exists', 'ttl', 'expire', 'incr', 'list_append', 'list_range', 'compare_and_set', 'publish')
+
+# %% ../../nbs/10_store.ipynb #822591e7
+def stream_id_key(entry_id:str # an id returned by `stream_add` or `stream_read`
+                 )->tuple[int, int]:
+    "A stream entry id `'<ms>-<seq>'` as a pair of ints, the order of the entries"
+    ms,sep,seq = entry_id.partition('-') if isinstance(entry_id, str) else ('', '', '')
+    if not (ms.isdigit() and (not sep or seq.isdigit())) or len(entry_id) > 41:
+        raise InvalidKeyError(f"{entry_id!r:.60} is not a stream entry id", "pass back an id returned by stream_add or stream_read, e.g. '1714000000000-0'")
+    return int(ms), int(seq or 0)
+
+def _stream_add(self, key:str, value:bytes|str, *, max_len:int, ttl:float|None=None)->str:
+    "Append `value` to the stream at `key`, keeping its newest `max_len` entries; the new entry's id (greater than every earlier one)"
+    raise NotImplementedError
+def _stream_read(self, key:str, after:str|None=None, count:int=100)->list[tuple[str, bytes]]:
+    "Up to `count` `(id, value)` entries of the stream at `key` with ids greater than `after` (default: from the oldest kept), oldest first"
+    raise NotImplementedError
+def _stream_trimmed(self, key:str)->str|None:
+    "The id of the newest entry `max_len` dropped from the stream at `key`; None if none was, or the stream does not exist"
+    raise NotImplementedError
+
+HotCache.stream_add,HotCache.stream_read,HotCache.stream_trimmed = _stream_add,_stream_read,_stream_trimmed
+for _f in (_stream_add, _stream_read, _stream_trimmed): _f.__name__ = _f.__qualname__ = _f.__name__[1:]
+_twins(HotCache, 'stream_add', 'stream_read')
 
 # %% ../../nbs/10_store.ipynb #e6dea150
 KINDS = ('blob', 'table', 'cache')

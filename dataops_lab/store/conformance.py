@@ -20,8 +20,8 @@ __all__ = ['CHECKS', 'WORKERS', 'StoreTarget', 'Ctx', 'Check', 'conformance_chec
            'blob_processes', 'table_roundtrip', 'table_conditional_writes', 'table_update', 'table_query', 'table_scan',
            'table_ttl', 'table_large_item', 'table_bad_input', 'table_threads', 'table_processes', 'cache_roundtrip',
            'cache_if_absent', 'cache_ttl', 'cache_counters', 'cache_lists', 'cache_compare_and_set', 'cache_lock',
-           'cache_pubsub', 'cache_keys_and_large', 'cache_threads', 'cache_processes', 'Result', 'run_check', 'Report',
-           'run_conformance']
+           'cache_pubsub', 'cache_keys_and_large', 'cache_threads', 'cache_processes', 'cache_streams',
+           'cache_stream_processes', 'Result', 'run_check', 'Report', 'run_conformance']
 
 # %% ../../nbs/12_store_conformance.ipynb #0b412d38
 @dataclass
@@ -599,6 +599,44 @@ def cache_processes(ctx):
     with c.subscribe(ch) as sub:
         run_processes(ctx.target, 'cache_publish', [dict(channel=ch, messages=['m1', 'm2'])])
         assert [sub.get(timeout=5) for _ in range(2)] == [(ch, b'm1'), (ch, b'm2')]
+
+# %% ../../nbs/12_store_conformance.ipynb #a1d8fc54
+def _w_cache_stream(cache, key, tag, n):
+    return [cache.stream_add(key, f"{tag}{i}", max_len=10_000) for i in range(n)]
+WORKERS['cache_stream'] = _w_cache_stream
+
+@conformance_check('cache')
+def cache_streams(ctx):
+    "stream_add ids grow; stream_read pages after an id; max_len keeps the newest and stream_trimmed names the last dropped; TTL expires the stream"
+    c = ctx.store()
+    k = ctx.key('feed')
+    assert c.stream_read(k) == [] and c.stream_trimmed(k) is None
+    ids = [c.stream_add(k, f"e{i}", max_len=5) for i in range(8)]
+    assert ids == sorted(ids, key=stream_id_key) and len(set(ids)) == 8, ids
+    assert c.stream_read(k) == [(i, f"e{n}".encode()) for n,i in enumerate(ids) if n >= 3]
+    assert c.stream_read(k, after=ids[4], count=2) == [(ids[5], b'e5'), (ids[6], b'e6')]
+    assert c.stream_read(k, after=ids[7]) == []
+    assert c.stream_trimmed(k) == ids[2], (c.stream_trimmed(k), ids)
+    assert ctx.target.open().stream_read(k, after=ids[6]) == [(ids[7], b'e7')]  # another client sees the same stream
+    raises(InvalidKeyError, c.stream_read, k, after='not-an-id')
+    c.set(ctx.key('plain'), b'1')
+    raises(StorageError, c.stream_add, ctx.key('plain'), b'x', max_len=3, contains='another kind')
+    t = ctx.key('short')
+    c.stream_add(t, b'x', max_len=3, ttl=60)
+    assert 59 < c.ttl(t) <= 60
+    c.stream_add(t, b'y', max_len=3, ttl=0.05)
+    wait_until(lambda: c.stream_read(t) == [], 5, 'stream TTL expiry')
+    assert c.delete(k) == 1 and c.stream_read(k) == []
+
+@conformance_check('cache')
+def cache_stream_processes(ctx):
+    "two processes appending to one stream at once: no entry lost, ids unique, each writer's entries in its own order"
+    c,k = ctx.store(),ctx.key('feed')
+    a,b = run_processes(ctx.target, 'cache_stream', [dict(key=k, tag='a', n=100), dict(key=k, tag='b', n=100)])
+    got = []
+    while page := c.stream_read(k, after=got[-1][0] if got else None, count=64): got += page
+    assert len(got) == 200 and [i for i,_ in got] == sorted(a+b, key=stream_id_key), 'entries lost, duplicated or out of id order'
+    for tag in (b'a', b'b'): assert [int(v[1:]) for _,v in got if v[:1] == tag] == list(range(100))
 
 # %% ../../nbs/12_store_conformance.ipynb #de41254c
 @dataclass

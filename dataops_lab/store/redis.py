@@ -329,3 +329,62 @@ def publish(self:RedisCache, channel:str, message:bytes|str)->None:
 def subscribe(self:RedisCache, *channels:str)->RedisSubscription:
     "A `RedisSubscription` to `channels`, confirmed by the server before it is returned"
     return RedisSubscription(self, channels)
+
+# %% ../../nbs/13_store_redis.ipynb #fb921eda
+from .base import stream_id_key
+
+# %% ../../nbs/13_store_redis.ipynb #f9f68bc6
+def _entry(e)->tuple[str, bytes]:
+    "An `XRANGE` entry (parsed by redis-py or raw) as `(id, value)`"
+    i,fields = e
+    if not isinstance(fields, dict): fields = dict(zip(fields[::2], fields[1::2]))
+    return (i.decode() if isinstance(i, bytes) else i), fields[b'v']
+
+_XADD_LUA = """
+local id = redis.call('XADD', KEYS[1], '*', 'v', ARGV[1])
+local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if over > 0 then
+  local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
+  redis.call('XSETID', KEYS[1], id, 'MAXDELETEDID', gone[#gone][1])
+end
+if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return id
+""".encode()
+_XADD = Script(None, _XADD_LUA)
+
+@patch
+def stream_add(self:RedisCache, key:str, value:bytes|str, *,
+               max_len:int, # keep only the newest `max_len` entries
+               ttl:float|None=None # (re)applied to the whole stream on every call
+              )->str:
+    "Append `value` to the stream at `key`; the new entry's id, greater than every earlier one"
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1: raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    k,v = self.prefix+check_key(key),as_bytes(value)
+    try: i = _XADD(keys=[k], args=[v, max_len, b'' if ttl is None else _ms(ttl)], client=self.client)
+    except redis.RedisError as e: raise self._error(e, f"stream_add({key!r})") from None
+    return i.decode() if isinstance(i, bytes) else i
+
+@patch
+def stream_read(self:RedisCache, key:str,
+                after:str|None=None, # the last id already seen; None: from the oldest entry kept
+                count:int=100 # most entries returned
+               )->list[tuple[str, bytes]]:
+    "Up to `count` `(id, value)` entries with ids greater than `after`, oldest first"
+    start = '-' if after is None else '(%d-%d' % stream_id_key(after)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1: raise ValueError(f"count must be a positive int, got {count!r}")
+    try: rows = self.client.execute_command('XRANGE', self.prefix+check_key(key), start, '+', 'COUNT', count)
+    except redis.RedisError as e: raise self._error(e, f"stream_read({key!r})") from None
+    return [_entry(e) for e in rows or []]
+
+@patch
+def stream_trimmed(self:RedisCache, key:str)->str|None:
+    "The id of the newest entry `max_len` dropped from the stream at `key`, or None"
+    k = self.prefix+check_key(key)
+    try:
+        if not self.client.execute_command('EXISTS', k): return None
+        info = self.client.xinfo_stream(k)
+    except redis.RedisError as e: raise self._error(e, f"stream_trimmed({key!r})") from None
+    i = info.get('max-deleted-entry-id') or info.get(b'max-deleted-entry-id')
+    i = i.decode() if isinstance(i, bytes) else i
+    return None if i in (None, '0-0') else i

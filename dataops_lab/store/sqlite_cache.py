@@ -243,7 +243,7 @@ def list_append(self:SQLiteCache, key:str, *values:bytes|str,
         row = c.execute("SELECT exp, lo, hi FROM dataops_cache WHERE k=?", (k,)).fetchone()
         lo = hi = 0
         if row is not None and (row[0] is None or row[0] > now):
-            if row[2] is None: raise self._kind_error(key, 'list_append()')
+            if row[2] is None or row[2] < 0: raise self._kind_error(key, 'list_append()')
             lo,hi = row[1],row[2]
             if exp is None: exp = row[0]
         elif row is not None: c.execute(_CSQL['delete_key'], (k,))
@@ -363,3 +363,77 @@ def publish(self:SQLiteCache, channel:str, message:bytes|str)->None:
 def subscribe(self:SQLiteCache, *channels:str)->SQLiteSubscription:
     "A `SQLiteSubscription` to `channels`; only messages published after it returns are delivered"
     return SQLiteSubscription(self, channels)
+
+# %% ../../nbs/11b_store_sqlite_cache.ipynb #d6cae6ef
+_CACHE_SCHEMA += [
+    "CREATE TABLE IF NOT EXISTS dataops_cache_streams (k TEXT NOT NULL, ms INTEGER NOT NULL, seq INTEGER NOT NULL, v BLOB, PRIMARY KEY (k, ms, seq))",
+    "CREATE TRIGGER IF NOT EXISTS dataops_cache_drop_stream AFTER DELETE ON dataops_cache WHEN old.hi = -1 BEGIN DELETE FROM dataops_cache_streams WHERE k = old.k; END",
+    "CREATE TRIGGER IF NOT EXISTS dataops_cache_stream_to_value AFTER UPDATE OF hi ON dataops_cache WHEN old.hi = -1 AND new.hi IS NOT -1 BEGIN DELETE FROM dataops_cache_streams WHERE k = old.k; END"]
+_SSQL = dict(
+    head="SELECT exp, hi, v FROM dataops_cache WHERE k=?",
+    last="SELECT ms, seq FROM dataops_cache_streams WHERE k=? ORDER BY ms DESC, seq DESC LIMIT 1",
+    add="INSERT INTO dataops_cache_streams (k, ms, seq, v) VALUES (?, ?, ?, ?)",
+    trim="DELETE FROM dataops_cache_streams WHERE k=?1 AND (ms, seq) <= (SELECT ms, seq FROM dataops_cache_streams WHERE k=?1 "
+         "ORDER BY ms DESC, seq DESC LIMIT 1 OFFSET ?2) RETURNING ms, seq",
+    put="INSERT INTO dataops_cache (k, v, exp, lo, hi) VALUES (?, ?, ?, NULL, -1) ON CONFLICT(k) DO UPDATE SET v=excluded.v, exp=excluded.exp, lo=NULL, hi=-1",
+    read="SELECT ms, seq, v FROM dataops_cache_streams WHERE k=? AND (ms, seq) > (?, ?) ORDER BY ms, seq LIMIT ?")
+
+@patch
+@_db_errors
+def stream_add(self:SQLiteCache, key:str, value:bytes|str, *,
+               max_len:int, # keep only the newest `max_len` entries
+               ttl:float|None=None # (re)applied to the whole stream on every call
+              )->str:
+    "Append `value` to the stream at `key`; the new entry's id, greater than every earlier one"
+    if type(max_len) is not int or max_len < 1: raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    k,v,now = self._k(key),as_bytes(value),now_ts()
+    exp = None if ttl is None else now+_ttl(ttl)
+    c = self._conn()
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        row,last = c.execute(_SSQL['head'], (k,)).fetchone(),None
+        dropped = None
+        if row is not None and (row[0] is None or row[0] > now):
+            if row[1] != -1: raise self._kind_error(key, 'stream_add()')
+            if exp is None: exp = row[0]
+            dropped,last = row[2],c.execute(_SSQL['last'], (k,)).fetchone()
+        elif row is not None: c.execute(_CSQL['delete_key'], (k,))  # expired: its entries go with it
+        ms,seq = int(now*1000),0
+        if last is not None and ms <= last[0]: ms,seq = last[0],last[1]+1
+        c.execute(_SSQL['add'], (k, ms, seq, v))
+        if gone := c.execute(_SSQL['trim'], (k, max_len)).fetchall(): dropped = ('%d-%d' % max(gone)).encode()
+        c.execute(_SSQL['put'], (k, dropped, exp))
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction: c.execute("ROLLBACK")
+        raise
+    self._maybe_purge()
+    return f"{ms}-{seq}"
+
+@patch
+def _stream_head(self:SQLiteCache, c, key:str, k:str, what:str):
+    "The live stream row of `k` (None if missing or expired); a kind error if `k` holds something else"
+    row = c.execute(_SSQL['head'], (k,)).fetchone()
+    if row is None or (row[0] is not None and row[0] <= now_ts()): return None
+    if row[1] != -1: raise self._kind_error(key, what)
+    return row
+
+@patch
+@_db_errors
+def stream_read(self:SQLiteCache, key:str,
+                after:str|None=None, # the last id already seen; None: from the oldest entry kept
+                count:int=100 # most entries returned
+               )->list[tuple[str, bytes]]:
+    "Up to `count` `(id, value)` entries with ids greater than `after`, oldest first"
+    a,b = (-1, -1) if after is None else stream_id_key(after)
+    if type(count) is not int or count < 1: raise ValueError(f"count must be a positive int, got {count!r}")
+    k,c = self._k(key),self._conn()
+    if self._stream_head(c, key, k, 'stream_read()') is None: return []
+    return [(f"{m}-{s}", v) for m,s,v in c.execute(_SSQL['read'], (k, a, b, count))]
+
+@patch
+@_db_errors
+def stream_trimmed(self:SQLiteCache, key:str)->str|None:
+    "The id of the newest entry `max_len` dropped from the stream at `key`, or None"
+    row = self._stream_head(self._conn(), key, self._k(key), 'stream_trimmed()')
+    return row[2].decode() if row is not None and row[2] is not None else None

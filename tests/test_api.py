@@ -1,0 +1,87 @@
+"""The API against a real uvicorn server on a loopback port, on the embedded default and on Redis + moto's S3/DynamoDB:
+the proposal's endpoints through `dataops_lab.client`, runs, artifact content, context, and the WebSocket feed."""
+import threading, uuid
+import httpx, pytest
+from dataops_lab.config import load_settings
+from dataops_lab.api.users import UserStore, USER_TABLES
+from dataops_lab.store.base import Storage
+from dataops_lab.client import Client
+from dataops_lab.core import NotFoundError, InvalidInputError
+from apiserver import APIServer
+
+PW = 'correct horse battery'
+
+def add_users(ini, *specs):
+    st = Storage(load_settings(ini)).ensure(USER_TABLES)
+    us = UserStore(st)
+    for name, role in specs: us.add_user(name, role, PW)
+    st.close()
+
+@pytest.fixture
+def server(ini, backend):
+    (ini.parent / 'settings.ini').write_text(ini.read_text() + "\n[api]\nrate_limit = 1000/minute\n")
+    with APIServer(ini) as srv: yield srv
+
+def test_endpoints_end_to_end(server, ini):
+    add_users(ini, ('alice', 'developer'))
+    with Client(server.url, 'alice', PW) as c:
+        s = c.create_session(metadata={'team': 'sales'})
+        sid = s['session_id']
+        assert c.get_session(sid)['metadata'] == {'team': 'sales'}
+        assert sorted(w['name'] for w in c.list_workflows()) == ['slow_job', 'word_count']
+        assert c.get_workflow('word_count')['input_schema']['required'] == ['text']
+        # a WebSocket client listening from the start of the session's window sees the whole run
+        got = []
+        def listen():
+            for m in c.events(sid, timeout=30, until=lambda m: m['type'] in ('end', 'error')):
+                got.append(m)
+        t = threading.Thread(target=listen); t.start()
+        run = c.query(sid, 'count the words: text="one two three four"')
+        assert run['status'] == 'succeeded' and run['outcome']['reply'] == '4 words', run
+        t.join(30)
+        assert [m['type'] for m in got][0] == 'start' and got[-1]['type'] == 'end' and {'progress'} <= {m['type'] for m in got}, got
+        assert all(m['run_id'] == run['run_id'] for m in got)
+        # resuming after the second event gives exactly the rest
+        rest = list(c.events(sid, after=got[1]['id'], timeout=2))
+        assert [m['id'] for m in rest] == [m['id'] for m in got[2:]]
+        # the result artifact: metadata, content, ETag and a byte range
+        arts = c.list_artifacts(sid)
+        aid = arts[0]['artifact_id']
+        assert c.get_artifact_content(aid)['words'] == 4
+        r = c.request('GET', f'/artifacts/{aid}/content')
+        etag, body = r.headers['etag'], r.content
+        assert c.http.get(f'/artifacts/{aid}/content', headers={'Authorization': f"Bearer {c.tokens['access_token']}", 'If-None-Match': etag}).status_code == 304
+        part = c.request('GET', f'/artifacts/{aid}/content', headers={'Range': 'bytes=2-9'})
+        assert part.status_code == 206 and part.content == body[2:10] and part.headers['content-range'] == f"bytes 2-9/{len(body)}"
+        up = c.store_artifact('hello, world', sid, 'notes')
+        assert c.get_artifact_content(up['artifact_id']) == 'hello, world'
+        # invoke with wait=false: 202 and a run to poll
+        r = c.request('POST', '/workflows/slow_job/invoke', json={'session_id': sid, 'inputs': {'seconds': 0.3}}, params={'wait': False})
+        assert r.status_code == 202 and r.headers['location'] == f"/runs/{r.json()['run_id']}"
+        assert c.wait_run(r.json()['run_id'])['status'] == 'succeeded'
+        with pytest.raises(InvalidInputError, match="no input"):
+            c.invoke('word_count', sid, {'text': 'a', 'nope': 1})
+        # context: dump, change, load back; checkpoints
+        c.update_session(sid, {'global_context': {'db': 'sales.db'}})
+        snap = c.dump_context(sid)
+        c.update_session(sid, {'global_context': {'db': 'other.db'}})
+        assert c.load_context(snap, sid, 'replace')['session']['global_context']['db'] == 'sales.db'
+        c.create_checkpoint(sid, 'before')
+        c.query(sid, 'count the words: text="x"')
+        n = len(c.get_history(sid))
+        c.restore_checkpoint(sid, 'before')
+        assert len(c.get_history(sid)) == n - 2
+        with pytest.raises(NotFoundError):
+            c.get_session('sess_' + uuid.uuid4().hex)
+
+def test_ready_and_errors(server):
+    assert httpx.get(f"{server.url}/ready").json() == {'status': 'ok', 'checks': {'hot': 'ok', 'cold': 'ok', 'blob': 'ok'}}
+    r = httpx.post(f"{server.url}/auth/token", content=b'x' * 2_000_000, headers={'Content-Type': 'application/json'})
+    assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
+    r = httpx.post(f"{server.url}/auth/token", json={'username': 'nobody', 'password': 'x' * 12})
+    assert r.status_code == 401 and r.headers['www-authenticate'] == 'Bearer' and set(r.json()['error']) >= {'message', 'hint', 'request_id'}
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    for path in ('/sessions', '/sessions/{session_id}', '/sessions/{session_id}/query', '/workflows/{name}/invoke', '/workflows', '/workflows/{name}',
+                 '/artifacts/{artifact_id}', '/sessions/{session_id}/artifacts', '/sessions/{session_id}/context/dump', '/sessions/{session_id}/context/load'):
+        assert path in spec['paths'], path
+    assert 'ErrorBody' in spec['components']['schemas'] and 'HTTPBearer' in spec['components']['securitySchemes']
