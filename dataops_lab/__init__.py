@@ -48,3 +48,10 @@ def __getattr__(name):
         import importlib
         return getattr(importlib.import_module(f"dataops_lab.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'dataops_lab' has no attribute {name!r}")
+
+_BY_NAME_ONLY = {'Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError'}  # Panel takes seconds to import
+_LAYERS = ('core', 'config', 'models', 'store.base', 'artifact_content', 'artifacts', 'recall', 'sessions', 'context', 'workflows', 'llm',
+           'decorators', 'orchestrator', 'chain', 'checkpoint', 'examples.samples', 'examples.profiling', 'examples.sql_tools',
+           'examples.query_optimizer', 'examples.jil', 'examples.workflows', 'nbparams', 'runner', 'batch')
+import sys as _sys
+__all__ = sorted({n for m in _LAYERS for n in _sys.modules[f"dataops_lab.{m}"].__all__} | {'StoreTarget', 'run_conformance'} | (set(_LAZY) - _BY_NAME_ONLY))

@@ -16,11 +16,12 @@ from langgraph.graph import StateGraph, START, END
 from langgraph.config import get_stream_writer
 from fastcore.basics import patch
 from .core import *
+from .config import load_settings
 from .models import *
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
-from .orchestrator import Event
+from .orchestrator import Event, registry_from_settings
 from .decorators import RunContext, run_context
 from .checkpoint import DataOpsSaver
 
@@ -89,7 +90,9 @@ _DURABILITIES = ('auto', 'sync', 'async', 'exit')
 
 class WorkflowChain:
     "Workflows composed into one checkpointed LangGraph graph"
-    def __init__(self, name:str, registry:WorkflowRegistry|None=None, session_manager:SessionManager|None=None,
+    def __init__(self, name:str|None=None, # default: made from the step names, e.g. 'schema_analyzer-sql_generator-query_optimizer'
+                 registry:WorkflowRegistry|None=None, # default: the installed workflows, given the configured model (`registry_from_settings`)
+                 session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
                  artifact_store:ArtifactStore|None=None, checkpointer=None,
                  durability:str='auto', # 'sync'/'async': checkpoint every step; 'exit': once when a run ends; 'auto': 'exit' while recent runs are quick
                  sync_after:float=0.1 # 'auto': seconds a recent run may take for the next run to use 'exit'
@@ -97,13 +100,28 @@ class WorkflowChain:
         if durability not in _DURABILITIES: raise InvalidInputError(f"durability={durability!r} is not allowed", f"use one of {list(_DURABILITIES)} ('auto' is the default)")
         if isinstance(sync_after, bool) or not isinstance(sync_after, (int, float)) or not sync_after >= 0:
             raise InvalidInputError(f"sync_after must be seconds >= 0, got {sync_after!r}", "e.g. sync_after=0.1 (0: every 'auto' run checkpoints each step)")
-        self.name,self.registry,self.durability,self.sync_after = name,registry or WorkflowRegistry(),durability,float(sync_after)
+        self._name,self._registry,self.durability,self.sync_after = name,registry,durability,float(sync_after)
         self._recent = deque(maxlen=10)  # wall seconds of this chain's latest runs in this process, for 'auto'
         self._sm,self._arts = session_manager,artifact_store
         self._checkpointer = checkpointer
         self.steps:dict[str, Step] = {}
         self._last:list[str] = []  # the step(s) the next sequential step follows
         self._graph = None
+
+    @property
+    def name(self)->str:
+        "The name given, else one made of the step names (the first and last when there are more than three)"
+        if self._name: return self._name
+        names = [s.name for s in self.steps.values() if s.workflow is not None] or ['chain']
+        return '-'.join(names) if len(names) <= 3 else f"{names[0]}-{len(names)-2}_more-{names[-1]}"
+    @name.setter
+    def name(self, v:str): self._name = v
+
+    @property
+    def registry(self)->WorkflowRegistry:
+        "Where step names are looked up: the registry given, else the installed workflows with the model settings.ini configures"
+        if self._registry is None: self._registry = registry_from_settings(self._sm.storage.settings if self._sm is not None else load_settings())
+        return self._registry
 
     @property
     def sessions(self)->SessionManager:
@@ -172,6 +190,17 @@ class WorkflowChain:
         return self
 
 # %% ../nbs/39_chain.ipynb #3330c371
+def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
+    "A step's inputs: what its mapping returns, or — for no mapping, or one returning names (`...`: every input) — its inputs found in `prev`, else in the chain's input"
+    mapped = step.mapping(prev) if step.mapping else {...}
+    if isinstance(mapped, dict): return mapped
+    if not isinstance(mapped, (set, frozenset)):
+        raise InvalidInputError(f"parameter_mapping of step {step.name!r} returned a {type(mapped).__name__}, not the step's inputs",
+                                "return a dict of inputs, or a set of the names to take from the previous step's output ({...}: all of them)")
+    names = {p.name for p in step.workflow.metadata.required_inputs} if ... in mapped else set(mapped)  # a name it does not take is refused by validate_inputs
+    found = {**(chain_input or {}), **(prev if isinstance(prev, dict) else {})}
+    return {k: found[k] for k in names if k in found}
+
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
     final = None
@@ -187,7 +216,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         if step.router is not None: out = {'branch': step.router(prev), 'input': prev}
         elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
         else:
-            inputs = step.mapping(prev) if step.mapping else {k: v for k,v in (prev or {}).items() if k in {p.name for p in step.workflow.metadata.required_inputs}}
+            inputs = _step_inputs(step, prev, state.get('input'))
             parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
             rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
                             registry=self.registry, parents=parents, events=write)

@@ -10,7 +10,7 @@ import functools, inspect, json, logging, time, traceback
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, is_typeddict
 from .core import *
 from .models import ArtifactType
 
@@ -47,10 +47,15 @@ def run_context(ctx:RunContext):
     finally: _run.reset(tok)
 
 # %% ../nbs/37_decorators.ipynb #264c2f41
+def _bare(arg, options:tuple[type, ...])->bool:
+    "Was a decorator factory applied to a function directly (`@deco`, not `@deco(...)`)? Then `arg` is that function, not an option"
+    return callable(arg) and not isinstance(arg, options)
+
 def with_artifacts(artifact_type:ArtifactType=ArtifactType.RESULT, # how to classify the output
                    name:str|None=None # artifact name (default: the function's name)
                   ):
     "Decorator: store the function's output as an artifact of the current run's session"
+    if _bare(artifact_type, (str, ArtifactType)): return with_artifacts()(artifact_type)  # used as `@with_artifacts`
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kw):
@@ -64,16 +69,33 @@ def with_artifacts(artifact_type:ArtifactType=ArtifactType.RESULT, # how to clas
     return deco
 
 # %% ../nbs/37_decorators.ipynb #9f7028ee
-def with_session_context(keys:Iterable[str]|None=None # global_context keys it may fill (default: any matching parameter)
+def _state_fields(fn, keys)->set[str]|None:
+    "The state fields `@with_session_context` may fill when `fn` is a LangGraph node (first parameter `state` or a TypedDict), else None"
+    ps = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not ps: return None
+    try: ann = inspect.get_annotations(fn, eval_str=True).get(ps[0].name)
+    except Exception: ann = None  # an annotation naming something this module cannot see
+    if not (is_typeddict(ann) or ps[0].name == 'state'): return None
+    declared = set(ann.__annotations__) if is_typeddict(ann) else None
+    if keys is None: return declared or set()
+    return set(keys) if declared is None else declared & set(keys)
+
+def with_session_context(keys:Iterable[str]|None=None # global_context keys it may fill (default: any matching parameter or state field)
                         ):
-    "Decorator: fill missing arguments from the current session's global_context"
+    "Decorator: fill missing arguments (or a node's missing state fields) from the current session's global_context"
+    if _bare(keys, (str, list, tuple, set, frozenset)): return with_session_context()(keys)  # used as `@with_session_context`
+    keys = None if keys is None else list(keys)
     def deco(fn):
         sig = inspect.signature(fn)
         fillable = [n for n,p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        fields = _state_fields(fn, keys)
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             if (ctx := current_run()) is not None:
                 gc = ctx.sessions.get_session(ctx.session_id).global_context
+                if fields is not None and args and isinstance(args[0], dict):  # a node: fill its state
+                    fill = {k: (dict(gc) if k == 'session_context' else gc[k]) for k in fields if args[0].get(k) is None and (k in gc or k == 'session_context')}
+                    return fn({**args[0], **fill}, *args[1:], **kw)
                 ba = sig.bind_partial(*args, **kw)
                 for p in fillable:
                     if ba.arguments.get(p) is not None: continue  # given explicitly
@@ -93,6 +115,7 @@ def with_error_recovery(retries:int=2, # attempts after the first
                         on_failure:str='abort' # 'abort' (raise) or 'continue' (return an error dict)
                        ):
     "Decorator: retry with backoff, record the failure, then fall back, continue or abort"
+    if _bare(retries, (int, float)): return with_error_recovery()(retries)  # used as `@with_error_recovery`
     if on_failure not in ('abort', 'continue'): raise InvalidInputError(f"on_failure={on_failure!r} is not allowed", "use 'abort' or 'continue'")
     if retries < 0: raise InvalidInputError(f"retries={retries} must be >= 0", "pass e.g. retries=2")
     def deco(fn):

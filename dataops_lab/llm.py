@@ -11,7 +11,7 @@ from .core import *
 from .config import Settings, LLMSettings, load_settings
 
 # %% auto #0
-__all__ = ['chat_model']
+__all__ = ['chat_model', 'configured_model']
 
 # %% ../nbs/36_llm.ipynb #5b60e28d
 _PROVIDERS = {
@@ -40,3 +40,11 @@ def chat_model(settings:Settings|LLMSettings|None=None # default: `load_settings
     except Exception as e:
         msg = str(e).replace(key, '***') if key else str(e)
         raise ConfigError(f"[llm] provider = {llm.provider}: could not create {cls_name}: {msg}", "check [llm] model, region and credentials") from None
+
+# %% ../nbs/36_llm.ipynb #a31f41b8
+def configured_model(llm=None, # a LangChain chat model; None: the one `[llm]` configures; False: none
+                     settings:Settings|LLMSettings|None=None # default: `load_settings()`
+                    ):
+    "`llm` itself; for None the chat model `[llm]` configures (None when provider = none); for False, None"
+    if llm is False: return None
+    return llm if llm is not None else chat_model(settings)

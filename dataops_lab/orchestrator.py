@@ -6,22 +6,24 @@ Docs: https://dataops-lab.github.io/dataops-lab/orchestrator.html.md"""
 
 # %% ../nbs/38_orchestrator.ipynb #f29c7c60
 from __future__ import annotations
-import json, logging, math, re, time, traceback
+import functools, json, logging, math, re, time, traceback
 from typing import Any, Callable, Iterator, Literal
 import bm25s, bm25s.stopwords
 from pydantic import BaseModel, Field
 from fastcore.basics import patch
 from .core import *
+from .config import Settings
 from .models import *
 from .recall import terms, _stem
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
+from .llm import configured_model
 from .decorators import RunContext, run_context
 
 # %% auto #0
-__all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'Extraction', 'extract_inputs', 'Event',
-           'OrchestratorResult', 'Rule', 'Orchestrator']
+__all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs', 'Extraction', 'extract_inputs', 'Event',
+           'OrchestratorResult', 'Rule', 'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
 _log = logging.getLogger('dataops_lab.orchestrator')
@@ -84,35 +86,75 @@ class LLMRouter:
 
 # %% ../nbs/38_orchestrator.ipynb #67580bee
 _SQL = re.compile(r"`{1,3}\s*((?:select|with|insert|update|delete)\b[^`]+)`{1,3}|((?:^|(?<=[:\s]))(?:select|with)\s+.+)$", re.I | re.S)
-_PATH = re.compile(r"(?<![\w@])((?:~|\.{1,2})?(?:/?[\w.-]+/)*[\w-]+\.(?:db|sqlite3?|duckdb|csv|parquet|jil|json|txt|sql|ya?ml))\b", re.I)
+_PATH = re.compile(r"(?<![\w@])((?:~|\.{1,2})?(?:/?[\w.-]+/)*[\w-]+\.(?:db|sqlite3?|duckdb|csv|parquet|jil|json|txt|sql|ya?ml))\b", re.I)  # a file name with a data suffix
+_ABS_PATH = re.compile(r"(?:^|(?<=[\s(=,]))((?:~|\.{1,2})?/[A-Za-z0-9_.~][\w.~+-]*(?:/[\w.~+-]+)*/?)")  # /etc/passwd, ~/data, ./exports/
+_QUOTED_PATH = re.compile(r"""(["'`])((?:~|\.{1,2})?/[^"'`\n]+)\1""")  # '/data/my exports/shop.db'
+_SQL_TEXT = re.compile(r"`{1,3}\s*(?:select|with|insert|update|delete)\b[^`]+`{1,3}|(?:^|(?<=[:\s]))(?:select\s|with\s+\w+\s+as\s*\().+$", re.I | re.S)  # a statement: its strings are not paths named
 _NUM_CUE = r"(?:top|first|limit|max(?:imum)?|up to|last)\s+(\d[\d,]*)"
 _STOP = set(bm25s.stopwords.STOPWORDS_EN_PLUS) | {'the', 'a', 'an', 'is', 'are', 'of', 'for', 'in', 'this', 'that', 'my', 'your', 'it'}
+_WHOLE = re.compile(r'question|query|request|prompt|ask')
 
-def _explicit(name:str, text:str)->str|None:
-    m = re.search(rf"\b{re.escape(name)}\s*[=:]\s*(\"[^\"]*\"|'[^']*'|\S+)", text, re.I)
-    return m.group(1).strip('"\'').rstrip('.,;') if m else None
+@functools.lru_cache(maxsize=1024)
+def _explicit_re(name:str, sep:str)->re.Pattern: return re.compile(rf"\b{re.escape(name)}\s*{sep}\s*(\"[^\"]*\"|'[^']*'|\S+)", re.I)
 
-def extract_from_text(p:WorkflowInputParameter, text:str, whole_query:bool=True)->str|None:
-    "A raw value for input `p` found in `text`, or None"
-    if (v := _explicit(p.name, text)) is not None: return v
+def _explicit(name:str, text:str, sep:str='[=:]')->re.Match|None:
+    "`name=value` (or `name: value` when `sep` allows it) in `text`"
+    return _explicit_re(name, sep).search(text) if ('=' in text or ':' in text) else None
+
+def _path(text:str)->tuple[str, tuple[int, int]]|None:
+    "The first path in `text` — quoted, absolute or home-relative, or a file name with a data suffix — and its span"
+    slash = '/' in text
+    found = [(m, m.group(2)) for m in [slash and _QUOTED_PATH.search(text)] if m] + [(m, m.group(1).rstrip('.')) for m in (slash and _ABS_PATH.search(text), _PATH.search(text)) if m]
+    if not (found := [(m, v) for m,v in found if v.strip('/.~')]): return None
+    m,v = min(found, key=lambda x: (x[0].start(), -len(x[1])))
+    return v, m.span()
+
+def _find(p:WorkflowInputParameter, text:str, whole_query:bool, explicit:bool=True)->tuple[str|None, tuple[int, int]|None]:
+    "A raw value for `p` in `text` (`name=value` first if `explicit`), and the span to take out of the text the other inputs read (explicit values, SQL and paths)"
+    if explicit and (m := _explicit(p.name, text)): return m.group(1).strip('"\'').rstrip('.,;'), m.span()
     if p.pattern:
         m = re.search(p.pattern, text)
-        return m.group(1) if m else None
+        return (m.group(1) if m else None), None
     if p.type == 'sql':
         m = _SQL.search(text)
-        return (m.group(1) or m.group(2)).strip().rstrip(';') if m else None
-    if p.type == 'path':
-        m = _PATH.search(text)
-        return m.group(1) if m else None
+        return ((m.group(1) or m.group(2)).strip().rstrip(';'), m.span()) if m else (None, None)
+    if p.type == 'path': return _path(_SQL_TEXT.sub(lambda m: ' ' * len(m.group()), text)) or (None, None)
     if p.type in ('integer', 'number'):
         words = '|'.join(map(re.escape, p.name.split('_')))
         m = re.search(_NUM_CUE, text, re.I) or re.search(rf"(\d[\d,.]*)\s+(?:{words})", text, re.I) or re.search(rf"(?:{words})\D{{0,12}}(\d[\d,.]*)", text, re.I)
-        return m.group(1) if m else None
-    if p.type != 'string': return None
-    if whole_query and re.search(r'question|query|request|prompt|ask', p.name): return text.strip()
+        return (m.group(1) if m else None), None
+    if p.type != 'string': return None, None
+    if whole_query and _WHOLE.search(p.name): return re.sub(r'\s+', ' ', text).strip(), None
     words = '|'.join(map(re.escape, p.name.split('_')))
     m = re.search(rf"\b(?:{words})\s+(?:named\s+|called\s+)?[`'\"]?([A-Za-z_][\w.]*)", text, re.I)
-    return m.group(1) if m and m.group(1).lower() not in _STOP else None
+    return (m.group(1) if m and m.group(1).lower() not in _STOP else None), None
+
+def extract_from_text(p:WorkflowInputParameter, text:str, whole_query:bool=True)->str|None:
+    "A raw value for input `p` found in `text`, or None"
+    return _find(p, text, whole_query)[0]
+
+def _rank(p:WorkflowInputParameter)->int:
+    "Which inputs read a text first: explicit ones were taken out already; then SQL, patterns, paths, the rest, the whole query last"
+    return 4 if p.type == 'string' and _WHOLE.search(p.name) and not p.pattern else 0 if p.type == 'sql' else 1 if p.pattern else 2 if p.type == 'path' else 3
+
+def read_inputs(inputs:list[WorkflowInputParameter], # a workflow's inputs
+                text:str, # a user's message
+                whole_query:bool=True # may a question-like input take the whole (remaining) text?
+               )->dict[str, str]:
+    "Raw values for `inputs` found in `text`, each span taken out of the text the next inputs read: `name=value` first, then SQL and paths"
+    return _read(inputs, sorted(inputs, key=_rank), text, whole_query)
+
+def _read(inputs:list[WorkflowInputParameter], ranked:list[WorkflowInputParameter], text:str, whole_query:bool)->dict[str, str]:
+    out,rest = {},text
+    def take(span): nonlocal rest; rest = rest[:span[0]] + ' ' + rest[span[1]:]
+    for p in inputs:
+        if m := _explicit(p.name, rest): out[p.name] = m.group(1).strip('"\'').rstrip('.,;'); take(m.span())
+    for p in (p for p in ranked if p.name not in out):
+        v,span = _find(p, rest, whole_query, explicit=False)  # no `name=value` is left in `rest`
+        if v in (None, ''): continue
+        out[p.name] = v
+        if span and p.type in ('sql', 'path'): take(span)
+    return out
 
 class Extraction(BaseModel):
     "Inputs found for a workflow, where each came from, and what is still missing"
@@ -121,15 +163,21 @@ class Extraction(BaseModel):
     missing: list[str] = Field(default_factory=list)
     errors: dict[str, str] = Field(default_factory=dict)
 
-def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|None=None)->Extraction:
+def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|None=None,
+                   whole_query:bool=True # may a question-like input take the whole query (False when the query answers a question)
+                  )->Extraction:
     "Fill `wf`'s inputs from `query`, then earlier user turns (newest first), then `state`, then defaults"
-    ex,state = Extraction(),state or {}
-    for p in wf.metadata.required_inputs:
-        found = [(extract_from_text(p, query), 'query')] + [(extract_from_text(p, h, whole_query=False), 'earlier turn') for h in history] + [(state.get(p.name), 'session state')]
+    ex,state,ins = Extraction(),state or {},wf.metadata.required_inputs
+    ranked = sorted(ins, key=_rank)
+    now,before = _read(ins, ranked, query, whole_query),[_read(ins, ranked, h, False) for h in history]
+    for p in ins:
+        found = [(now.get(p.name), 'query')] + [(b.get(p.name), 'earlier turn') for b in before] + [(state.get(p.name), 'session state')]
         for raw,src in found:
             if raw in (None, ''): continue
             try: ex.values[p.name],ex.sources[p.name] = p.coerce(raw),src; break
-            except InvalidInputError as e: ex.errors[p.name] = e.message
+            except InvalidInputError as e:
+                ex.errors[p.name] = e.message
+                if src == 'query': ex.missing.append(p.name); break  # named in this message but not valid: asked again, never swapped for an older value
         else:
             if p.default is not None: ex.values[p.name],ex.sources[p.name] = p.default,'default'
             elif p.required: ex.missing.append(p.name)
@@ -165,13 +213,26 @@ class Rule(BaseModel):
     condition: Callable[[dict], bool]
     workflow: str
 
+def registry_from_settings(settings:Settings|None=None, # default: `load_settings()`
+                           llm=None # handed to the workflow classes that take one (see `configured_model`)
+                          )->WorkflowRegistry:
+    "The registry `Orchestrator()` and `WorkflowChain()` use by default: the installed workflows (entry points), given the model"
+    return WorkflowRegistry.discover(llm=configured_model(llm, settings))
+
+def _settings_of(sm)->Settings|None: return getattr(getattr(sm, 'storage', None), 'settings', None)
+
 class Orchestrator:
     "Routes queries in a session to workflows, asks for missing inputs, runs and records"
-    def __init__(self, registry:WorkflowRegistry, session_manager:SessionManager|None=None,
-                 artifact_store:ArtifactStore|None=None, llm=None, threshold:float=0.52):
-        self.registry,self.llm,self.threshold = registry,llm,threshold
+    def __init__(self, registry:WorkflowRegistry|None=None, # default: the installed workflows (`registry_from_settings`)
+                 session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
+                 artifact_store:ArtifactStore|None=None, # default: the session manager's
+                 llm=None, # routing model; default: the one [llm] configures (none by default); False: lexical routing
+                 threshold:float=0.52):
+        self.threshold = threshold
         self.sessions = session_manager or SessionManager()
         self.artifacts = artifact_store or self.sessions.artifacts
+        self.llm = configured_model(llm, _settings_of(self.sessions))
+        self.registry = registry if registry is not None else registry_from_settings(_settings_of(self.sessions), self.llm or False)
         self.rules:list[Rule] = []
         self._router,self._router_names = None,None
 
@@ -219,13 +280,34 @@ def _reply(self:Orchestrator, session_id, kind, reply, **kw)->OrchestratorResult
                               metadata={'kind': kind, **({'confidence': res.route.confidence} if res.route else {})})
     return res
 
+def _msg(e:BaseException)->str: return e.message if isinstance(e, DataOpsError) else f"{type(e).__name__}: {e}"
+
 @patch
 def stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
-    "Handle one user message, yielding typed events as it goes"
+    "Handle one user message, yielding typed events as it goes; once the user's turn is recorded, a reply always follows it"
     if not isinstance(query, str) or not query.strip(): raise InvalidInputError(f"query must be a non-empty string, got {query!r}", "pass the user's message")
     s = self.sessions.get_session(session_id)
     history = [m.content for m in reversed(self.sessions.get_history(session_id, limit=20)) if m.role == Role.USER]
     self.sessions.add_message(session_id, 'user', query)
+    replied = False
+    try:
+        for ev in self._turn(session_id, query, s, history):
+            replied = replied or 'outcome' in ev.data  # an outcome is yielded once its reply is recorded
+            yield ev
+    except Exception as e:
+        if replied: raise
+        _log.warning("handling a message in session %s failed after the user's turn was recorded: %s", session_id, _msg(e))
+        res = self._reply(session_id, 'error', f"I could not handle this request: {_msg(e)}")
+        replied = True
+        yield Event(type='error', session_id=session_id, data={'error': _msg(e), 'outcome': res.model_dump()})
+    finally:
+        if not replied:  # the consumer stopped reading, or the run was interrupted (KeyboardInterrupt)
+            try: self._reply(session_id, 'cancelled', 'Stopped before an answer: the request was interrupted.')
+            except Exception as e: _log.warning("could not record the end of an interrupted request in session %s: %s", session_id, _msg(e))
+
+@patch
+def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->Iterator[Event]:
+    "The work after the user's turn is recorded: pending question, routing, parameters, run"
     E = lambda t, **kw: Event(type=t, session_id=session_id, **kw)
     yield E('received', data={'query': query})
     pending = s.global_context.get('_pending')
@@ -239,20 +321,24 @@ def stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
         pwf = self.registry.get(pending['workflow'])
         first = next((p for p in pwf.metadata.required_inputs if p.name == (pending.get('missing') or [None])[0]), None)
         if first is None or extract_from_text(first, query, whole_query=False) is None:
-            alt = self.route(query, s.global_context)
+            alt = self.route(self._routing_text(query), s.global_context)
             if alt.workflow not in (None, pending['workflow']):
                 self.sessions.update_session(session_id, {'global_context': {'_pending': None}})
                 s.global_context.pop('_pending', None)
                 pending = None
     if pending and pending['workflow'] in self.registry:
         wf,route = self.registry.get(pending['workflow']),Route(workflow=pending['workflow'], confidence=1.0, reason='answer to a question')
-        ex = extract_inputs(wf, query, history, {**s.global_context, **pending['inputs']})
+        ex = extract_inputs(wf, query, history, {**s.global_context, **pending['inputs']}, whole_query=False)
         first = next((p for p in wf.metadata.required_inputs if p.name == (pending.get('missing') or [None])[0]), None)
-        if first is not None and first.name in ex.missing:
-            try: ex.values[first.name] = first.coerce(query.strip()); ex.missing.remove(first.name); ex.sources[first.name] = 'answer'
-            except InvalidInputError as e: ex.errors[first.name] = e.message
+        if first is not None and ex.sources.get(first.name) != 'query':  # the message is the answer to the question asked
+            try:
+                ex.values[first.name],ex.sources[first.name] = first.coerce(query.strip()),'answer'
+                if first.name in ex.missing: ex.missing.remove(first.name)
+            except InvalidInputError as e:
+                ex.errors[first.name] = e.message
+                if first.name not in ex.missing: ex.missing.insert(0, first.name)
     else:
-        route = alt or self.route(query, s.global_context)
+        route = alt or self.route(self._routing_text(query), s.global_context)
         yield E('routed', workflow=route.workflow, data=route.model_dump())
         if route.workflow is None:
             cands = ', '.join(f"{n} ({c:.0%})" for n,c in route.candidates[:3] if c > 0.05)
@@ -271,6 +357,13 @@ def stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
     yield from self._execute(session_id, wf, route, ex)
 
 @patch
+def _routing_text(self:Orchestrator, query:str)->str:
+    "`query` without its `name=value` inputs (of any registered workflow): a value such as a long path says nothing about the intent"
+    for n in {p.name for w in self.registry for p in w.metadata.required_inputs}:
+        while m := _explicit(n, query, '='): query = query[:m.start()] + ' ' + query[m.end():]
+    return query
+
+@patch
 def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex:Extraction)->Iterator[Event]:
     E = lambda t, **kw: Event(type=t, session_id=session_id, workflow=wf.name, **kw)
     state,t0 = {},time.perf_counter()
@@ -283,16 +376,20 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
                 else:
                     for node,out in (chunk or {}).items(): yield E('node_finished', node=node, data={'keys': sorted(out) if isinstance(out, dict) else []})
     except Exception as e:
-        tb = traceback.format_exc(limit=-4)
-        aid = self.artifacts.store_artifact({'error': f"{type(e).__name__}: {e}", 'traceback': tb, 'inputs': jsonable(ex.values), 'partial_state': jsonable(state)},
-                                            session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_error", artifact_type=ArtifactType.DEBUG, created_by='orchestrator')
-        yield E('artifact_stored', data={'artifact_id': aid, 'type': 'debug'})
-        msg = e.message if isinstance(e, DataOpsError) else str(e)
-        res = self._reply(session_id, 'error', f"{wf.name} failed: {msg}", workflow=wf.name, route=route, inputs=jsonable(ex.values), artifact_ids=[aid])
+        tb,msg,aids,note = traceback.format_exc(limit=-4),(e.message if isinstance(e, DataOpsError) else str(e)),[],''
+        try:
+            aids = [self.artifacts.store_artifact({'error': f"{type(e).__name__}: {e}", 'traceback': tb, 'inputs': jsonable(ex.values), 'partial_state': jsonable(state)},
+                                                  session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_error", artifact_type=ArtifactType.DEBUG, created_by='orchestrator')]
+        except Exception as se: note = f" (its debug record could not be stored: {_msg(se)})"
+        if aids: yield E('artifact_stored', data={'artifact_id': aids[0], 'type': 'debug'})
+        res = self._reply(session_id, 'error', f"{wf.name} failed: {msg}{note}", workflow=wf.name, route=route, inputs=jsonable(ex.values), artifact_ids=aids)
         yield E('error', data={'error': msg, 'outcome': res.model_dump()}); return
     out = jsonable(state)
-    aid = self.artifacts.store_artifact(out, session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_result", created_by='orchestrator',
-                                        metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})
+    try: aid = self.artifacts.store_artifact(out, session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_result", created_by='orchestrator',
+                                             metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})
+    except Exception as se:  # the run's output still goes back to the caller, with the reason it is not stored
+        res = self._reply(session_id, 'error', f"{wf.name} ran, but its result could not be stored: {_msg(se)}", workflow=wf.name, route=route, inputs=jsonable(ex.values), output=out)
+        yield E('error', data={'error': _msg(se), 'outcome': res.model_dump()}); return
     yield E('artifact_stored', data={'artifact_id': aid, 'type': 'result'})
     self.sessions.update_session(session_id, {'global_context': {'last_workflow': wf.name, 'last_result': aid}})
     reply = str(state.get('summary') or state.get('answer') or state.get('result') or f"{wf.name} finished; result stored as {aid}.")

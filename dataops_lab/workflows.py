@@ -247,7 +247,8 @@ class AdaptedWorkflow(BaseWorkflow):
 
 class WorkflowRegistry:
     "Workflows by name, from code, folders and entry points"
-    def __init__(self, *workflows):
+    def __init__(self, *workflows, llm=None): # llm: a LangChain chat model for workflow classes that take one
+        self.llm = llm
         self.workflows:dict[str, BaseWorkflow] = {}
         self.sources:dict[str, str] = {}
         self.errors:list[WorkflowError] = []
@@ -257,7 +258,7 @@ class WorkflowRegistry:
     def register(self, wf, metadata:WorkflowMetadata|dict|None=None, source:str='code')->BaseWorkflow:
         "Add a workflow (object, class, `@workflow` function, or a compiled graph with `metadata`)"
         if metadata is not None: wf = GraphWorkflow(wf, metadata)
-        elif isinstance(wf, type) and _is_contract(wf): wf = wf()
+        elif isinstance(wf, type) and _is_contract(wf): wf = self._instantiate(wf)
         if _is_contract(wf) and not isinstance(wf, BaseWorkflow): wf = AdaptedWorkflow(wf)
         if not isinstance(wf, BaseWorkflow):
             raise InvalidInputError(f"cannot register {wf!r}", "pass a BaseWorkflow (object or class), a @workflow function, or a compiled graph with metadata=")
@@ -266,6 +267,12 @@ class WorkflowRegistry:
             raise ConflictError(f"workflow name {name!r} is taken by {self.sources[name]}; {source} defines it again", "rename one of them")
         self.workflows[name],self.sources[name] = wf,source
         return wf
+
+    def _instantiate(self, cls:type):
+        "`cls()`, passing the registry's `llm` and the registry itself to a constructor that takes them"
+        try: params = inspect.signature(cls).parameters
+        except (TypeError, ValueError): params = {}
+        return cls(**{k: v for k,v in (('llm', self.llm), ('registry', self)) if k in params})
 
     def _try(self, name:str, source:str, fn):
         try: return fn()
@@ -306,6 +313,17 @@ class WorkflowRegistry:
         for ep in entry_points(group=group):
             added += [self._try(ep.name, f"entry point {ep.value}", lambda ep=ep: self.register(ep.load(), source=f"entry point {ep.value}").name)] 
         return [a for a in added if a]
+
+    @classmethod
+    def discover(cls, folders:list[str|Path]=(), # folders of workflow packages (see `discover_folder`)
+                 llm=None, # chat model for the workflows that take one
+                 group:str='dataops_lab.workflows' # entry-point group
+                )->WorkflowRegistry:
+        "A registry of the installed workflows (entry points in `group`) and those in `folders`"
+        reg = cls(llm=llm)
+        reg.discover_entry_points(group)
+        for f in folders: reg.discover_folder(f)
+        return reg
 
     def get(self, name:str)->BaseWorkflow:
         "The workflow called `name`; `NotFoundError` listing the known ones"

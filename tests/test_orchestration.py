@@ -4,7 +4,7 @@ Storage-backed behaviour (sessions, artifacts, LangGraph checkpoints) runs on bo
 (SQLite + files) and Redis + DynamoDB + S3 (real servers: redis-server and moto over HTTP). What a notebook cannot
 show is here too: entry-point discovery from an installed distribution, a workflow package written against another
 copy of the contract, and a chain resumed in a second process after the first was SIGKILLed mid-run."""
-import importlib.util, inspect, json, logging, os, sqlite3, subprocess, sys, textwrap, threading
+import importlib.util, inspect, json, logging, os, shutil, sqlite3, subprocess, sys, textwrap, threading
 from pathlib import Path
 from typing import TypedDict
 import pytest, sqlglot
@@ -12,6 +12,9 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langgraph.graph import StateGraph, START, END
 from dataops_lab.core import *
 from dataops_lab.models import ArtifactType, Role
+from dataops_lab.config import load_settings
+from dataops_lab.store.base import Storage
+from dataops_lab.artifacts import ArtifactStore
 from dataops_lab.sessions import SessionManager
 from dataops_lab.workflows import *
 from dataops_lab.workflows import AdaptedWorkflow, FunctionWorkflow, GraphWorkflow
@@ -22,7 +25,7 @@ from dataops_lab.chain import Step, topo_order
 from dataops_lab.checkpoint import CHECKPOINT_TABLES  # importing chain/checkpoint registers their tables before the shared tiers are provisioned
 from dataops_lab.examples.workflows import *
 from dataops_lab.examples.workflows import _NO_MODEL
-from dataops_lab.examples.samples import sample_db, sample_jil_dir, sample_files
+from dataops_lab.examples.samples import sample_db, sample_duckdb, sample_jil_dir, sample_files
 from conftest import Child, uid
 from servers import wait_for
 
@@ -305,14 +308,33 @@ def test_entry_point_discovery_from_an_installed_distribution(tmp_path):
     p = subprocess.run([sys.executable, '-c', ENTRY_POINT_CHILD], env={**os.environ, 'PYTHONPATH': env_path}, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out['added'] == ['acme_legacy', 'reverse_word'] and out['names'] == ['acme_legacy', 'reverse_word']
-    assert out['sources'] == {'reverse_word': 'entry point acme_workflows:reverse_word', 'acme_legacy': 'entry point acme_workflows:AcmeLegacy'}
-    assert out['types'] == {'reverse_word': 'FunctionWorkflow', 'acme_legacy': 'AdaptedWorkflow'}
+    assert out['added'] == sorted(['acme_legacy', 'reverse_word', *BUNDLED]) and out['names'] == out['added']  # beside the bundled ones
+    acme = ('reverse_word', 'acme_legacy')
+    assert {n: out['sources'][n] for n in acme} == {'reverse_word': 'entry point acme_workflows:reverse_word', 'acme_legacy': 'entry point acme_workflows:AcmeLegacy'}
+    assert {n: out['types'][n] for n in acme} == {'reverse_word': 'FunctionWorkflow', 'acme_legacy': 'AdaptedWorkflow'}
     assert out['run']['reversed'] == 'cba' and out['legacy']['answer'] == 'xx'
     [[name, source, error]] = out['errors']
     assert (name, source) == ('missing', 'entry point acme_workflows:not_there') and 'not_there' in error
     dupe = [e for e in out['dupe_errors'] if e[0] == 'reverse']
     assert dupe and "workflow name 'reverse_word' is taken by code; entry point acme_workflows:reverse_word defines it again" in dupe[0][1]
+
+BUNDLED = ['jil_parser', 'query_optimizer', 'schema_analyzer', 'simple_agent', 'sql_generator', 'supervisor_agent']
+
+def test_bundled_workflows_register_through_the_entry_point():
+    "The six bundled workflows come in as a third-party package's would: the dataops_lab.workflows entry points, given the registry's model"
+    reg = WorkflowRegistry()
+    assert sorted(reg.discover_entry_points()) == BUNDLED and reg.errors == []
+    assert {n: reg.sources[n] for n in ('schema_analyzer', 'supervisor_agent')} == {
+        'schema_analyzer': 'entry point dataops_lab.examples.workflows:SchemaAnalyzer', 'supervisor_agent': 'entry point dataops_lab.examples.workflows:SupervisorAgent'}
+    assert (reg['sql_generator'].llm, reg['supervisor_agent'].registry) == (None, reg)
+    llm = RecordingChat(responses=['schema_analyzer'])
+    withm = WorkflowRegistry(llm=llm)
+    withm.discover_entry_points()
+    assert (withm['sql_generator'].llm, withm['simple_agent'].llm, withm['supervisor_agent'].llm, withm['supervisor_agent'].registry) == (llm, llm, llm, withm)
+    out = withm['supervisor_agent'].run({'question': 'profile the shop database'})  # the configured model plans, the registry delegates
+    assert out['plan'] == ['schema_analyzer'] and '4 tables' in out['results']['schema_analyzer']
+    both = WorkflowRegistry.discover(llm=llm)  # entry points + folders in one call
+    assert both.names() == BUNDLED and both.llm is llm
 
 def test_input_coercion_and_validation():
     p = WorkflowInputParameter(name='top_n', type='integer', example=5)
@@ -401,6 +423,36 @@ def calls(): return {}
 
 @pytest.fixture
 def orch(sm, calls): return Orchestrator(make_registry(calls), sm)
+
+def test_orchestrator_and_chain_with_no_arguments(tmp_path, monkeypatch):
+    "The proposal's calls as written: Orchestrator() and WorkflowChain() take their registry, storage and model from settings.ini"
+    (tmp_path / 'settings.ini').write_text('[storage]\n')
+    monkeypatch.setenv('DATAOPS_SETTINGS', str(tmp_path / 'settings.ini'))
+    orchestrator = Orchestrator()
+    assert orchestrator.registry.names() == BUNDLED and orchestrator.llm is None
+    assert orchestrator.sessions.storage.urls['cold'] == f"sqlite:///{tmp_path / '.dataops' / 'meta.db'}"
+    sid = orchestrator.sessions.create_session('analyst').session_id
+    r = orchestrator.process(sid, 'how many customers are there?')
+    assert (r.kind, r.workflow, r.output['rows']) == ('result', 'sql_generator', [[240]])
+
+    chain = WorkflowChain()
+    chain.add_step("schema_analyzer")
+    chain.add_step("sql_generator", parameter_mapping=lambda prev: {'question': 'how many orders are there?', 'database': prev['source']})
+    chain.add_step("query_optimizer", parameter_mapping=lambda prev: {'sql': prev['sql'], 'database': prev['source']})
+    result = chain.execute(sid, {})
+    assert (result.status, result.chain, chain.name) == ('completed', 'schema_analyzer-sql_generator-query_optimizer', result.chain)
+    assert chain.sessions.storage.urls == orchestrator.sessions.storage.urls and chain.registry.names() == BUNDLED
+    assert orchestrator.sessions.artifacts.get_artifact(result.artifacts['query_optimizer']).name == f"{result.chain}.query_optimizer"
+    assert WorkflowChain('mine').add_step('jil_parser').name == 'mine' and WorkflowChain().add_step('jil_parser').name == 'jil_parser'
+
+    # a configured model reaches the router and every bundled workflow that takes one; llm=False turns it off
+    (tmp_path / 'settings.ini').write_text('[storage]\n[llm]\nprovider = openai\nbase_url = http://127.0.0.1:9/v1\nmodel = local-model\n')
+    withm = Orchestrator()
+    assert type(withm.llm).__name__ == 'ChatOpenAI' and withm.llm.model_name == 'local-model'
+    assert all(withm.registry[n].llm is withm.llm for n in ('sql_generator', 'simple_agent', 'supervisor_agent'))
+    assert type(withm.router).__name__ == 'LLMRouter' and WorkflowChain().registry['sql_generator'].llm is not None
+    assert Orchestrator(llm=False).llm is None and type(Orchestrator(llm=False).router).__name__ == 'LexicalRouter'
+    assert type(default_registry()['sql_generator'].llm).__name__ == 'ChatOpenAI' and default_registry(llm=False)['sql_generator'].llm is None
 
 def test_rules_first_in_order_and_a_raising_rule_is_skipped(orch, sm, sid, calls, caplog):
     seen = []
@@ -514,6 +566,37 @@ def test_parameters_from_query_earlier_turns_session_state_and_defaults(orch, sm
     r = orch.process(sid, 'what are the null rates and column types?')
     assert (r.workflow, r.inputs, art(sm, r.artifact_ids[0]).metadata['sources']) == ('profile', {'table': 'orders'}, {'table': 'default'})
 
+def test_named_inputs_leave_the_text_and_a_named_path_is_never_swapped_for_an_older_one(sm, tmp_path):
+    "name=value and paths are taken out of the text the other inputs read; a path the user names is used or refused, never replaced"
+    import duckdb
+    orch = Orchestrator(default_registry(), sm)
+    sid = sm.create_session(uid()).session_id
+    duck = str(sample_duckdb())
+    with duckdb.connect(duck, read_only=True) as con: n_orders = con.execute('SELECT COUNT(*) FROM orders').fetchone()[0]
+    r = orch.process(sid, f'how many orders are there? database={duck}')
+    assert (r.kind, r.workflow, r.inputs['question'], r.inputs['database'], r.output['rows']) == ('result', 'sql_generator', 'how many orders are there?', duck, [[n_orders]]), r.reply
+    r = orch.process(sid, f'how many orders are in {duck}?')  # a bare path leaves the question too
+    assert (r.kind, r.inputs['question'], r.inputs['database'], r.output['rows']) == ('result', 'how many orders are in ?', duck, [[n_orders]]), r.reply
+    r = orch.process(sid, 'optimize this query: SELECT order_id FROM orders WHERE status = \'shipped\' database: ' + duck)
+    assert (r.kind, r.workflow, r.inputs['sql'], r.inputs['database']) == ('result', 'query_optimizer', "SELECT order_id FROM orders WHERE status = 'shipped'", duck), r.reply
+
+    orch.process(sid, 'analyze the schema of shop.db')  # an earlier turn names a database...
+    notes = tmp_path / 'notes'
+    notes.write_text('root:x:0:0:root:/root:/bin/bash\n')
+    for named, why in ((notes, 'cannot tell what kind of database'), (tmp_path / 'no' / 'such' / 'folder', 'does not exist')):
+        r = orch.process(sid, f'analyze the schema of {named}')  # ...this one names another: it is used, and refused clearly
+        assert (r.kind, r.workflow, r.inputs['database']) == ('error', 'schema_analyzer', str(named)) and why in r.reply and str(named) in r.reply, r.reply
+        assert 'profile' not in r.output
+    # a path inside SQL is part of the query, not a database named (in this message or an earlier one)
+    sid = sm.create_session(uid(), global_context={'database': duck}).session_id
+    r = orch.process(sid, "optimize SELECT order_id FROM orders WHERE status = '/var/data/x'")
+    assert (r.kind, r.inputs['database'], r.inputs['sql']) == ('result', duck, "SELECT order_id FROM orders WHERE status = '/var/data/x'"), r.reply
+    # a value named in the query that is not valid is asked for again, not replaced by an older or default one
+    q = orch.process(sid, 'how many orders are there? limit=lots')
+    assert (q.kind, q.workflow) == ('question', 'sql_generator') and "'lots'" in q.reply, q.reply
+    a = orch.process(sid, '5')
+    assert (a.kind, a.inputs['limit'], a.inputs['question']) == ('result', 5, 'how many orders are there?'), a.reply
+
 def test_every_turn_result_and_artifact_is_recorded(orch, sm, sid):
     queries = ('how many rows are there?', 'customers', 'count the rows of table orders', 'play some jazz music', 'load the warehouse now')
     replies = [orch.process(sid, q) for q in queries]
@@ -543,6 +626,39 @@ def test_failing_workflow_leaves_a_debug_artifact(orch, sm, sid):
     assert c['inputs'] == {'source': 'inbox'} and c['partial_state'] == {'source': 'inbox', 'rows': 3}  # what ran before the failure
     assert history(sm, sid)[-1] == ('assistant', res.reply, 'warehouse_loader', [a.artifact_id], 'error')
     assert '_pending' not in sm.get_session(sid).global_context
+
+def _broken_artifact_store(folder: Path) -> ArtifactStore:
+    "An ArtifactStore whose blob folder vanished under it (replaced by a file): any artifact over the inline size fails to store"
+    folder.mkdir()
+    (folder / 'settings.ini').write_text('[storage]\n')
+    st = Storage(load_settings(folder / 'settings.ini'))
+    arts = ArtifactStore(st)
+    blobs = Path(st.urls['blob'][len('file://'):])
+    shutil.rmtree(blobs, ignore_errors=True); blobs.write_text('not a folder any more')
+    return arts
+
+def test_every_user_turn_gets_a_reply_whatever_fails_after_it(sm, calls, tmp_path):
+    "A user turn is never left without an assistant turn: a failure after it is recorded as an error reply"
+    @workflow(example_queries=['export the big report'])
+    def big_report(): return {'summary': 'done', 'rows': ['x' * 100] * 100}  # over the inline size: goes to the blob store
+    @workflow(example_queries=['explode loudly'])
+    def loud_failure(): raise RuntimeError('kaboom ' + 'x' * 3000)
+    orch = Orchestrator(WorkflowRegistry(big_report, loud_failure), sm, artifact_store=_broken_artifact_store(tmp_path / 'arts'))
+    sid = sm.create_session(uid()).session_id
+    r = orch.process(sid, 'export the big report')  # the workflow ran; storing its result failed
+    assert (r.kind, r.workflow, r.artifact_ids) == ('error', 'big_report', []) and 'could not be stored' in r.reply, r.reply
+    assert r.output['summary'] == 'done' and [e.type for e in r.events][-1] == 'error'
+    r2 = orch.process(sid, 'explode loudly')  # the workflow failed, and so did storing its debug record
+    assert (r2.kind, r2.workflow) == ('error', 'loud_failure') and 'kaboom' in r2.reply and 'could not be stored' in r2.reply, r2.reply
+    h = history(sm, sid)
+    assert [(role, kind) for role, _, _, _, kind in h] == [('user', None), ('assistant', 'error')] * 2
+    assert h[1][1] == r.reply and h[3][1] == r2.reply
+    # a consumer that stops reading the stream half-way still leaves a reply behind
+    gen = orch.stream(sid, 'export the big report')
+    assert next(gen).type == 'received'
+    gen.close()
+    assert history(sm, sid)[-2:] == [('user', 'export the big report', None, [], None),
+                                     ('assistant', 'Stopped before an answer: the request was interrupted.', None, [], 'cancelled')]
 
 def test_stream_yields_events_in_order_as_they_happen(orch, sm, sid, calls):
     gen = orch.stream(sid, 'count the rows of table orders')
@@ -662,6 +778,22 @@ def test_chain_sequential_parallel_conditional(sm, sid, stats_registry, calls):
     res2 = chain.execute(sid, {'table': 'customers'})
     assert (res2.final, 'small' in res2.outputs, 'big' in res2.outputs) == ({'summary': 'small table, total 3'}, True, False)
     assert res2.run_id != res.run_id and calls['report_small'] == 1 and calls['report_big'] == 1
+
+def test_chain_step_inputs_come_from_the_previous_step_then_the_chain_input(sm, sid):
+    "Without a mapping (or with one returning names, ... for all), a step takes its inputs from the previous output, else from the chain's input"
+    @workflow()
+    def load(table: str): return {'rows': [3, 1, 2], 'title': f"{table} (loaded)"}
+    @workflow()
+    def report(rows: list, title: str, limit: int = 2): return {'summary': f"{title}: {rows[:limit]}"}
+    reg = WorkflowRegistry(load, report)
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report').execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3]'}), r.error  # title from load, limit from the chain's input
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: {...}).execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3]'}), r.error  # {...}: every input the step takes
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: {'rows', 'title'}).execute(sid, {'table': 'orders', 'limit': 1})
+    assert (r.status, r.final) == ('completed', {'summary': 'orders (loaded): [3, 1]'}), r.error  # only the names given: limit keeps its default
+    r = WorkflowChain('rep', reg, sm).add_step('load').add_step('report', parameter_mapping=lambda prev: ['rows']).execute(sid, {'table': 'orders'})
+    assert (r.status, r.failed_step) == ('failed', 'report') and "parameter_mapping of step 'report' returned a list" in r.error, r.error
 
 def test_chain_stream_events(sm, sid, stats_registry):
     chain = (WorkflowChain('stats', stats_registry, sm).add_step('load')
@@ -994,6 +1126,41 @@ def test_decorators_preserve_signatures_and_validate_options():
     @with_error_recovery(retries=0, fallback='by_name')
     def needs_registry(): raise RuntimeError('x')
     with pytest.raises(InvalidInputError, match="fallback workflow 'by_name' needs a run with a registry"): needs_registry()
+
+def test_the_proposals_decorator_stack_bare_and_called(sm, calls):
+    "The proposal's stack, bare forms included, on a LangGraph node run by the orchestrator; the called forms still work"
+    class MyState(TypedDict, total=False):
+        database: str
+        limit: int
+        output: dict
+
+    @with_artifacts(ArtifactType.RESULT)
+    @with_session_context
+    @with_error_recovery
+    def my_node(state: MyState) -> dict:
+        calls['node'] = calls.get('node', 0) + 1
+        if calls['node'] == 1: raise ConnectionError('warehouse busy')
+        return {"output": {'database': state['database'], 'limit': state['limit']}}
+
+    g = StateGraph(MyState); g.add_node('my_node', my_node); g.add_edge(START, 'my_node'); g.add_edge('my_node', END)
+    wf = GraphWorkflow(g.compile(), {'name': 'my_workflow', 'description': 'read a table of the session database', 'example_queries': ['read the table'],
+                                     'required_inputs': [{'name': 'limit', 'type': 'integer', 'required': False, 'default': 10}]})
+    sid = sm.create_session(uid(), global_context={'database': 'warehouse.db', 'limit': 99}).session_id
+    r = Orchestrator(WorkflowRegistry(wf), sm).process(sid, 'read the table')
+    assert (r.kind, r.output['output'], calls['node']) == ('result', {'database': 'warehouse.db', 'limit': 99}, 2)  # retried once; database from the session
+    [mine] = sm.artifacts.list_artifacts(sid, name='my_node')
+    assert (mine.artifact_type, content(sm, mine.artifact_id)) == (ArtifactType.RESULT, {'output': {'database': 'warehouse.db', 'limit': 99}})
+    assert my_node.__name__ == 'my_node' and list(inspect.signature(my_node).parameters) == ['state']
+
+    @with_artifacts
+    @with_session_context(keys=['database'])
+    @with_error_recovery(retries=0, on_failure='continue')
+    def plain(database: str = None, limit: int = None): return {'database': database, 'limit': limit}
+    with run_context(RunContext(session_id=sid, sessions=sm, artifacts=sm.artifacts, workflow='plain')) as ctx:
+        assert plain() == {'database': 'warehouse.db', 'limit': None}
+        assert my_node({'database': 'mine.db', 'limit': 1}) == {'output': {'database': 'mine.db', 'limit': 1}}  # the state's own values win
+    assert [sm.artifacts.get_artifact(a).artifact_type for a in ctx.stored] == [ArtifactType.RESULT] * 2
+    assert plain('x.db') == {'database': 'x.db', 'limit': None}  # outside a run: steps aside
 
 # ---------------------------------------------------------------- the seed's chain on the bundled sample
 

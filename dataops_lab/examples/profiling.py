@@ -11,16 +11,33 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.request import pathname2url
+import sqlglot
+from sqlglot import exp
 from pydantic import BaseModel
 from ..core import InvalidInputError, NotFoundError, mask_url
 
 # %% auto #0
-__all__ = ['qi', 'Database', 'connect', 'column_kind', 'ColumnProfile', 'TableProfile', 'ForeignKey', 'singular', 'fk_name_match',
-           'SchemaProfile', 'profile_database']
+__all__ = ['UnsafeSQLError', 'qi', 'Database', 'connect', 'column_kind', 'ColumnProfile', 'TableProfile', 'ForeignKey',
+           'singular', 'fk_name_match', 'SchemaProfile', 'profile_database']
 
 # %% ../../nbs/examples/01_profiling.ipynb #fa0526f8
 _DUCK_CONFIG = {'autoinstall_known_extensions': False, 'autoload_known_extensions': False}
 _FILE_SUFFIXES = {'.csv': 'read_csv_auto', '.tsv': 'read_csv_auto', '.parquet': 'read_parquet', '.pq': 'read_parquet'}
+
+class UnsafeSQLError(InvalidInputError): "SQL refused before it ran: not one SELECT, or it reads more than the tables of its source"
+
+def _duckdb(path:Path|None=None, allowed:list[Path]=())->'duckdb.DuckDBPyConnection':
+    "A DuckDB connection — read-only on the database file `path`, else in memory — that can read no file but `path` and `allowed`"
+    import duckdb
+    if path is not None: return duckdb.connect(str(path), read_only=True, config={**_DUCK_CONFIG, 'enable_external_access': False, 'lock_configuration': True})
+    con = duckdb.connect(config=_DUCK_CONFIG)
+    try:
+        # allowed_paths can be set only on a running database, and only while external access is still on
+        if allowed: con.execute("SET allowed_paths = [" + ', '.join("'" + str(p).replace("'", "''") + "'" for p in allowed) + "]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException: con.close(); raise
+    return con
 
 def qi(name:str)->str:
     "`name` as a quoted SQL identifier (the same in SQLite and DuckDB)"
@@ -29,7 +46,13 @@ def qi(name:str)->str:
 class Database:
     "A read-only connection to a SQLite or DuckDB database, or to CSV/Parquet files through DuckDB"
     def __init__(self, con, dialect:str, source:str): self.con,self.dialect,self.source = con,dialect,source
-    def query(self, sql:str, params:Iterable=())->list[tuple]: return self.con.execute(sql, list(params)).fetchall()
+    def query(self, sql:str, params:Iterable=())->list[tuple]: return self._execute(sql, params).fetchall()
+    def _execute(self, sql:str, params:Iterable=()):
+        try: return self.con.execute(sql, list(params))
+        except Exception as e:  # DuckDB refused to reach outside the source (a file, another database, an extension)
+            if type(e).__name__ != 'PermissionException': raise
+            raise UnsafeSQLError(f"{mask_url(self.source)}: the query reached outside the source, which is not allowed ({str(e).splitlines()[0]})",
+                                 "a query — or a view stored in the database — may read only the source's own tables and files") from None
     def close(self): self.con.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -71,8 +94,36 @@ class Database:
         if self.dialect != 'sqlite': return []
         return [[r[2] for r in self.query(f"PRAGMA index_info({qi(ix[1])})")] for ix in self.query(f"PRAGMA index_list({qi(table)})")]
 
+    def check_select(self, sql:str)->str:
+        "`sql` when it is one SELECT reading only this source's tables; `UnsafeSQLError` naming what it refused"
+        tables = self.tables()
+        hint = f"query the tables of {mask_url(self.source)}: {', '.join(tables) or 'none'}"
+        try: stmts = [s for s in sqlglot.parse(sql, read=self.dialect) if s is not None]
+        except sqlglot.errors.SqlglotError as e: raise UnsafeSQLError(f"the query could not be parsed, so it is not run: {str(e).splitlines()[0][:200]}", f"check it is valid {self.dialect} SQL") from None
+        if len(stmts) != 1: raise UnsafeSQLError(f"only one SELECT statement runs at a time; got {len(stmts)} statements", "send the statements one by one")
+        q = stmts[0]
+        if not isinstance(q, (exp.Select, exp.SetOperation)) or q.find(exp.Into, exp.DML, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Pragma):
+            raise UnsafeSQLError(f"only one SELECT statement runs here, got {q.key.upper()}: {sql.strip()[:80]!r}", "send the SELECT part of the statement")
+        ctes = {c.alias_or_name.lower() for c in q.find_all(exp.CTE)}
+        known = {t.lower() for t in tables} | ctes
+        for t in q.find_all(exp.Table):
+            if not isinstance(t.this, exp.Identifier):
+                raise UnsafeSQLError(f"the query calls the table function {t.this.sql(dialect=self.dialect, normalize_functions='lower')[:120]}: a query here only reads the tables of {mask_url(self.source)}", hint)
+            if t.name.lower() not in known or (t.db and t.db.lower() not in ('main', '') and t.name.lower() not in ctes):
+                raise UnsafeSQLError(f"the query reads {t.sql(dialect=self.dialect)[:120]}, which is not a table of {mask_url(self.source)}: a query here only reads that source's tables", hint)
+        return sql
+
+    def select(self, sql:str, # one SELECT from outside (a user's, a model's): checked by `check_select` first
+               limit:int|None=None # at most this many rows are fetched
+              )->tuple[list[str], list[tuple]]:
+        "(column names, rows) of `sql`, after `check_select`"
+        cur = self._execute(self.check_select(sql))
+        cols = [d[0] for d in cur.description]
+        return cols, (cur.fetchmany(limit) if limit is not None else cur.fetchall())
+
     def explain(self, sql:str)->str:
-        "The query plan of `sql` as text (SQLite `EXPLAIN QUERY PLAN`, DuckDB `EXPLAIN`); raises if `sql` is invalid"
+        "The query plan of `sql` as text (SQLite `EXPLAIN QUERY PLAN`, DuckDB `EXPLAIN`), after `check_select`; raises if `sql` is invalid"
+        self.check_select(sql)
         if self.dialect == 'duckdb': return '\n'.join(r[1] for r in self.query(f"EXPLAIN {sql}"))
         rows, depth, lines = self.query(f"EXPLAIN QUERY PLAN {sql}"), {0: -1}, []
         for node,parent,_,detail in rows:
@@ -82,15 +133,18 @@ class Database:
 
 # %% ../../nbs/examples/01_profiling.ipynb #bac7401e
 def _open_files(paths:list[Path], source:str)->Database:
-    import duckdb
-    con, seen = duckdb.connect(config=_DUCK_CONFIG), {}
-    for p in sorted(paths):
+    views = {}
+    for p in sorted(p.resolve() for p in paths):
         name = re.sub(r'\W+', '_', p.stem).strip('_') or 'table'
-        if name in seen: raise InvalidInputError(f"{seen[name].name} and {p.name} would both be table {name!r}",
-                                                 "keep one format per table, or pass an explicit list of files")
-        seen[name] = p
-        path_lit = "'" + str(p).replace("'", "''") + "'"
-        con.execute(f"CREATE VIEW {qi(name)} AS SELECT * FROM {_FILE_SUFFIXES[p.suffix.lower()]}({path_lit})")
+        if name in views: raise InvalidInputError(f"{views[name].name} and {p.name} would both be table {name!r}",
+                                                  "keep one format per table, or pass an explicit list of files")
+        views[name] = p
+    con = _duckdb(allowed=list(views.values()))
+    try:
+        for name,p in views.items():
+            path_lit = "'" + str(p).replace("'", "''") + "'"
+            con.execute(f"CREATE VIEW {qi(name)} AS SELECT * FROM {_FILE_SUFFIXES[p.suffix.lower()]}({path_lit})")
+    except BaseException: con.close(); raise
     return Database(con, 'duckdb', source)
 
 def connect(source # a path, 'sqlite:///…' or 'duckdb:///…' URL, folder or list of CSV/Parquet files, or a `Database`
@@ -113,14 +167,12 @@ def connect(source # a path, 'sqlite:///…' or 'duckdb:///…' URL, folder or l
         if not files: raise InvalidInputError(f"folder {p} holds no .csv or .parquet files", hint)
         return _open_files(files, str(p))
     if p.suffix.lower() in _FILE_SUFFIXES: return _open_files([p], str(p))
-    head = p.read_bytes()[:16] if p.stat().st_size else b''
+    with open(p, 'rb') as f: head = f.read(16)
     kind = kind or ('sqlite' if head.startswith(b'SQLite format 3') else 'duckdb' if head[8:12] == b'DUCK' else None)
     if kind == 'sqlite':
         con = sqlite3.connect(f"file:{pathname2url(str(p.resolve()))}?mode=ro", uri=True, check_same_thread=False)
         return Database(con, 'sqlite', str(p))
-    if kind == 'duckdb':
-        import duckdb
-        return Database(duckdb.connect(str(p), read_only=True, config=_DUCK_CONFIG), 'duckdb', str(p))
+    if kind == 'duckdb': return Database(_duckdb(p), 'duckdb', str(p))
     raise InvalidInputError(f"cannot tell what kind of database {p} is (not a SQLite or DuckDB file)", hint)
 
 # %% ../../nbs/examples/01_profiling.ipynb #9cbcb4b9

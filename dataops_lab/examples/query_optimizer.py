@@ -195,7 +195,7 @@ def _lint(ast:exp.Expression, cat:Catalog, db:Database|None, large:int, dialect:
             found = None
             if db is not None:
                 probe = sub.copy(); probe.set('expressions', [exp.alias_(sub.expressions[0].unalias().copy(), 'v')])
-                try: found = db.query(f"SELECT COUNT(*) - COUNT(v) FROM ({probe.sql(dialect=db.dialect)}) AS probe")[0][0]
+                try: found = db.select(f"SELECT COUNT(*) - COUNT(v) FROM ({probe.sql(dialect=db.dialect)}) AS probe")[1][0][0]
                 except Exception: found = None   # a correlated subquery cannot run on its own
             sev, extra = ('error', f"; the subquery returns {found} NULL(s) right now, so the condition is never true and the query returns no rows") if found else ('warning', '')
             add('not-in-nullable', sev, f"`NOT IN (SELECT {c.sql()} …)`: if the subquery yields a NULL, NOT IN is unknown for every row{extra}",
@@ -298,7 +298,7 @@ def _try_indexes(db:Database, sql:str, stmts:list[str], max_bytes:int)->tuple[li
     finally: mem.close()
 
 def _rows(db:Database, sql:str, cap:int):
-    t0 = time.perf_counter(); rows = db.con.execute(sql).fetchmany(cap + 1); ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter(); rows = db.select(sql, cap + 1)[1]; ms = (time.perf_counter() - t0) * 1000
     return [tuple(round(x, 9) if isinstance(x, float) else x for x in r) for r in rows], ms
 
 def _same_rows(db:Database, a:str, b:str, ordered:bool, cap:int)->tuple[bool|None, str, dict]:
@@ -328,8 +328,10 @@ def optimize_query(sql:str, # one SELECT statement
             err = e.errors[0] if e.errors else {}
             raise InvalidInputError(f"cannot parse the query at line {err.get('line', '?')}, column {err.get('col', '?')}: {err.get('description', e)} "
                                     f"near {err.get('highlight', '')!r}", f"check the SQL is valid {dialect}; pass dialect='duckdb' for DuckDB syntax") from None
+        if isinstance(ast, exp.Block): raise InvalidInputError(f"only one SELECT statement is analysed at a time; got {len(ast.expressions)} statements", "pass the statements one by one")
         if not isinstance(ast, (exp.Select, exp.SetOperation)):
             raise InvalidInputError(f"only SELECT queries are analysed, got {ast.key.upper()}", "pass the SELECT part of the statement")
+        if database is not None: database.check_select(sql)  # it runs there: one SELECT over the database's own tables, nothing else
         tables = {t.name for t in ast.find_all(exp.Table)} - {c.alias_or_name for c in ast.find_all(exp.CTE)}
         cat = Catalog.read(tables, database, schema)
         findings = _lint(ast, cat, database, large_table, dialect)

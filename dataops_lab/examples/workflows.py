@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from langgraph.graph import StateGraph, START, END
 from ..core import *
 from ..workflows import *
+from ..llm import configured_model
 from .samples import sample_db, sample_jil_dir
 from .profiling import connect, profile_database, SchemaProfile
 from .sql_tools import generate_sql
@@ -93,7 +94,7 @@ def llm_sql(llm, question:str, schema:SchemaProfile, source:str)->dict|None:
     except Exception as e:
         _log.warning("model SQL rejected (%s); using the rule-based generator", e)
         return None
-    return {'question': question, 'ok': True, 'sql': sql, 'tables': [], 'interpretation': ['written by the language model; parsed and EXPLAINed against the database'],
+    return {'question': question, 'ok': True, 'sql': sql, 'tables': [], 'interpretation': ['written by the language model; checked to read only the tables of the database, and EXPLAINed there'],
             'confidence': 0.8, 'error': None, 'hint': None, 'checks': ['parsed', 'explained']}
 
 class SQLGenerator(BaseWorkflow):
@@ -123,9 +124,8 @@ class SQLGenerator(BaseWorkflow):
             if not s.get('sql') or not s.get('execute', True): return {'rows': [], 'columns': []}
             db = connect(s['source'])
             try:
-                cur = db.con.execute(f"SELECT * FROM ({s['sql']}) LIMIT {int(s.get('limit') or 20)}")
-                cols = [d[0] for d in cur.description]
-                return {'rows': [list(r) for r in cur.fetchall()], 'columns': cols}
+                cols,rows = db.select(f"SELECT * FROM ({s['sql']}) LIMIT {int(s.get('limit') or 20)}")
+                return {'rows': [list(r) for r in rows], 'columns': cols}
             finally: db.close()
         def summarise(s):
             a = s['answer']
@@ -262,9 +262,7 @@ class SupervisorAgent(BaseWorkflow):
             return {'summary': '\n\n'.join(f"**{n}**: {r}" for n,r in s['results'].items())}
         return _graph(AgentState, plan, delegate, report)
 
-def default_registry(llm=None # optional LangChain chat model (SQL generation and the agent patterns)
+def default_registry(llm=None # LangChain chat model for SQL generation and the agent patterns; None: the one [llm] configures; False: none
                     )->WorkflowRegistry:
     "A registry with the six example workflows"
-    reg = WorkflowRegistry(SchemaAnalyzer(), SQLGenerator(llm), QueryOptimizer(), JilParser(), SimpleAgent(llm))
-    reg.register(SupervisorAgent(llm, reg))
-    return reg
+    return WorkflowRegistry(SchemaAnalyzer, SQLGenerator, QueryOptimizer, JilParser, SimpleAgent, SupervisorAgent, llm=configured_model(llm))
