@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifact_content.html.md"""
 
 # %% ../nbs/20_artifact_content.ipynb #b3de4af9
 from __future__ import annotations
-import hashlib, io, json, math, mimetypes, os, sys, tempfile
+import hashlib, io, json, math, mimetypes, os, re, sys, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +16,21 @@ from .core import *
 from .store.base import CHUNK, BlobStore, iter_chunks
 
 # %% auto #0
-__all__ = ['SUPPORTED', 'COMPRESSED_TYPES', 'SAMPLE', 'ZSTD_LEVEL', 'ContentError', 'sniff', 'is_compressed', 'Encoded',
-           'check_json', 'encode_content', 'to_parquet', 'decode_content', 'compress_chunks', 'decompress_chunks',
-           'write_blob', 'read_chunks', 'read_bytes']
+__all__ = ['SUPPORTED', 'COMPRESSED_TYPES', 'SAMPLE', 'ZSTD_LEVEL', 'ContentError', 'corrupt_error', 'sniff', 'is_compressed',
+           'check_content_type', 'Encoded', 'check_content_json', 'encode_content', 'to_parquet', 'decode_content',
+           'compress_chunks', 'decompress_chunks', 'write_blob', 'read_chunks', 'read_bytes', 'verify_bytes',
+           'verify_chunks']
 
 # %% ../nbs/20_artifact_content.ipynb #e0b09df7
 class ContentError(DataOpsError, TypeError): "Content that cannot be stored as an artifact: unsupported type, not JSON-able, unreadable file"
 
 SUPPORTED = "str, bytes, a JSON-able dict or list, a pandas DataFrame, a pathlib.Path or a binary file object"
+
+def corrupt_error(what:str, # what was read: "artifact 'art_01' (blob 'artifacts/cas/...')", "snapshot 'snap_01'"
+                  why:str # what is wrong with it
+                 )->CorruptDataError:
+    "The `CorruptDataError` for stored bytes that fail their check"
+    return CorruptDataError(f"{what} is corrupt: {why}", "the stored bytes were changed or damaged outside dataops-lab; restore them from a backup, or store the content again")
 
 # %% ../nbs/20_artifact_content.ipynb #def08948
 _MAGIC = [(b'\x89PNG', 'image/png'), (b'\xff\xd8\xff', 'image/jpeg'), (b'GIF8', 'image/gif'), (b'PK\x03\x04', 'application/zip'),
@@ -45,6 +52,16 @@ def is_compressed(content_type:str, # MIME type, possibly with parameters
     "True if the content is already compressed (by type or magic number), so zstd would not pay"
     t = content_type.split(';')[0].strip().lower()
     return t in COMPRESSED_TYPES or t.startswith(('video/', 'audio/')) or sniff(head) in COMPRESSED_TYPES
+
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[\x20-\x21\x23-\x7e]*\"|[A-Za-z0-9!#$&^_.+-]+))*")
+
+def check_content_type(v:Any # a MIME type such as 'text/csv; charset=utf-8'
+                      )->str:
+    "`v` if it is a MIME type (`type/subtype`, optional `; name=value` parameters, at most 255 characters), else `InvalidInputError` naming it"
+    hint = "pass a MIME type such as 'text/csv' or 'application/json; charset=utf-8', or None to detect it"
+    if not isinstance(v, str): raise InvalidInputError(f"content_type must be a str, got {type(v).__name__}: {v!r:.60}", hint)
+    if len(v) > 255 or not _MIME.fullmatch(v): raise InvalidInputError(f"content_type {v[:80]!r}{'...' if len(v) > 80 else ''} is not a MIME type", hint)
+    return v
 
 # %% ../nbs/20_artifact_content.ipynb #fdcbc815
 @dataclass
@@ -71,24 +88,11 @@ class Encoded:
         if self.cleanup: self.cleanup()
 
 # %% ../nbs/20_artifact_content.ipynb #0d5b8d30
-def check_json(v:Any, # the value to check
-               path:str='content' # where `v` sits, for the message
-              )->None:
-    "Raise `ContentError` naming the first part of `v` that would not survive a JSON round-trip"
-    hint = "JSON artifacts hold dict (str keys), list, str, int, float, bool and None; convert the value, or store it as bytes or a DataFrame"
-    if v is None or isinstance(v, (str, bool, int)): return
-    if isinstance(v, float):
-        if not math.isfinite(v): raise ContentError(f"{path} is {v}, which JSON cannot hold", "store it as None or a string")
-        return
-    if isinstance(v, list):
-        for i,x in enumerate(v): check_json(x, f"{path}[{i}]")
-        return
-    if isinstance(v, dict):
-        for k,x in v.items():
-            if not isinstance(k, str): raise ContentError(f"{path} has the key {k!r} ({type(k).__name__}); JSON keys are str", hint)
-            check_json(x, f"{path}[{k!r}]")
-        return
-    raise ContentError(f"{path} is a {type(v).__module__}.{type(v).__qualname__}, which does not round-trip through JSON", hint)
+def check_content_json(v:Any, # the value to check
+                       path:str='content' # where `v` sits, for the message
+                      )->Any:
+    "`v` if it survives a JSON round trip exactly (`check_json`; tuples refused too), else `ContentError` naming the first part that would not"
+    return check_json(v, path, ContentError, arrays=(list,))
 
 # %% ../nbs/20_artifact_content.ipynb #fdf53022
 def _hash_stream(f:BinaryIO, out:BinaryIO|None=None)->tuple[str, int, bytes]:
@@ -135,13 +139,14 @@ def encode_content(content:Any, # the value to store
                    content_type:str|None=None # MIME type to record instead of the detected one
                   )->Encoded:
     "`content` serialised for storage, or a `ContentError` naming its type and what is supported"
+    if content_type is not None: check_content_type(content_type)
     def mem(enc, b, ct): return Encoded(enc, content_type or ct, len(b), hashlib.sha256(b).hexdigest(), data=b)
-    if isinstance(content, str): return mem('text', content.encode(), 'text/plain; charset=utf-8')
+    if isinstance(content, str): return mem('text', check_text(content, 'content', ContentError).encode(), 'text/plain; charset=utf-8')
     if isinstance(content, (bytes, bytearray, memoryview)):
         b = bytes(content)
         return mem('bytes', b, sniff(b[:16]))
     if isinstance(content, (dict, list)):
-        check_json(content)
+        check_content_json(content)
         return mem('json', json.dumps(content, ensure_ascii=False, separators=(',', ':')).encode(), 'application/json')
     pd = sys.modules.get('pandas')
     if pd is not None and isinstance(content, pd.DataFrame): return mem('parquet', to_parquet(content), 'application/vnd.apache.parquet')
@@ -160,14 +165,18 @@ def to_parquet(df)->bytes:
     return buf.getvalue()
 
 def decode_content(data:bytes, # the serialised bytes
-                   encoding:str # how they were serialised: text, bytes, json, parquet or file
+                   encoding:str, # how they were serialised: text, bytes, json, parquet or file
+                   what:str='content' # what `data` is, for the message
                   )->Any:
-    "The value `data` encodes (files and bytes come back as bytes)"
-    if encoding == 'text': return data.decode()
-    if encoding == 'json': return json.loads(data)
-    if encoding == 'parquet':
-        import pandas as pd
-        return pd.read_parquet(io.BytesIO(data), engine='pyarrow')
+    "The value `data` encodes (files and bytes come back as bytes); `CorruptDataError` if it does not decode"
+    try:
+        if encoding == 'text': return data.decode()
+        if encoding == 'json': return json.loads(data)
+        if encoding == 'parquet':
+            import pandas as pd
+            return pd.read_parquet(io.BytesIO(data), engine='pyarrow')
+    except (ValueError, OSError) as e:  # UnicodeDecodeError, JSONDecodeError and pyarrow's ArrowInvalid are ValueErrors
+        raise corrupt_error(what, f"its {len(data):,} bytes do not decode as {encoding} ({type(e).__name__}: {str(e)[:120]})") from None
     return data
 
 # %% ../nbs/20_artifact_content.ipynb #e1c83cad
@@ -192,10 +201,14 @@ class _IterReader:
         self.pos += len(out)
         return out
 
-def decompress_chunks(chunks:Iterable[bytes], size:int=CHUNK)->Iterator[bytes]:
-    "The bytes of the zstd frame in `chunks`, at most `size` at a time (bounded even for extreme ratios)"
-    with zstd.ZstdDecompressor().stream_reader(_IterReader(chunks), read_size=1<<20) as r:
-        while b := r.read(size): yield b
+def decompress_chunks(chunks:Iterable[bytes], size:int=CHUNK,
+                      what:str='zstd content' # what the chunks are, for the message
+                     )->Iterator[bytes]:
+    "The bytes of the zstd frame in `chunks`, at most `size` at a time (bounded even for extreme ratios); `CorruptDataError` if it is not one"
+    try:
+        with zstd.ZstdDecompressor().stream_reader(_IterReader(chunks), read_size=1<<20) as r:
+            while b := r.read(size): yield b
+    except zstd.ZstdError as e: raise corrupt_error(what, f"it is not a valid zstd frame ({e})") from None
 
 def write_blob(blob:BlobStore, # where to write
                key:str, # the blob key
@@ -231,12 +244,33 @@ def read_chunks(blob:BlobStore, # where the content is
                 chunk_size:int=CHUNK)->Iterator[bytes]:
     "The stored content at `key`, uncompressed, `chunk_size` bytes at a time"
     chunks = blob.get_stream(key, chunk_size)
-    return decompress_chunks(chunks, chunk_size) if compression == 'zstd' else chunks
+    return decompress_chunks(chunks, chunk_size, f"blob {key!r}") if compression == 'zstd' else chunks
 
 def read_bytes(blob:BlobStore, key:str, compression:str|None,
                size:int|None=None # the uncompressed size, if known: decompresses into one buffer of that size
               )->bytes:
     "The stored content at `key`, uncompressed, in memory"
     if compression is None: return blob.get(key)
-    if size is not None: return zstd.ZstdDecompressor().decompress(blob.get(key), max_output_size=max(size, 1))
-    return b''.join(decompress_chunks([blob.get(key)]))
+    data = blob.get(key)
+    if size is None: return b''.join(decompress_chunks([data], what=f"blob {key!r}"))
+    try: return zstd.ZstdDecompressor().decompress(data, max_output_size=max(size, 1))
+    except zstd.ZstdError as e: raise corrupt_error(f"blob {key!r}", f"it is not a zstd frame of {size:,} bytes ({e})") from None
+
+def verify_bytes(data:bytes, # content as read back
+                 sha256:str, # the hash recorded when it was stored ('' if none was: nothing to check)
+                 what:str # what it is, for the message
+                )->bytes:
+    "`data` if its sha256 is the recorded one, else `CorruptDataError`"
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise corrupt_error(what, f"its {len(data):,} bytes do not have the sha256 recorded when it was stored")
+    return data
+
+def verify_chunks(chunks:Iterable[bytes], # content as read back, streamed
+                  sha256:str, # the hash recorded when it was stored ('' if none was: nothing to check)
+                  what:str # what it is, for the message
+                 )->Iterator[bytes]:
+    "`chunks` passed through as they come, then `CorruptDataError` at the end if their sha256 is not the recorded one"
+    h,n = hashlib.sha256(),0
+    for ch in chunks: h.update(ch); n += len(ch); yield ch
+    if sha256 and h.hexdigest() != sha256:
+        raise corrupt_error(what, f"its {n:,} bytes do not have the sha256 recorded when it was stored (everything before this error came from the damaged copy)")

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 
 # %% ../nbs/21_artifacts.ipynb #fb34f3f5
 from __future__ import annotations
-import base64, datetime as dt, hashlib, heapq, math, os, re, secrets
+import base64, binascii, datetime as dt, hashlib, heapq, logging, math, os, re, secrets
 from contextlib import suppress
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,8 +21,8 @@ from .artifact_content import *
 
 # %% auto #0
 __all__ = ['ARTIFACT_VERSIONS_TABLE', 'ARTIFACT_BLOBS_TABLE', 'ARTIFACT_LINKS_TABLE', 'ARTIFACT_SHARES_TABLE', 'ARTIFACT_TABLES',
-           'INLINE_MAX', 'DEFAULT_TTL_POLICIES', 'ArtifactStore', 'check_name', 'check_id', 'name_key', 'ArtifactList',
-           'Lineage', 'LineageError']
+           'INLINE_MAX', 'DEFAULT_TTL_POLICIES', 'ArtifactStore', 'check_name', 'name_key', 'ArtifactList',
+           'artifacts_of', 'Lineage', 'LineageError']
 
 # %% ../nbs/21_artifacts.ipynb #74bbffd4
 ARTIFACT_VERSIONS_TABLE = TableSpec('dataops_artifact_versions', 'name_key', 'version', indexes=(
@@ -38,19 +38,13 @@ DEFAULT_TTL_POLICIES = {ArtifactType.DEBUG: 86400.0, ArtifactType.INTERMEDIATE: 
 
 # %% ../nbs/21_artifacts.ipynb #c541218a
 _NAME = re.compile(r'[A-Za-z0-9_](?:[A-Za-z0-9_.:@ -]{0,126}[A-Za-z0-9_.@-])?')
-_ID = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}')
+_log = logging.getLogger('dataops_lab.artifacts')
 
 def check_name(v:Any, what:str='name')->str:
     "`v` if it is a valid artifact, workflow or node name, else `InvalidKeyError` saying why"
-    if not isinstance(v, str): raise InvalidKeyError(f"{what} must be a str, got {type(v).__name__}: {v!r}", f"pass {what} as a str such as 'orders_profile'")
-    if not _NAME.fullmatch(v): raise InvalidKeyError(f"{what} {v!r} is not allowed" if v.strip() else f"{what} is empty",
+    if not isinstance(v, str): raise InvalidKeyError(f"{what} must be a str, got {type(v).__name__}: {v!r:.60}", f"pass {what} as a str such as 'orders_profile'")
+    if not _NAME.fullmatch(v): raise InvalidKeyError(f"{what} {v!r:.80} is not allowed" if v.strip() else f"{what} is empty",
                                                      "use 1-128 letters, digits, spaces and '_', '.', ':', '@', '-' (no '/' or '#'), starting with a letter, digit or '_'")
-    return v
-
-def check_id(v:Any, what:str='id')->str:
-    "`v` if it is a valid session, user or artifact id, else `InvalidKeyError` saying why"
-    if not isinstance(v, str): raise InvalidKeyError(f"{what} must be a str, got {type(v).__name__}: {v!r}", f"pass {what} as a str such as 'sess_01J...'")
-    if not _ID.fullmatch(v): raise InvalidKeyError(f"{what} {v!r} is not allowed" if v.strip() else f"{what} is empty", "use 1-128 letters, digits and '_', '.', ':', '@', '-'")
     return v
 
 def _enum(E, v, what:str):
@@ -71,12 +65,28 @@ def name_key(scope:Scope, session_id:str, user_id:str|None, name:str)->str:
 
 # %% ../nbs/21_artifacts.ipynb #c7c9befe
 class ArtifactList(list):
-    "A list of `Artifact`s, shown as a table"
+    "A list of `Artifact`s, shown as a table; `skipped` holds the ids of stored records that could not be read"
+    skipped: list[str] = []
     def _repr_markdown_(self):
-        if not self: return "*no artifacts*"
+        note = f"\n\n*{len(self.skipped)} unreadable record(s) skipped: {', '.join(f'`{s}`' for s in self.skipped[:5])}*" if self.skipped else ''
+        if not self: return "*no artifacts*" + note
         rows = [f"| `{a.name}` | {a.version} | {a.artifact_type.value} | `{a.workflow_name}`{' / '+a.created_by if a.created_by else ''} | {a.scope.value} | "
                 f"{a.size:,} B | {iso(a.created_at)[:19]} | `{a.session_id}` | `{a.artifact_id}` |" for a in self]
-        return "| name | v | type | workflow / node | scope | size | created | session | id |\n|---|---|---|---|---|---|---|---|---|\n" + '\n'.join(rows)
+        return "| name | v | type | workflow / node | scope | size | created | session | id |\n|---|---|---|---|---|---|---|---|---|\n" + '\n'.join(rows) + note
+
+def artifacts_of(items:Iterable[dict], # stored artifact items
+                 where:str='' # the listing, for the log line
+                )->ArtifactList:
+    "The `Artifact` of each item; an item that does not validate is skipped (its id in `skipped`, a warning logged), never fatal to the listing"
+    out,bad = ArtifactList(),[]
+    for it in items:
+        try: out.append(Artifact.from_item(it))
+        except ValueError as e:
+            aid = it.get('artifact_id') if isinstance(it, dict) else None
+            bad.append(aid if isinstance(aid, str) else repr(aid))
+            _log.warning("skipped unreadable artifact record %r in %s: %s", aid, where or 'a listing', str(e).splitlines()[0:3])
+    if bad: out.skipped = bad
+    return out
 
 @dataclass
 class Lineage:
@@ -206,7 +216,7 @@ def _new_artifact(self:ArtifactStore, session_id, workflow_name, name, artifact_
         raise InvalidKeyError(f"scope='user' needs the user of session {sid!r}, which is not known", "pass user_id=...")
     if metadata is not None:
         if not isinstance(metadata, dict): raise ContentError(f"metadata must be a dict, got {type(metadata).__name__}", "pass a JSON-able dict")
-        check_json(metadata, 'metadata')
+        check_content_json(metadata, 'metadata')
     ttl = self.ttl_policies[atype] if ttl is None else _ttl(ttl)
     pids = list(dict.fromkeys(self._aid(p) for p in ([parents] if isinstance(parents, (str, Artifact, ArtifactRef)) else parents or ())))
     for p in pids:
@@ -221,11 +231,11 @@ def _acquire(self:ArtifactStore, enc:Encoded)->dict:
     "One more reference to `enc`'s content, writing it first if it is not stored; the blobs-table item"
     h = enc.sha256
     while True:
-        try: return self.blobs.update(h, add={'refs': 1}, must_exist=True)
+        try: return self.blobs.update(h, add={'refs': 1}, set={'touched_at': now_ts()}, must_exist=True)
         except NotFoundError: pass
         key = f"artifacts/cas/{h[:2]}/{h[2:]}.{secrets.token_hex(4)}"
         stored,comp = write_blob(self.blob, key, enc, self.compress_threshold)
-        rec = {'content_hash': h, 'refs': 1, 'blob_key': key, 'size': enc.size, 'stored_size': stored, 'created_at': iso(utcnow())}
+        rec = {'content_hash': h, 'refs': 1, 'blob_key': key, 'size': enc.size, 'stored_size': stored, 'created_at': iso(utcnow()), 'touched_at': now_ts()}
         if comp: rec['compression'] = comp
         try: return self.blobs.put(rec, if_absent=True)
         except BaseException as e:
@@ -289,9 +299,9 @@ def _live(self:ArtifactStore, artifact_id)->dict:
 @patch
 def _resolve(self:ArtifactStore, artifact_id, version:int|None)->dict:
     "The item of `artifact_id`, or of `version` of the same scoped name"
+    if version is not None and (type(version) is not int or version < 1): raise InvalidKeyError(f"version must be a positive int, got {type(version).__name__} {version!r:.40}", "e.g. version=1")
     it = self._live(artifact_id)
     if version is None or version == it['version']: return it
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1: raise InvalidKeyError(f"version must be a positive int, got {version!r}", "e.g. version=1")
     if (led := self.versions.get((it['name_key'], version))) is None:
         last = self.versions.query(it['name_key'], descending=True, limit=1).items[0]['version']
         raise NotFoundError(f"artifact {it['name']!r} has no version {version} (versions 1-{last})", "list_versions(artifact_id) shows them")
@@ -314,9 +324,18 @@ def get_artifact_content(self:ArtifactStore, artifact_id:str,
                         )->Any:
     "The content of `artifact_id` as it was stored (files come back as bytes)"
     it = self._resolve(artifact_id, version)
-    data = base64.b64decode(it['inline']) if 'inline' in it else read_bytes(self.blob, it['blob_key'], it.get('compression'), it.get('size'))
+    what = _what(it)
+    data = verify_bytes(_inline(it, what) if 'inline' in it else read_bytes(self.blob, it['blob_key'], it.get('compression'), it.get('size')), it.get('content_hash'), what)
     self._touch(it['artifact_id'])
-    return decode_content(data, it.get('encoding', 'bytes'))
+    return decode_content(data, it.get('encoding', 'bytes'), what)
+
+def _what(it:dict)->str:
+    "How an artifact item is named in a `CorruptDataError`"
+    return f"the content of artifact {it['artifact_id']!r}" + (f" (blob {it['blob_key']!r})" if it.get('blob_key') else " (inline)")
+
+def _inline(it:dict, what:str)->bytes:
+    try: return base64.b64decode(it['inline'], validate=True)
+    except (binascii.Error, ValueError, TypeError): raise corrupt_error(what, "its inline copy is not base64") from None
 
 # %% ../nbs/21_artifacts.ipynb #733cd94a
 def _when(t, what:str)->str|None:
@@ -344,10 +363,10 @@ def _matcher(self:ArtifactStore, artifact_type=None, workflow_name=None, name=No
     if name is not None: check_name(name)
     if metadata is not None and not isinstance(metadata, dict): raise InvalidKeyError(f"metadata must be a dict to match, got {type(metadata).__name__}", "e.g. metadata={'table': 'orders'}")
     def keep(it):
-        md = it.get('metadata') or {}
+        md = it.get('metadata') if isinstance(it.get('metadata'), dict) else {}
         return ((t is None or it.get('artifact_type') == t) and (workflow_name is None or it.get('workflow_name') == workflow_name)
                 and (name is None or it.get('name') == name) and (user_id is None or it.get('user_id') == user_id)
-                and (start is None or it['created_at'] >= start) and (end is None or it['created_at'] <= end)
+                and (start is None or str(it.get('created_at')) >= start) and (end is None or str(it.get('created_at')) <= end)
                 and all(md.get(k) == v for k,v in (metadata or {}).items()))
     return keep
 
@@ -368,7 +387,12 @@ def list_artifacts(self:ArtifactStore, session_id:str, artifact_type:ArtifactTyp
         shared = (self.items.get(s['artifact_id']) for s in self.shares.query_all(sid))
         found += _take((it for it in shared if it is not None), keep, n)
     uniq = {it['artifact_id']: it for it in found}
-    return ArtifactList(Artifact.from_item(it) for it in sorted(uniq.values(), key=lambda it: (it['created_at'], it['artifact_id']), reverse=True)[:n])
+    return artifacts_of(sorted(uniq.values(), key=_newest, reverse=True)[:n], f"list_artifacts({sid!r})")
+
+def _newest(it:dict)->tuple:
+    "Sort key of stored items, newest first when reversed; a record with a missing or odd field sorts last, never raises"
+    c,a = it.get('created_at'),it.get('artifact_id')
+    return (c if isinstance(c, str) else '', a if isinstance(a, str) else '')
 
 @patch
 def search(self:ArtifactStore, workflow_name:str|None=None, name:str|None=None, artifact_type:ArtifactType|None=None,
@@ -384,8 +408,8 @@ def search(self:ArtifactStore, workflow_name:str|None=None, name:str|None=None, 
                 page = self.items.scan(limit=1000, cursor=cursor)
                 yield from filter(keep, page.items)
                 if not (cursor := page.cursor): return
-        found = heapq.nlargest(n, scanned(), key=lambda it: (it['created_at'], it['artifact_id']))  # memory: `limit` items and one page
-    return ArtifactList(Artifact.from_item(it) for it in found)
+        found = heapq.nlargest(n, scanned(), key=_newest)  # memory: `limit` items and one page
+    return artifacts_of(found, 'search()')
 
 # %% ../nbs/21_artifacts.ipynb #6f876011
 @patch
@@ -395,28 +419,33 @@ def open_artifact_content(self:ArtifactStore, artifact_id:str, version:int|None=
     "The stored (serialised) bytes of `artifact_id`, uncompressed, as an iterator of chunks"
     it = self._resolve(artifact_id, version)
     self._touch(it['artifact_id'])
-    return _chunks_of(it, self.blob, chunk_size)
+    return verify_chunks(_chunks_of(it, self.blob, chunk_size), it.get('content_hash'), _what(it))
 
 def _chunks_of(it:dict, blob:BlobStore, chunk_size:int=CHUNK)->Iterator[bytes]:
     "The content of stored item `it` as chunks: from the item when inline, else streamed from the blob store"
     if 'inline' not in it: return read_chunks(blob, it['blob_key'], it.get('compression'), chunk_size)
-    data = base64.b64decode(it['inline'])
+    data = _inline(it, _what(it))
     return iter([data[i:i+chunk_size] for i in range(0, len(data), chunk_size)])
 
 @patch
 def save_artifact_content(self:ArtifactStore, artifact_id:str,
                           path:str|os.PathLike, # file to write (replaced atomically)
                           version:int|None=None)->Path:
-    "Stream the content of `artifact_id` into the file at `path`; the path"
-    it,p = self._resolve(artifact_id, version),Path(path)
-    part,h = p.with_name(f".{p.name}.{secrets.token_hex(4)}.part"),hashlib.sha256()
+    "Stream the content of `artifact_id` into the file at `path` (written only once the whole content checked out); the path"
+    if not isinstance(path, (str, os.PathLike)): raise InvalidInputError(f"path must be a str or a Path, got {type(path).__name__}: {path!r:.60}", "pass the file to write, e.g. 'out/report.csv'")
+    p = Path(path)
+    if p.is_dir(): raise InvalidInputError(f"path {str(p)!r} is a folder", f"name the file to write inside it, e.g. {str(p/'report.csv')!r}")
+    if not p.parent.is_dir(): raise NotFoundError(f"folder {str(p.parent)!r} (of path {str(p)!r}) does not exist", "create it first (Path(...).mkdir(parents=True)) or choose an existing folder")
+    it = self._resolve(artifact_id, version)
+    part = p.with_name(f".{p.name}.{secrets.token_hex(4)}.part")
     try:
         with open(part, 'wb') as f:
-            for ch in _chunks_of(it, self.blob): h.update(ch); f.write(ch)
-        if h.hexdigest() != it['content_hash']:
-            raise StorageError(f"the content of artifact {it['artifact_id']!r} does not match its sha256 (blob {it['blob_key']!r})", "the blob was changed outside dataops-lab; restore it or store the artifact again")
+            for ch in verify_chunks(_chunks_of(it, self.blob), it.get('content_hash'), _what(it)): f.write(ch)
         os.replace(part, p)
-    except BaseException: part.unlink(missing_ok=True); raise
+    except BaseException as e:
+        part.unlink(missing_ok=True)
+        if isinstance(e, OSError): raise StorageError(f"cannot write {str(p)!r}: {e.strerror or e}", "check that the folder is writable and the disk is not full") from None
+        raise
     self._touch(it['artifact_id'])
     return p
 
@@ -532,12 +561,39 @@ def cleanup_expired_artifacts(self:ArtifactStore)->int:
     return sum(self._drop(led, purge=False) for led in due)
 
 # %% ../nbs/21_artifacts.ipynb #1aaa4146
+def _touched(rec:dict)->float:
+    "When a content count item was last acquired (older items only know when they were created)"
+    t = rec.get('touched_at')
+    if isinstance(t, (int, float)) and not isinstance(t, bool): return t
+    try: return dt.datetime.fromisoformat(str(rec.get('created_at')).replace('Z', '+00:00')).timestamp()
+    except ValueError: return 0.0
+
 @patch
-def sweep_orphan_blobs(self:ArtifactStore, grace:float=3600 # only blobs older than this many seconds
+def _referenced_content(self:ArtifactStore)->set[str]:
+    "The content hashes that some live artifact (a versions entry not expired or being purged) stores in a blob"
+    out,cursor = set(),None
+    while True:
+        page = self.versions.scan(limit=1000, cursor=cursor)
+        out.update(led['content_hash'] for led in page.items if led.get('blob_key') and not led.get('state') and isinstance(led.get('content_hash'), str))
+        if not (cursor := page.cursor): return out
+
+@patch
+def sweep_orphan_blobs(self:ArtifactStore, grace:float=3600 # only what was last written or referenced more than this many seconds ago
                       )->int:
-    "Delete content blobs no artifact can reach (left by a crash mid-store or mid-purge); how many"
-    n,now = 0,now_ts()
-    for key in list(self.blob.iter_keys('artifacts/cas/')):
+    "Reclaim content no artifact can reach — count items no live artifact refers to (with their blobs), and blobs with no count item — left by a crash mid-store or mid-purge; how many"
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0: raise InvalidInputError(f"grace must be a number of seconds >= 0, got {grace!r}", "e.g. grace=3600")
+    now,n = now_ts(),0
+    live,cursor = self._referenced_content(),None
+    while True:  # count items: a crash between acquiring content and allocating its artifact leaves one that nothing refers to
+        page = self.blobs.scan(limit=1000, cursor=cursor)
+        for rec in page.items:
+            if rec['content_hash'] in live or now-_touched(rec) < grace: continue
+            try: self.blobs.delete(rec['content_hash'], if_version=rec['_version'])
+            except (ConflictError, NotFoundError): continue  # acquired (or released) meanwhile: a store is using it
+            if rec.get('blob_key'): self.blob.delete(rec['blob_key'])
+            n += 1
+        if not (cursor := page.cursor): break
+    for key in list(self.blob.iter_keys('artifacts/cas/')):  # blobs: a crash between writing content and creating its count item
         parts = key.split('/')
         rec = self.blobs.get(parts[2]+parts[3].split('.')[0]) if len(parts) == 4 else None
         if rec is not None and rec.get('blob_key') == key: continue

@@ -6,19 +6,19 @@ Docs: https://dataops-lab.github.io/dataops-lab/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #f8130605
 from __future__ import annotations
-import os, configparser
+import os, re, json, configparser, types, typing
 from pathlib import Path
 from typing import Any, Literal
 from importlib.metadata import entry_points
 from contextvars import ContextVar
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, PydanticBaseSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_serializer
+from pydantic_settings import BaseSettings, SettingsConfigDict, PydanticBaseSettingsSource, EnvSettingsSource, SettingsError
 from .core import ConfigError, mask_url
 
 # %% auto #0
-__all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'StorageSettings', 'LLMSettings', 'APISettings', 'BatchSettings',
-           'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'find_settings_file', 'read_ini',
-           'IniSettingsSource', 'Settings', 'display_value', 'load_settings']
+__all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
+           'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'find_settings_file', 'read_ini',
+           'IniSettingsSource', 'EnvSource', 'Settings', 'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -30,7 +30,40 @@ def known_schemes(kind:str # 'blob', 'table' or 'cache'
     return sorted({n.split('.',1)[1] for n in names if n.startswith(kind+'.')})
 
 # %% ../nbs/01_config.ipynb #86d94d92
-class _Section(BaseModel): model_config = ConfigDict(extra='forbid')
+def _masked(v:Any)->Any:
+    "`v` as it may be shown or dumped: URLs (which can carry passwords) through `mask_url`"
+    if isinstance(v, str) and '://' in v: return mask_url(v)
+    if isinstance(v, list): return [_masked(x) for x in v]
+    return v
+
+def _is_list(annotation)->bool:
+    "True if a field annotated `annotation` holds a list (possibly optional)"
+    o = typing.get_origin(annotation)
+    if o in (list, tuple, set, frozenset): return True
+    return o in (typing.Union, types.UnionType) and any(_is_list(a) for a in typing.get_args(annotation))
+
+def split_list(v:Any # a list setting as given: a list, a JSON list or comma-separated text
+              )->Any:
+    "A list setting from a file or an environment variable: `a, b` and `[\"a\", \"b\"]` both give `['a', 'b']`"
+    if not isinstance(v, str): return v
+    s = v.strip()
+    if s.startswith('['):
+        try: return json.loads(s)
+        except ValueError: raise ValueError("starts with '[' but is not a JSON list; write a JSON list such as [\"a\", \"b\"] or comma-separated values a, b") from None
+    return [x.strip() for x in s.split(',') if x.strip()]
+
+class _Section(BaseModel):
+    "A `settings.ini` section: unknown keys refused, list values given as JSON or comma-separated, URLs masked when shown or dumped"
+    model_config = ConfigDict(extra='forbid')
+
+    @field_validator('*', mode='before')
+    @classmethod
+    def _lists(cls, v, info):
+        return split_list(v) if _is_list(cls.model_fields[info.field_name].annotation) else v
+    def __repr_args__(self):
+        for k,v in super().__repr_args__(): yield k, _masked(v)
+    @model_serializer(mode='wrap')
+    def _dump(self, handler): return {k: _masked(v) for k,v in handler(self).items()}
 
 class StorageSettings(_Section):
     "`[storage]`: where hot sessions, metadata tables and blobs live"
@@ -81,7 +114,7 @@ class APISettings(_Section):
     login_rate_limit: str = Field('10/minute', description="sign-in attempts per client address and user name")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body in bytes (413 above it)")
     max_upload_bytes: int = Field(64*1024*1024, ge=1024, description="largest artifact upload in bytes (413 above it)")
-    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API, comma-separated")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API, e.g. https://app.example.com, comma-separated (* for any)")
     tls_cert: str|None = Field(None, description="PEM certificate (chain); with tls_key the server speaks TLS 1.3 only and sends HSTS")
     tls_key: str|None = Field(None, description="PEM private key of tls_cert")
     hsts_max_age: int = Field(31_536_000, ge=0, description="Strict-Transport-Security max-age in seconds when TLS is on")
@@ -91,9 +124,12 @@ class APISettings(_Section):
     ws_queue: int = Field(256, ge=8, description="events buffered per WebSocket client; one further behind is closed and resumes from its last event id")
     dashboard: bool = Field(True, description="serve the review dashboard under /dashboard, behind the same login (admins)")
 
-    @field_validator('endpoint_limits', 'cors_origins', mode='before')
+    @field_validator('cors_origins')
     @classmethod
-    def _split(cls, v): return [s.strip() for s in v.split(',') if s.strip()] if isinstance(v, str) else v
+    def _origins(cls, v):
+        for o in v:
+            if o != '*' and not re.fullmatch(r'https?://[A-Za-z0-9.\[\]:-]+', o): raise ValueError(f"{o!r} is not an origin: write scheme://host[:port] (no path), or *")
+        return v
 
     @field_validator('rate_limit', 'login_rate_limit')
     @classmethod
@@ -191,6 +227,13 @@ class IniSettingsSource(PydanticBaseSettingsSource):
     def get_field_value(self, field, field_name): return self.data.get(field_name), field_name, False
     def __call__(self)->dict[str, Any]: return dict(self.data)
 
+class EnvSource(EnvSettingsSource):
+    "pydantic-settings source for `DATAOPS_*` variables: list settings take JSON or comma-separated text, like the file"
+    def decode_complex_value(self, field_name, field, value):
+        if field is not None and _is_list(field.annotation): return value  # the section parses both forms (`split_list`)
+        try: return json.loads(value)
+        except ValueError: return value  # validation reports it, naming the variable
+
 # %% ../nbs/01_config.ipynb #bbb55aec
 class Settings(BaseSettings):
     "The workbench's validated runtime settings"
@@ -207,7 +250,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        return (init_settings, env_settings, IniSettingsSource(settings_cls, _ini_path.get()))
+        return (init_settings, EnvSource(settings_cls), IniSettingsSource(settings_cls, _ini_path.get()))
 
     def resolve(self, url:str # a storage URL, possibly with a relative local path
                )->str:
@@ -236,10 +279,10 @@ _SECRET_KEYS = ('api_key', 'tokens', 'password', 'secret')
 def _describe(err, ini:Path|None, data:dict)->str:
     loc = [str(l) for l in err['loc']]
     sec,key = (loc+[''])[:2]
-    env = f"DATAOPS_{sec.upper()}__{key.upper()}"
-    origin = f"environment variable {env}" if env in os.environ else (f"{ini} [{sec}] {key}" if ini else f"[{sec}] {key}")
+    env = f"DATAOPS_{sec.upper()}__{key.upper()}" if key else f"DATAOPS_{sec.upper()}"
+    origin = f"environment variable {env}" if env in os.environ else (f"{ini} [{sec}] {key}" if ini else f"[{sec}] {key}").rstrip()
     raw = err.get('input')
-    shown = '***' if any(s in key for s in _SECRET_KEYS) else (mask_url(raw) if isinstance(raw, str) else raw)
+    shown = '***' if any(s in key for s in _SECRET_KEYS) or not key else (mask_url(raw) if isinstance(raw, str) else raw)
     if err['type'] == 'extra_forbidden': return f"{origin}: unknown setting {'.'.join(loc)!r}; allowed keys are listed in settings.ini's comments"
     return f"{origin} = {shown!r} is not allowed: {err['msg'].removeprefix('Value error, ')}"
 
@@ -257,6 +300,8 @@ def load_settings(path:Settings|Path|str|None=None, # a settings.ini (default: f
     except ValidationError as e:
         msgs = [_describe(err, ini, overrides) for err in e.errors()]
         raise ConfigError("invalid settings:\n  " + "\n  ".join(msgs), "fix the values above; `dataops_lab.config.Settings` documents every key") from None
+    except SettingsError as e:  # a source could not read a value at all
+        raise ConfigError(f"invalid settings: {e}{': ' + str(e.__cause__) if e.__cause__ else ''}", "fix the DATAOPS_* environment variable or settings.ini key it names") from None
     finally: _ini_path.reset(tok)
     s.root = ini.resolve().parent if ini else Path.cwd()
     s.source = ini

@@ -14,9 +14,10 @@ from fastcore.basics import patch
 from .core import *
 from .models import *
 from .store.base import *
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, check_name
+from .artifact_content import corrupt_error
 from .recall import *
-from .sessions import SessionManager, SNAPSHOTS_TABLE, _check_id, _check_dict
+from .sessions import SessionManager, SNAPSHOTS_TABLE, _check_id, _check_dict, _records
 
 # %% auto #0
 __all__ = ['ContextManager', 'ContextDiff', 'Inherited', 'CompressedContext']
@@ -40,7 +41,7 @@ class ContextManager:
 @patch
 def set_workflow_state(self:ContextManager, session_id:str, workflow:str, state:dict)->None:
     "Save `workflow`'s state on the session (JSON-able dict)"
-    _check_id(session_id, 'session_id'); _check_id(workflow, 'workflow'); _check_dict(state, 'state')
+    _check_id(session_id, 'session_id'); check_name(workflow, 'workflow'); _check_dict(state, 'state')
     self.sessions._modify(session_id, lambda it: {**it, 'metadata': {**it.get('metadata', {}), 'workflow_states': {**it.get('metadata', {}).get('workflow_states', {}), workflow: state}}})
 
 @patch
@@ -51,7 +52,10 @@ def set_orchestrator_state(self:ContextManager, session_id:str, state:dict)->Non
 
 # %% ../nbs/24_context.ipynb #e9c7fde4
 def _pack(obj)->bytes: return zstandard.ZstdCompressor(level=3).compress(json.dumps(obj, separators=(',', ':'), default=str).encode())
-def _unpack(b:bytes): return json.loads(zstandard.ZstdDecompressor().decompress(b))
+def _unpack(b:bytes, what:str='a snapshot'):
+    "The JSON document in zstd frame `b`; `CorruptDataError` naming `what` if it is not one"
+    try: return json.loads(zstandard.ZstdDecompressor().decompress(b))
+    except (zstandard.ZstdError, ValueError) as e: raise corrupt_error(what, f"its payload is not zstd-compressed JSON ({type(e).__name__}: {str(e)[:100]})") from None
 
 @patch
 def _save(self:ContextManager, snap:ContextSnapshot, payload:dict)->ContextSnapshot:
@@ -94,7 +98,7 @@ def dump_context(self:ContextManager, session_id:str, include_artifacts:bool=Tru
 def _read(self:ContextManager, snap:str|ContextSnapshot)->dict:
     "The payload of a snapshot record, or of the snapshot with id `snap`"
     key = snap.blob_key if isinstance(snap, ContextSnapshot) else f"snapshots/{check_key(snap, 'snapshot_id')}.json.zst"
-    try: return _unpack(self.storage.blob.get(key))
+    try: return _unpack(self.storage.blob.get(key), f"{getattr(snap, 'kind', 'snapshot')} {getattr(snap, 'snapshot_id', snap)!r} ({key!r})")
     except NotFoundError: raise NotFoundError(f"no snapshot {getattr(snap, 'snapshot_id', snap)!r}", "use an id returned by dump_context or list_snapshots") from None
 
 @patch
@@ -106,6 +110,7 @@ def load_context(self:ContextManager, snapshot_id:str|ContextSnapshot, # a snaps
     "The snapshot's context; with `merge_strategy`, also applied to `target_session`'s state"
     ctx = self._read(snapshot_id)
     if merge_strategy is None: return ctx
+    if target_session is not None: _check_id(target_session, 'target_session')
     if merge_strategy not in ('replace', 'merge', 'selective'): raise InvalidInputError(f"merge_strategy {merge_strategy!r} is not known", "use 'replace', 'merge' or 'selective'")
     if merge_strategy == 'selective' and not keys: raise InvalidInputError("merge_strategy='selective' needs keys=[...]", "name the global_context keys to take from the snapshot")
     if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
@@ -125,7 +130,8 @@ def load_context(self:ContextManager, snapshot_id:str|ContextSnapshot, # a snaps
 @patch
 def list_snapshots(self:ContextManager, session_id:str, kind:str|None=None)->list[ContextSnapshot]:
     "The session's snapshots and checkpoints, oldest first"
-    out = [(Checkpoint if i.get('kind') == 'checkpoint' else ContextSnapshot).from_item(i) for i in self.table.query_all(_check_id(session_id, 'session_id'), limit=500)]
+    out,_ = _records(lambda i: (Checkpoint if i.get('kind') == 'checkpoint' else ContextSnapshot).from_item(i),
+                     self.table.query_all(_check_id(session_id, 'session_id'), limit=500), 'snapshot', 'snapshot_id')
     return sorted((s for s in out if kind is None or s.kind == kind), key=lambda s: (s.created_at, s.snapshot_id))
 
 # %% ../nbs/24_context.ipynb #5c0cd650

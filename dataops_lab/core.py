@@ -6,14 +6,16 @@ Docs: https://dataops-lab.github.io/dataops-lab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #fe1a084f
 from __future__ import annotations
-import os, re, json, time, secrets, datetime as dt
+import os, re, json, math, time, secrets, datetime as dt
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, parse_qsl, urlencode
 
 # %% auto #0
-__all__ = ['DataOpsError', 'ConfigError', 'InvalidKeyError', 'InvalidInputError', 'StorageError', 'NotFoundError',
-           'ConflictError', 'ExpiredError', 'BackendUnavailableError', 'mask_url', 'new_id', 'utcnow', 'now_ts',
-           'jsonable', 'check_key', 'check_prefix']
+__all__ = ['ID_PATTERN', 'ID_RULE', 'MAX_DEPTH', 'DataOpsError', 'ConfigError', 'InvalidKeyError', 'InvalidInputError',
+           'StorageError', 'NotFoundError', 'ConflictError', 'ExpiredError', 'BackendUnavailableError',
+           'InvalidIdError', 'CorruptDataError', 'mask_url', 'private_dir', 'write_private', 'new_id', 'utcnow',
+           'now_ts', 'check_id', 'is_id', 'jsonable', 'check_text', 'check_json', 'check_key', 'check_prefix']
 
 # %% ../nbs/00_core.ipynb #9786b522
 class DataOpsError(Exception):
@@ -34,6 +36,8 @@ class NotFoundError(StorageError, KeyError): "A key, item, bucket or table does 
 class ConflictError(StorageError): "A conditional write lost: the item exists already or changed since it was read"
 class ExpiredError(NotFoundError): "The item existed but its TTL ran out (it may be archived or cleaned up)"
 class BackendUnavailableError(StorageError, ConnectionError): "A storage server cannot be reached or refused the credentials"
+class InvalidIdError(InvalidKeyError, InvalidInputError): "An id (session, user, artifact, ...) breaks the one id rule of `check_id`"
+class CorruptDataError(StorageError): "Stored data failed its integrity check: a checksum mismatch, or bytes that do not decode (zstd, JSON)"
 
 # %% ../nbs/00_core.ipynb #1bcfd9ea
 _SECRET_PARAMS = re.compile(r'pass|secret|token|key|credential|auth|signature', re.I)
@@ -49,10 +53,40 @@ def mask_url(url:str # a storage URL that may carry credentials
         cred,host = netloc.rsplit('@', 1)
         user = cred.split(':', 1)[0]
         netloc = f"{user}:***@{host}" if ':' in cred or not user else f"***@{host}"
-    q = [(k, '***' if _SECRET_PARAMS.search(k) and k not in _KEEP_PARAMS else v) for k,v in parse_qsl(p.query, keep_blank_values=True)]
+    q = [(k, '***' if _SECRET_PARAMS.search(k) and k not in _KEEP_PARAMS else mask_url(v) if '://' in v else v) for k,v in parse_qsl(p.query, keep_blank_values=True)]  # a URL in a parameter (endpoint_url=...) is masked too
     out = f"{p.scheme}://{netloc}{p.path}" if p.scheme else f"{netloc}{p.path}"
-    if q: out += '?' + urlencode(q, safe='/:*')
+    if q: out += '?' + urlencode(q, safe='/:*@')
     return out + (f"#{p.fragment}" if p.fragment else '')
+
+# %% ../nbs/00_core.ipynb #07cc9a32
+def private_dir(path:str|os.PathLike # a folder to create if missing
+               )->Path:
+    "`path`, with each missing folder on the way created readable by its owner only (0700)"
+    p = Path(path)
+    missing = [d for d in [p, *p.parents] if not d.exists()][::-1]
+    for d in missing:
+        try: os.mkdir(d, 0o700)
+        except FileExistsError: pass
+    if not p.is_dir(): raise FileExistsError(17, 'a file is in the way of the folder', str(p))
+    return p
+
+def write_private(path:str|os.PathLike, # the file to write (replaced atomically if it exists)
+                  data:str|bytes # its content
+                 )->Path:
+    "Write `data` to `path` atomically, readable and writable by its owner only (0600) from the first byte"
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY|os.O_CREAT|os.O_EXCL|getattr(os, 'O_CLOEXEC', 0), 0o600)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try: os.unlink(tmp)
+        except FileNotFoundError: pass
+        raise
+    return p
 
 # %% ../nbs/00_core.ipynb #a209a767
 _B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
@@ -72,12 +106,84 @@ def now_ts()->float:
     "Seconds since the epoch (the unit of every TTL and `expires_at` in the storage layer)"
     return time.time()
 
+# %% ../nbs/00_core.ipynb #bca2eb06
+ID_PATTERN = r'[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}'
+_ID = re.compile(ID_PATTERN)
+ID_RULE = "1-128 ASCII letters, digits and '_', '.', ':', '@', '-', starting with a letter, digit or '_' (no '/', '#' or spaces)"
+
+def check_id(v:Any, # the id to check
+             what:str='id' # what it names, for the message: 'session_id', 'user_id', ...
+            )->str:
+    "`v` unchanged if it follows the one id rule (`ID_PATTERN`), else `InvalidIdError` naming it"
+    if not isinstance(v, str): raise InvalidIdError(f"{what} must be a str, got {type(v).__name__}: {v!r:.60}", f"pass {what} as a str of {ID_RULE}")
+    if _ID.fullmatch(v): return v
+    if not v.strip(): raise InvalidIdError(f"{what} is empty" if not v else f"{what} {v!r} is blank", f"use {ID_RULE}")
+    shown = f"{v[:40]!r}... ({len(v)} characters)" if len(v) > 60 else repr(v)
+    raise InvalidIdError(f"{what} {shown} is not allowed", f"use {ID_RULE}")
+
+def is_id(v:Any)->bool:
+    "True if `v` follows the id rule of `check_id`"
+    return isinstance(v, str) and _ID.fullmatch(v) is not None
+
 # %% ../nbs/00_core.ipynb #a4e97a29
 def jsonable(v:Any # any value, typically a workflow's output or state
             )->Any:
     "`v` as plain JSON data (unknown objects as `str`; unencodable ones as `{'repr': ...}`)"
     try: return json.loads(json.dumps(v, default=str))
     except (TypeError, ValueError): return {'repr': repr(v)}
+
+# %% ../nbs/00_core.ipynb #8b8f0204
+MAX_DEPTH = 64
+
+def _text_error(s:str, where:str, error:type)->DataOpsError:
+    i = next(i for i,ch in enumerate(s) if 0xD800 <= ord(ch) <= 0xDFFF)
+    return error(f"{where} contains a lone surrogate {s[i]!r} at position {i}, which is not valid Unicode text",
+                 "decode the bytes it came from with errors='replace' (or 'surrogateescape' and re-encode), or drop the character")
+
+def check_text(s:str, # a string that will be encoded as UTF-8
+               what:str='text', # where it sits, for the message
+               error:type=InvalidInputError # the error to raise
+              )->str:
+    "`s` unchanged if it encodes as UTF-8 (no lone surrogates), else `error` naming the position"
+    if s.isascii(): return s
+    try: s.encode()
+    except UnicodeEncodeError: raise _text_error(s, what, error) from None
+    return s
+
+def check_json(v:Any, # the value to check
+               what:str='value', # where it sits, for the message: 'metadata', 'content', ...
+               error:type=InvalidInputError, # the error to raise
+               arrays:tuple=(list, tuple), # the types accepted as JSON arrays
+               max_depth:int=MAX_DEPTH # most levels of nesting
+              )->Any:
+    "`v` unchanged if it is JSON data that round-trips exactly, else `error` naming the first bad part"
+    hint = "store dicts with str keys, lists, str, int, finite float, bool and None; convert other values (e.g. str(), .isoformat(), None for NaN)"
+    def walk(x, path, depth, seen):
+        t = type(x)
+        if x is None or t is bool or t is int: return
+        if isinstance(x, str):
+            if not x.isascii(): check_text(x, path, error)
+            return
+        if isinstance(x, float):
+            if not math.isfinite(x): raise error(f"{path} is {x}, which JSON cannot hold", "store None or a string instead")
+            return
+        if isinstance(x, int): return
+        if isinstance(x, (dict, *arrays)):
+            if id(x) in seen: raise error(f"{path} contains itself (a circular reference)", "store a copy without the cycle, e.g. ids instead of the objects")
+            if depth >= max_depth: raise error(f"{path} is nested more than {max_depth} levels deep", "flatten it, or store it as an artifact (bytes or a DataFrame)")
+            seen.add(id(x))
+            if isinstance(x, dict):
+                for k,y in x.items():
+                    if not isinstance(k, str): raise error(f"{path} has the key {k!r} ({type(k).__name__}); JSON keys are str", hint)
+                    if not k.isascii(): check_text(k, f"the key {k!r:.40} of {path}", error)
+                    walk(y, f"{path}[{k!r}]", depth+1, seen)
+            else:
+                for i,y in enumerate(x): walk(y, f"{path}[{i}]", depth+1, seen)
+            seen.discard(id(x))
+            return
+        raise error(f"{path} is a {t.__module__}.{t.__qualname__}, which does not round-trip through JSON", hint)
+    walk(v, what, 0, set())
+    return v
 
 # %% ../nbs/00_core.ipynb #c2d60478
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f\\]')

@@ -148,7 +148,7 @@ def settings_file(settings:Settings, folder:Path)->Path:
     if settings.source is not None: return Path(settings.source).resolve()
     st = settings.storage
     p = folder/'settings.ini'
-    p.write_text(f"[storage]\nhot = {settings.resolve(st.hot)}\ncold = {settings.resolve(st.cold)}\nblob = {settings.resolve(st.blob)}\ntable_prefix = {st.table_prefix}\n")
+    write_private(p, f"[storage]\nhot = {settings.resolve(st.hot)}\ncold = {settings.resolve(st.cold)}\nblob = {settings.resolve(st.blob)}\ntable_prefix = {st.table_prefix}\n")
     return p
 
 def check_kernel(name:str # a Jupyter kernel name

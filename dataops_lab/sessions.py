@@ -16,11 +16,12 @@ from .config import Settings
 from .models import *
 from .store.base import *
 from .artifacts import ArtifactStore
+from .artifact_content import corrupt_error, decompress_chunks
 from .recall import *
 
 # %% auto #0
-__all__ = ['MESSAGES_TABLE', 'PREFERENCES_TABLE', 'SNAPSHOTS_TABLE', 'SESSION_TABLES', 'PURGE_HOOKS', 'SessionPolicy', 'HotTier',
-           'SessionManager', 'register_purge_hook', 'CleanupReport']
+__all__ = ['MESSAGES_TABLE', 'PREFERENCES_TABLE', 'SNAPSHOTS_TABLE', 'HOT_STATE_TABLE', 'SESSION_TABLES', 'PURGE_HOOKS',
+           'SessionPolicy', 'HotTier', 'SessionManager', 'register_purge_hook', 'CleanupReport']
 
 # %% ../nbs/23_sessions.ipynb #074b9494
 _log = logging.getLogger('dataops_lab.sessions')
@@ -28,13 +29,15 @@ _log = logging.getLogger('dataops_lab.sessions')
 MESSAGES_TABLE = TableSpec('dataops_messages', 'session_id', 'seq', numeric=('seq',), ttl_attribute=None)
 PREFERENCES_TABLE = TableSpec('dataops_user_prefs', 'user_id', ttl_attribute=None)
 SNAPSHOTS_TABLE = TableSpec('dataops_snapshots', 'session_id', 'snapshot_id', ttl_attribute=None)
-SESSION_TABLES = register_tables(SESSIONS_TABLE, MESSAGES_TABLE, PREFERENCES_TABLE, SNAPSHOTS_TABLE)
+HOT_STATE_TABLE = TableSpec('dataops_hot_state', 'name', ttl_attribute=None)  # the hot tier's invalidation epoch, in the cold tier
+SESSION_TABLES = register_tables(SESSIONS_TABLE, MESSAGES_TABLE, PREFERENCES_TABLE, SNAPSHOTS_TABLE, HOT_STATE_TABLE)
 
 class SessionPolicy(BaseModel):
     "Timings and limits of the session life-cycle (seconds, characters, tokens)"
     idle_after: float = Field(30*60, gt=0, description="no activity for this long: active → idle")
     expire_after: float = Field(7*24*3600, gt=0, description="no activity for this long: archived (history moved to the blob store)")
-    hot_ttl: float = Field(3600, gt=0, description="how long an unused session stays in the hot cache (slides on access, reset at most every tenth of it)")
+    hot_ttl: float = Field(3600, gt=0, description="how long a cached session is served after it was read from or written to the cold tier (reads never extend it)")
+    hot_max_stale: float = Field(2, gt=0, description="longest a process serves a cached session after another process changed it without reaching the cache (how often the invalidation epoch is re-read)")
     max_message_chars: int = Field(200_000, gt=0, description="longest message accepted")
     summarise_over_tokens: int = Field(6000, gt=0, description="summarise when un-summarised history passes this many tokens")
     keep_recent: int = Field(10, ge=0, description="newest turns never folded into a summary")
@@ -42,11 +45,20 @@ class SessionPolicy(BaseModel):
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
 class HotTier:
-    "The hot cache used as a best-effort accelerator: errors are logged, never raised"
-    def __init__(self, cache:HotCache, policy:SessionPolicy):
-        self.cache,self.policy = cache,policy
+    "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
+    def __init__(self, cache:HotCache, policy:SessionPolicy,
+                 state:MetadataTable): # the cold-tier table holding the invalidation epoch (`HOT_STATE_TABLE`)
+        self.cache,self.policy,self.state = cache,policy,state
         self.down_until,self.failures,self._was_down,self._lock = 0.0,0,False,threading.RLock()
-        self._slid = {}  # session id -> time.monotonic() this process last reset its cache TTL
+        self._epoch,self._epoch_read = None,-math.inf  # the invalidation epoch as last read, and when (time.monotonic())
+
+    # One namespace (first key segment) per kind of entry, the id the whole rest: two different
+    # (kind, id) pairs can never make the same key, whatever characters an id holds.
+    NAMESPACES = ('sessions/', 'session-seq/')
+    @staticmethod
+    def session_key(sid:str)->str: return f"sessions/{sid}"
+    @staticmethod
+    def seq_key(sid:str)->str: return f"session-seq/{sid}"
 
     @property
     def up(self)->bool: return time.monotonic() >= self.down_until
@@ -72,45 +84,62 @@ class HotTier:
         with self._lock:
             if not self._was_down: return
             try:
-                stale = self.cache.keys('sessions/')
+                stale = [k for ns in self.NAMESPACES for k in self.cache.keys(ns)]
                 if stale: self.cache.delete(*stale)
             except (StorageError, OSError) as e: return self._failed(e)
             self._was_down = False
             _log.warning("hot tier %s is back; dropped %d entries cached before the outage", self.cache.describe(), len(stale))
 
-    def token(self)->int|None:
+    def epoch(self)->str|None:
+        "The invalidation epoch, re-read from the cold tier once the last read is `hot_max_stale` seconds old"
+        now = time.monotonic()
+        if now - self._epoch_read >= self.policy.hot_max_stale:
+            it = self.state.get('epoch')
+            self._epoch,self._epoch_read = (it or {}).get('token'),now
+        return self._epoch
+
+    def invalidate_all(self, why:str)->None:
+        "A cold write could not be mirrored in the cache: start a new epoch, so that every process stops serving the copies cached before it"
+        token = new_id()
+        try: self.state.put({'name': 'epoch', 'token': token, 'changed_at': iso(utcnow()), 'why': why[:200]})
+        except DataOpsError as e:
+            _log.error("could not invalidate the hot tier after %s; cached copies may be served for up to hot_ttl=%ss: %s", why, self.policy.hot_ttl, e.message)
+            return
+        self._epoch,self._epoch_read = token,time.monotonic()
+
+    def token(self)->tuple|None:
         "Take before reading or writing a session in the cold tier; pass to `put_session`"
-        return None if self._was_down or not self.up else self.failures
+        return None if self._was_down or not self.up else (self.failures, self.epoch())
 
     def get_session(self, sid:str)->dict|None:
-        raw = self.call(self.cache.get, f"sessions/{sid}")
+        "The cached item of `sid`, if the cache holds one of the current epoch"
+        raw = self.call(self.cache.get, self.session_key(sid))
         if raw is None: return None
-        self._slide(sid)
-        return json.loads(raw)
+        try: it = json.loads(raw)
+        except ValueError: return None
+        if not isinstance(it, dict) or it.pop('_hot_epoch', None) != self.epoch() or it.get('session_id') != sid: return None
+        return it
 
-    def _slide(self, sid:str)->None:
-        "Reset the cached session's TTL, unless this process did within the last tenth of it (a write per read would double a chat turn's writes)"
-        now = time.monotonic()
-        if now - self._slid.get(sid, -math.inf) < self.policy.hot_ttl/10: return
-        if self.call(self.cache.expire, f"sessions/{sid}", self.policy.hot_ttl): self._slid_now(sid, now)
-
-    def _slid_now(self, sid:str, now:float)->None:
-        "Record that the cached session's TTL was just reset (the record is bounded: dropping it only costs one more reset)"
-        if len(self._slid) >= 10_000: self._slid.clear()
-        self._slid[sid] = now
-
-    def put_session(self, item:dict, token:int|None)->None:
-        "Cache `item` (read or written after `token()` returned `token`) unless the cache holds the same or a newer version"
-        key,new = f"sessions/{item['session_id']}",json.dumps(item, separators=(',', ':'))
+    def put_session(self, item:dict, token:tuple|None)->bool:
+        "Cache `item` (read or written after `token()` returned `token`) unless the cache holds the same or a newer version; False if an older copy may be left"
+        if token is None: return False
+        key,new = self.session_key(item['session_id']),json.dumps({**item, '_hot_epoch': token[1]}, separators=(',', ':'))
         for _ in range(5):
-            if token is None or token != self.failures: return  # the tier failed since: a newer version may have bypassed it
-            cur = self.call(self.cache.get, key)
-            if cur is not None and json.loads(cur).get('_version', 0) >= item.get('_version', 0): return
-            if self.call(self.cache.compare_and_set, key, cur, new, ttl=self.policy.hot_ttl, default=True):
-                self._slid_now(item['session_id'], time.monotonic()); return
+            if token[0] != self.failures: return False  # the tier failed since: a newer version may have bypassed it
+            cur = self.call(self.cache.get, key, default=False)
+            if cur is False: return False
+            try: old = json.loads(cur) if cur is not None else None
+            except ValueError: old = None
+            if isinstance(old, dict) and old.get('_hot_epoch') == token[1] and old.get('_version', 0) >= item.get('_version', 0): return True
+            if self.call(self.cache.compare_and_set, key, cur, new, ttl=self.policy.hot_ttl): return True
+        return False
 
-    def drop(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}")
-    def forget(self, sid:str)->None: self._slid.pop(sid, None); self.call(self.cache.delete, f"sessions/{sid}", f"sessions/{sid}/seq")
+    def drop(self, sid:str)->bool:
+        "Remove the cached copy of `sid`; False if the cache could not be reached"
+        return self.call(self.cache.delete, self.session_key(sid)) is not None
+    def forget(self, sid:str)->bool:
+        "Remove everything cached for `sid`; False if the cache could not be reached"
+        return self.call(self.cache.delete, self.session_key(sid), self.seq_key(sid)) is not None
 
 # %% ../nbs/23_sessions.ipynb #fc010970
 _UPDATABLE = {'status', 'metadata', 'global_context', 'active_workflows', 'summary_artifact_id', 'hidden_ranges'}
@@ -127,7 +156,7 @@ class SessionManager:
         self.policy,self.llm = policy or SessionPolicy(),llm
         self.sessions,self.messages = self.storage.table(SESSIONS_TABLE),self.storage.table(MESSAGES_TABLE)
         self.prefs,self.snapshots = self.storage.table(PREFERENCES_TABLE),self.storage.table(SNAPSHOTS_TABLE)
-        self.hot = HotTier(self.storage.cache, self.policy)
+        self.hot = HotTier(self.storage.cache, self.policy, self.storage.table(HOT_STATE_TABLE))
 
     def close(self): self.storage.close()
     def __enter__(self): return self
@@ -135,13 +164,22 @@ class SessionManager:
     def _repr_markdown_(self): return f"**SessionManager** on\n\n{self.storage._repr_markdown_()}"
 
 # %% ../nbs/23_sessions.ipynb #bc375f97
-def _check_id(v, what):
-    if not isinstance(v, str) or not v.strip(): raise InvalidInputError(f"{what} must be a non-empty string, got {v!r}", f"pass the {what} returned when it was created")
-    return check_key(v, what)
+_check_id = check_id  # the one id rule, for every id this layer is given
 
 def _check_dict(v, what):
+    "`v` if it is a dict of JSON data that round-trips exactly (`check_json`), else `InvalidInputError` naming the bad part"
     if not isinstance(v, dict): raise InvalidInputError(f"{what} must be a dict, got {type(v).__name__} {v!r:.60}", f"pass {what} as a dict of JSON-able values, e.g. {{'database': 'sales.db'}}")
-    return v
+    return check_json(v, what)
+
+def _records(model, items:Iterable[dict], what:str, key:str)->tuple[list, list[str]]:
+    "The `model` of each stored item, and the keys of those that do not validate (skipped with a warning: one bad record never fails a listing)"
+    out,bad = [],[]
+    for it in items:
+        try: out.append(model(it))
+        except ValueError as e:
+            bad.append(str(it.get(key)) if isinstance(it, dict) else repr(it))
+            _log.warning("skipped unreadable %s record %r: %s", what, bad[-1], str(e).splitlines()[:3])
+    return out,bad
 
 def _check_limit(v, what='limit'):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise InvalidInputError(f"{what} must be a positive int, got {v!r}", f"pass e.g. {what}=20, or None for no limit")
@@ -202,9 +240,9 @@ def list_sessions(self:SessionManager, user_id:str, limit:int=20, cursor:str|Non
         try: status = SessionStatus(status)
         except ValueError: raise InvalidInputError(f"status {status!r} is not a session status", f"use one of {[x.value for x in SessionStatus]}") from None
     page = self.sessions.query(user_id, index='user_id-created_at', descending=True, limit=limit, cursor=cursor)
-    items = [_session(i) for i in page.items]
+    items,bad = _records(_session, page.items, 'session', 'session_id')
     if status is not None: items = [s for s in items if s.status == status]
-    return Page(items, page.cursor)
+    return Page(items, page.cursor, skipped=bad)
 
 # %% ../nbs/23_sessions.ipynb #97445bed
 @patch
@@ -220,9 +258,14 @@ def _modify(self:SessionManager, session_id:str, change)->dict:
         except ConflictError:
             time.sleep(random.random() * min(0.05, 0.001 * 2**i))  # back off a little: many writers on one session
             continue
-        self.hot.put_session(item, tok)
+        self._mirror(item, tok)
         return item
     raise ConflictError(f"session {session_id!r} kept changing under 50 update attempts", "retry later")
+
+@patch
+def _mirror(self:SessionManager, item:dict, tok)->None:
+    "After a cold write of session `item`: cache it; if the cache could not be updated, start a new invalidation epoch"
+    if not self.hot.put_session(item, tok): self.hot.invalidate_all(f"a write to session {item['session_id']!r} the hot tier missed")
 
 def _merge(old:dict, new:dict)->dict:
     out = dict(old)
@@ -253,18 +296,83 @@ def update_session(self:SessionManager, session_id:str, updates:dict)->Session:
         check_item(self.sessions.spec, {k: (v.value if isinstance(v, SessionStatus) else v) for k,v in it.items()})  # JSON-able, named if not
         try: return Session.from_item(it).to_item() | {'_version': it['_version']}
         except ValueError as e: raise InvalidInputError(_bad_field(e, f"update for session {session_id!r}"), "check the field types") from None
-    return _session(self._modify(session_id, change))
+    item = self._modify(session_id, change)
+    if 'status' in updates:  # the message log follows the status: sealed while closed
+        if item['status'] == 'closed': self._seal(session_id, 'closed')
+        else: self._unseal(session_id, 'closed')
+    return _session(item)
 
 @patch
 def close_session(self:SessionManager, session_id:str)->Session:
-    "Mark the session closed (kept, readable, no new messages)"
+    "Mark the session closed (kept, readable; no message is accepted once this returns)"
     return self.update_session(session_id, {'status': SessionStatus.CLOSED})
 
 # %% ../nbs/23_sessions.ipynb #3889a5ca
+def _is_seal(it:dict)->bool: return 'sealed' in it
+
 @patch
-def _last_seq(self:SessionManager, session_id:str)->int:
+def _top(self:SessionManager, session_id:str)->tuple[int, dict|None]:
+    "`(seq of the last message, the seal after it or None)`"
     page = self.messages.query(session_id, descending=True, limit=1)
-    return page.items[0]['seq'] if page.items else 0
+    if not page.items: return 0, None
+    it = page.items[0]
+    return (it['seq']-1, it) if _is_seal(it) else (it['seq'], None)
+
+@patch
+def _last_seq(self:SessionManager, session_id:str)->int: return self._top(session_id)[0]
+
+@patch
+def _seal(self:SessionManager, session_id:str, reason:str)->int:
+    "Write a seal right after the last message, so that no message can be added after it; the seal's seq"
+    for _ in range(1000):
+        last,seal = self._top(session_id)
+        if seal is not None:
+            if seal['sealed'] != reason: self.messages.put({k: v for k,v in seal.items() if k != '_version'} | {'sealed': reason})
+            return seal['seq']
+        try: self.messages.put({'session_id': session_id, 'seq': last+1, 'sealed': reason, 'timestamp': iso(utcnow())}, if_absent=True)
+        except ConflictError: continue  # a message took that seq first: it is in, seal after it
+        return last+1
+    raise ConflictError(f"session {session_id!r} kept receiving messages under 1000 attempts to seal it", "retry later")
+
+@patch
+def _unseal(self:SessionManager, session_id:str, reason:str)->None:
+    "Remove a seal of `reason` (a closed session opened again)"
+    _,seal = self._top(session_id)
+    if seal is not None and seal['sealed'] == reason:
+        try: self.messages.delete((session_id, seal['seq']), if_version=seal['_version'])
+        except (ConflictError, NotFoundError): pass
+
+@patch
+def _refuse(self:SessionManager, session_id:str, seal:dict)->bool:
+    "Raise the error for a message sent to a sealed session; False if the seal was stale (a reopened session) and is gone now"
+    if seal['sealed'] == 'closed':
+        it = self.sessions.get(session_id)
+        if it is not None and it['status'] in ('active', 'idle'):  # reopened, but the reopening stopped before removing the seal
+            self._unseal(session_id, 'closed'); return False
+    status = 'being archived' if seal['sealed'] == 'archived' else seal['sealed']
+    raise InvalidInputError(f"session {session_id!r} is {status}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
+
+@patch
+def _count(self:SessionManager, session_id:str, seq:int, cur:dict|None=None, msg:Message|None=None)->dict:
+    "Count every message up to `seq` in the session item (`message_count`, `unsummarised_tokens`, `last_active`) — including those whose writer died before counting them; the stored item"
+    for i in range(50):
+        if cur is None and (cur := self.sessions.get(session_id)) is None:
+            raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
+        c = cur.get('message_count', 0)
+        if c >= seq: return cur  # counted already (by a later writer, or by the archive)
+        if msg is not None and c == seq-1: rows = [msg.to_item()]  # the usual case: just this one
+        else: rows = [r for r in self.messages.query_all(session_id, start=c+1, end=seq, limit=1000) if not _is_seal(r)]
+        if not rows: return cur  # its row is gone (purged)
+        until = cur.get('summarised_until', 0)
+        new = {**cur, 'message_count': max(c, max(r['seq'] for r in rows)),
+               'unsummarised_tokens': cur.get('unsummarised_tokens', 0) + sum(estimate_tokens(r['content']) for r in rows if r['seq'] > until),
+               'last_active': max(cur['last_active'], max(r['timestamp'] for r in rows))}
+        if msg is not None and new['status'] == 'idle': new['status'] = 'active'  # activity wakes an idle session
+        try: return self.sessions.put(new, if_version=cur['_version'])
+        except ConflictError:
+            cur = None
+            time.sleep(random.random() * min(0.05, 0.001 * 2**i))
+    raise ConflictError(f"session {session_id!r} kept changing under 50 attempts to count its messages", "retry later")
 
 @patch
 def add_message(self:SessionManager, session_id:str, role:Role|str|Message, content:str|None=None, *,
@@ -276,25 +384,35 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
         if not isinstance(content, str): raise InvalidInputError(f"message content must be a str, got {type(content).__name__}", "serialise structured content (json.dumps) or store it as an artifact")
         if isinstance(artifact_ids, (str, bytes)) or not isinstance(artifact_ids, Iterable):
             raise InvalidInputError(f"artifact_ids must be a list of str, got {type(artifact_ids).__name__} {artifact_ids!r:.60}", "pass e.g. artifact_ids=[artifact_id]")
+        if isinstance(metadata, dict): _check_dict(metadata, 'metadata')
         try: msg = Message(session_id=session_id, role=role, content=content, workflow=workflow, artifact_ids=list(artifact_ids), metadata={} if metadata is None else metadata)
         except ValueError as e: raise InvalidInputError(_bad_field(e, 'message'), f"role is one of {[r.value for r in Role]}; artifact_ids a list of str; metadata a dict") from None
     if len(msg.content) > self.policy.max_message_chars:
         raise InvalidInputError(f"message of {len(msg.content):,} characters is over the limit of {self.policy.max_message_chars:,}", "store large content as an artifact and reference it in artifact_ids")
+    check_text(msg.content, 'message content')
+    for i,a in enumerate(msg.artifact_ids): _check_id(a, f"artifact_ids[{i}]")
+    _check_dict(msg.metadata, 'metadata')
     s = self._item(session_id)
-    if s['status'] in ('archived', 'closed'): raise InvalidInputError(f"session {session_id!r} is {s['status']}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
-    hint = self.hot.call(self.storage.cache.get, f"sessions/{session_id}/seq")
-    seq = int(hint)+1 if hint else self._last_seq(session_id)+1
-    while True:
+    if s['status'] in ('archived', 'closed'):  # a cached status is confirmed in the cold tier, the source of truth
+        if (s := self.sessions.get(session_id)) is None: raise NotFoundError(f"no session {session_id!r}", "a purged session is gone")
+        if s['status'] in ('archived', 'closed'):
+            raise InvalidInputError(f"session {session_id!r} is {s['status']}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
+    hint = self.hot.call(self.storage.cache.get, self.hot.seq_key(session_id))
+    seq = int(hint)+1 if hint is not None and hint.isdigit() else None
+    while True:  # the conditional write of the message itself decides: a seal (closed, archived) after the last message refuses it
+        if seq is None:
+            last,seal = self._top(session_id)
+            if seal is not None and self._refuse(session_id, seal): continue
+            seq = last+1
         msg.seq = seq
         try: self.messages.put(msg.to_item(), if_absent=True); break
-        except ConflictError: seq = self._last_seq(session_id)+1
-    self.hot.call(self.storage.cache.set, f"sessions/{session_id}/seq", str(seq), ttl=self.policy.hot_ttl)
+        except ConflictError: seq = None
+    self.hot.call(self.storage.cache.set, self.hot.seq_key(session_id), str(seq), ttl=self.policy.hot_ttl)
     tok = self.hot.token()
-    item = self.sessions.update(session_id, set={'last_active': iso(msg.timestamp)},
-                                add={'message_count': 1, 'unsummarised_tokens': estimate_tokens(msg.content)}, must_exist=True)
-    self.hot.put_session(item, tok)
-    if item['status'] == 'idle':  # activity wakes an idle session; a session closed meanwhile stays closed
-        item = self._modify(session_id, lambda it: {**it, 'status': 'active'} if it['status'] == 'idle' else it)
+    try: item = self._count(session_id, seq, s, msg)
+    except NotFoundError:  # purged meanwhile: take the message back out
+        self.messages.delete((session_id, seq)); raise
+    self._mirror(item, tok)
     self.hot.call(self.storage.cache.publish, f"sessions/{session_id}", json.dumps({'event': 'message', 'seq': seq}))
     if item.get('unsummarised_tokens', 0) > self.policy.summarise_over_tokens:
         try: self.summarise(session_id)
@@ -303,6 +421,21 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
 
 # %% ../nbs/23_sessions.ipynb #b06728f1
 def _hidden(item:dict, seq:int)->bool: return any(a <= seq <= b for a,b in item.get('hidden_ranges') or [])
+
+def _message(it:dict)->Message|None:
+    "The `Message` of a stored row; None for a seal, or (with a warning) for a row that does not validate"
+    if _is_seal(it): return None
+    try: return Message.from_item(it)
+    except ValueError as e:
+        _log.warning("skipped unreadable message %r #%r: %s", it.get('session_id'), it.get('seq'), str(e).splitlines()[:3])
+        return None
+
+@patch
+def _heal(self:SessionManager, item:dict, newest:int|None)->None:
+    "A history read saw message `newest`: count it (and any before it) if the session item has not yet — its writer may have died"
+    if newest is not None and newest > item.get('message_count', 0):
+        try: self._mirror(self._count(item['session_id'], newest), self.hot.token())
+        except (ConflictError, NotFoundError) as e: _log.warning("could not count the messages of %s: %s", item['session_id'], e)
 
 @patch
 def get_history(self:SessionManager, session_id:str, limit:int|None=None, before:int|dt.datetime|None=None,
@@ -315,18 +448,22 @@ def get_history(self:SessionManager, session_id:str, limit:int|None=None, before
     s = self._item(session_id)
     if limit and not isinstance(after, dt.datetime) and not isinstance(before, dt.datetime) and s['status'] != 'archived':
         # newest first, stopping once `limit` visible turns are in: cost follows `limit`, not the history's length
-        out = []
+        out,newest = [],None
         end = before-1 if isinstance(before, int) else None
         for it in self.messages.query_all(session_id, end=end, descending=True, limit=min(1000, limit+16)):
             if isinstance(after, int) and it['seq'] <= after: break
-            if not _hidden(s, it['seq']): out.append(Message.from_item(it))
+            if (m := _message(it)) is None: continue
+            newest = newest or m.seq
+            if not _hidden(s, m.seq): out.append(m)
             if len(out) == limit: break
+        self._heal(s, newest)
         return out[::-1]
     if s['status'] == 'archived': msgs = self._read_archive(s)
     else:
         start = after+1 if isinstance(after, int) else None
         end = before-1 if isinstance(before, int) else None
-        msgs = [Message.from_item(i) for i in self.messages.query_all(session_id, start=start, end=end, limit=1000)]
+        msgs = [m for i in self.messages.query_all(session_id, start=start, end=end, limit=1000) if (m := _message(i)) is not None]
+        if msgs: self._heal(s, msgs[-1].seq)
     if isinstance(after, int): msgs = [m for m in msgs if m.seq > after]
     if isinstance(before, int): msgs = [m for m in msgs if m.seq < before]
     if isinstance(after, dt.datetime): msgs = [m for m in msgs if m.timestamp > after]
@@ -346,6 +483,7 @@ def get_preferences(self:SessionManager, user_id:str)->UserPreferences:
 def set_preferences(self:SessionManager, user_id:str, **changes)->UserPreferences:
     "Update `user_id`'s preferences (unknown names are refused)"
     cur = self.get_preferences(user_id)
+    if isinstance(changes.get('extra'), dict): _check_dict(changes['extra'], 'extra')
     if bad := sorted(set(changes) - set(UserPreferences.model_fields) - {'user_id'}):
         raise InvalidInputError(f"unknown preference(s) {bad}", f"known: {sorted(set(UserPreferences.model_fields) - {'user_id'})}; put anything else in extra={{...}}")
     try: new = UserPreferences.model_validate({**cur.model_dump(), **changes})
@@ -366,7 +504,9 @@ class CleanupReport(BaseModel):
     "What `cleanup_expired_sessions` did"
     idle: list[str] = []
     archived: list[str] = []
-    def _repr_markdown_(self): return f"**Cleanup**: {len(self.idle)} idle, {len(self.archived)} archived"
+    recounted: list[str] = []  # sessions whose counters missed messages (a writer died between writing and counting)
+    skipped: list[str] = []  # session records that could not be read
+    def _repr_markdown_(self): return f"**Cleanup**: {len(self.idle)} idle, {len(self.archived)} archived, {len(self.recounted)} recounted" + (f", {len(self.skipped)} unreadable skipped" if self.skipped else '')
 
 def _age(it:dict, now:dt.datetime)->float:
     return (now - dt.datetime.fromisoformat(it['last_active'].replace('Z', '+00:00'))).total_seconds()
@@ -375,7 +515,8 @@ def _age(it:dict, now:dt.datetime)->float:
 def _archive(self:SessionManager, session_id:str)->str:
     "Move `session_id`'s messages to the blob store; the archive key"
     key = f"archives/sessions/{session_id}.jsonl.zst"
-    msgs = list(self.messages.query_all(session_id, limit=1000))
+    end = self._seal(session_id, 'archived')  # from here on no message can be added: every one acknowledged is below the seal
+    msgs = [m for m in self.messages.query_all(session_id, end=end-1, limit=1000) if not _is_seal(m)]
     cctx = zstandard.ZstdCompressor(level=6)
     def lines():
         comp = cctx.compressobj()
@@ -384,16 +525,18 @@ def _archive(self:SessionManager, session_id:str)->str:
             if out: yield out
         yield comp.flush()
     self.storage.blob.put_stream(key, lines(), metadata={'session-id': session_id, 'messages': str(len(msgs))})
-    self._modify(session_id, lambda it: {**it, 'status': 'archived', 'archive_key': key})
-    for m in msgs: self.messages.delete((session_id, m['seq']))
-    self.hot.forget(session_id)
+    self._modify(session_id, lambda it: {**it, 'status': 'archived', 'archive_key': key, 'message_count': len(msgs)})
+    for m in msgs: self.messages.delete((session_id, m['seq']))  # the seal stays: it keeps refusing late writers
+    if not self.hot.forget(session_id): self.hot.invalidate_all(f"archiving session {session_id!r}")
     return key
 
 @patch
 def _read_archive(self:SessionManager, item:dict)->list[Message]:
     if not item.get('archive_key'): return []
-    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(self.storage.blob.get(item['archive_key']))).read()
-    return [Message.from_item(json.loads(l)) for l in data.decode().splitlines() if l]
+    what = f"the archive of session {item['session_id']!r} ({item['archive_key']!r})"
+    data = b''.join(decompress_chunks([self.storage.blob.get(item['archive_key'])], what=what))
+    try: return [m for l in data.decode().splitlines() if l and (m := _message(json.loads(l))) is not None]
+    except ValueError as e: raise corrupt_error(what, f"a line is not a JSON message ({type(e).__name__}: {str(e)[:100]})") from None
 
 @patch
 def cleanup_expired_sessions(self:SessionManager, now:dt.datetime|None=None)->CleanupReport:
@@ -402,28 +545,35 @@ def cleanup_expired_sessions(self:SessionManager, now:dt.datetime|None=None)->Cl
     while True:
         page = self.sessions.scan(limit=500, cursor=cursor)
         for it in page.items:
-            if it['status'] in ('archived',): continue
-            age = _age(it, now)
-            if age > self.policy.expire_after: self._archive(it['session_id']); rep.archived.append(it['session_id'])
-            elif age > self.policy.idle_after and it['status'] == 'active':
-                self._modify(it['session_id'], lambda x: {**x, 'status': 'idle'}); rep.idle.append(it['session_id'])
+            try: age = _age(it, now)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                rep.skipped.append(str(it.get('session_id'))); _log.warning("cleanup skipped unreadable session record %r", it.get('session_id')); continue
+            sid = it['session_id']
+            if it.get('status') == 'archived': continue
+            if age > self.policy.expire_after: self._archive(sid); rep.archived.append(sid); continue
+            if (last := self._last_seq(sid)) > it.get('message_count', 0):  # a writer died between its message and counting it
+                it = self._count(sid, last); self._mirror(it, self.hot.token()); rep.recounted.append(sid)
+            if age > self.policy.idle_after and it['status'] == 'active':
+                self._modify(sid, lambda x: {**x, 'status': 'idle'}); rep.idle.append(sid)
         if not (cursor := page.cursor): return rep
 
 @patch
 def purge_session(self:SessionManager, session_id:str)->dict:
     "Delete the session everywhere: messages, artifacts, snapshots, checkpoints, archive, hot tier"
-    it = self.sessions.get(_check_id(session_id, 'session_id'))
+    it = self.sessions.get(check_key(session_id, 'session_id') if not is_id(session_id) and isinstance(session_id, str) else _check_id(session_id, 'session_id'))  # ids made before the id rule can still be purged
     if it is None: raise NotFoundError(f"no session {session_id!r} to purge", "it may have been purged already")
     counts = {'messages': 0, 'snapshots': 0}
     for name,hook in PURGE_HOOKS.items(): counts[name] = hook(self, session_id)  # before the messages they may read
-    for m in list(self.messages.query_all(session_id, limit=1000)): counts['messages'] += self.messages.delete((session_id, m['seq']))
+    for m in list(self.messages.query_all(session_id, limit=1000)):
+        gone = self.messages.delete((session_id, m['seq']))
+        if not _is_seal(m): counts['messages'] += gone
     for sn in list(self.snapshots.query_all(session_id, limit=1000)):
         if sn.get('blob_key'): self.storage.blob.delete(sn['blob_key'])
         counts['snapshots'] += self.snapshots.delete((session_id, sn['snapshot_id']))
-    counts['artifacts'] = self.artifacts.purge_session_artifacts(session_id)
+    counts['artifacts'] = self.artifacts.purge_session_artifacts(session_id) if is_id(session_id) else 0
     counts['archive'] = int(self.storage.blob.delete(it['archive_key'])) if it.get('archive_key') else 0
     self.sessions.delete(session_id)
-    self.hot.forget(session_id)
+    if not self.hot.forget(session_id): self.hot.invalidate_all(f"purging session {session_id!r}")
     return counts
 
 # %% ../nbs/23_sessions.ipynb #02c326fb
@@ -456,9 +606,11 @@ def summarise(self:SessionManager, session_id:str, max_tokens:int=400)->str|None
                                         artifact_type=ArtifactType.CONTEXT, user_id=s.user_id, created_by='summarise',
                                         metadata={'covers': [m.message_id for m in todo], 'covered_from': todo[0].seq, 'first_seq': 1, 'last_seq': todo[-1].seq,
                                                   'previous': s.summary_artifact_id, 'method': 'llm' if self.llm is not None else 'extractive'})
-    until,used = todo[-1].seq,sum(estimate_tokens(m.content) for m in todo)
-    self._modify(session_id, lambda it: {**it, 'summary_artifact_id': aid, 'summarised_until': until,
-                                         'unsummarised_tokens': max(0, it.get('unsummarised_tokens', 0)-used)})
+    until = todo[-1].seq
+    def change(it):  # only counted turns' tokens are in the count; one counted later skips them (it is summarised by then)
+        used = sum(estimate_tokens(m.content) for m in todo if m.seq <= it.get('message_count', 0))
+        return {**it, 'summary_artifact_id': aid, 'summarised_until': until, 'unsummarised_tokens': max(0, it.get('unsummarised_tokens', 0)-used)}
+    self._modify(session_id, change)
     return aid
 
 @patch

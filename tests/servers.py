@@ -1,6 +1,6 @@
 """Real servers for the test suite: a redis-server, a PostgreSQL server and an S3/DynamoDB-compatible HTTP server
 (moto), each started on a free loopback port. A server that cannot be started fails the test run loudly."""
-import glob, os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import glob, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 from urllib.parse import quote
 from pathlib import Path
 
@@ -41,8 +41,15 @@ class RedisServer:
         wait_for(lambda: _port_open(self.port) or self.proc.poll() is not None, 20, 'redis-server')
         if self.proc.poll() is not None: raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
         return self
+    def pause(self):
+        "SIGSTOP the server: connections stay open and requests are accepted, but nothing is answered (a hung server)"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+    def resume(self):
+        "SIGCONT after `pause`: the server answers again, requests that waited meanwhile included"
+        os.kill(self.proc.pid, signal.SIGCONT)
     def stop(self):
         if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self.proc.terminate(); self.proc.wait(10)
         self.proc = None
 

@@ -1,10 +1,10 @@
 """ArtifactStore behaviour, the same on the embedded default (SQLite + files) and on Redis + DynamoDB + S3
 (real servers: redis-server and moto's S3 + DynamoDB over HTTP), plus what a notebook cannot show:
 hundreds of megabytes in bounded memory, two processes allocating versions, a store that dies half-way."""
-import asyncio, hashlib, io, os, subprocess, sys, textwrap, threading, time, tracemalloc, uuid
+import asyncio, base64, hashlib, io, json, os, subprocess, sys, textwrap, threading, time, tracemalloc, uuid
 from pathlib import Path
 import pandas as pd
-import pytest
+import pytest, zstandard
 from dataops_lab.core import *
 from dataops_lab.config import load_settings
 from dataops_lab.models import Artifact, ArtifactType, Scope
@@ -281,6 +281,10 @@ class Growing(io.BytesIO):
             super().seek(0, 2); self.write(b'late line\n')
         return super().seek(*a)
 
+CYCLIC = {}; CYCLIC['self'] = CYCLIC
+DEEP = []
+for _ in range(200): DEEP = [DEEP]
+
 def test_failures_leave_nothing_half_written(store, tmp_path):
     s = sid()
     with pytest.raises(OSError, match='disk went away'): store.store_artifact(FailingReader(os.urandom(12 * MiB)), s, 'wf', name='broken')
@@ -306,6 +310,19 @@ def test_failures_leave_nothing_half_written(store, tmp_path):
         (NotFoundError, "no artifact 'art_nope'", lambda: store.get_lineage('art_nope')),
         (ConfigError, 'limit must be a positive int', lambda: store.list_artifacts(s, limit=0)),
         (InvalidKeyError, 'since must be a datetime', lambda: store.list_artifacts(s, since='yesterday')),
+        # every stored field is checked on write (issue 11 item 13), values that would not round-trip are refused (item 14)
+        (InvalidInputError, 'content_type must be a str, got int: 123', lambda: store.store_artifact('x', s, 'wf', content_type=123)),
+        (InvalidInputError, "content_type 'csv' is not a MIME type", lambda: store.store_artifact('x', s, 'wf', content_type='csv')),
+        (InvalidInputError, "content_type 'text/csv..' is not a MIME type", lambda: store.store_artifact('x', s, 'wf', content_type='text/csv\n')),
+        (ContentError, 'content contains a lone surrogate', lambda: store.store_artifact('caf\udce9', s, 'wf')),
+        (ContentError, r"content\['note'\] contains a lone surrogate", lambda: store.store_artifact({'note': 'caf\udce9'}, s, 'wf')),
+        (ContentError, r"content\['self'\] contains itself", lambda: store.store_artifact(CYCLIC, s, 'wf')),
+        (ContentError, 'nested more than 64 levels', lambda: store.store_artifact(DEEP, s, 'wf')),
+        (ContentError, r"metadata\['self'\] contains itself", lambda: store.store_artifact('x', s, 'wf', metadata=CYCLIC)),
+        (ContentError, r"metadata\['x'\] is nan", lambda: store.store_artifact('x', s, 'wf', metadata={'x': float('nan')})),
+        (ContentError, r"metadata has the key 1 \(int\)", lambda: store.store_artifact('x', s, 'wf', metadata={1: 'a'})),
+        (InvalidIdError, "session_id 'team/b' is not allowed", lambda: store.store_artifact('x', 'team/b', 'wf')),
+        (InvalidIdError, "user_id 'a b' is not allowed", lambda: store.store_artifact('x', s, 'wf', user_id='a b')),
     ]
     for exc, msg, call in bad_calls:
         with pytest.raises(exc, match=msg): call()
@@ -382,14 +399,14 @@ def test_lineage(store):
 # ---------------------------------------------------------------- expiry
 
 def test_expired_artifacts(storage):
-    store = ArtifactStore(storage, ttl_policies={ArtifactType.DEBUG: 0.3}, inline_threshold=0)  # blobs released on expiry: every content in one
+    store = ArtifactStore(storage, ttl_policies={ArtifactType.DEBUG: 2.0}, inline_threshold=0)  # blobs released on expiry: every content in one
     s = sid()
     keep = store.store_artifact("result", s, 'wf', name='result')
     dbg = store.store_artifact("debug trace " * 200, s, 'wf', name='trace', artifact_type='debug')
-    short = store.store_artifact({'x': 1}, s, 'wf', name='short', ttl=0.3, parents=[keep])
-    shared_blob = store.store_artifact("result", s, 'wf', name='same_as_result', ttl=0.3)
+    short = store.store_artifact({'x': 1}, s, 'wf', name='short', ttl=2.0, parents=[keep])
+    shared_blob = store.store_artifact("result", s, 'wf', name='same_as_result', ttl=2.0)
     arts = {i: store.get_artifact(i) for i in (keep, dbg, short, shared_blob)}
-    assert (arts[keep].expires_at, arts[dbg].ttl, arts[short].ttl) == (None, 0.3, 0.3)
+    assert (arts[keep].expires_at, arts[dbg].ttl, arts[short].ttl) == (None, 2.0, 2.0)  # long enough for the reads below on a loaded machine
     assert store.get_artifact_content(dbg).startswith("debug trace")
     wait_until(max(a.expires_at for a in arts.values() if a.expires_at))
     for i in (dbg, short, shared_blob):
@@ -479,3 +496,86 @@ def test_async_twins(store):
         return aid, content, listed, await store.apurge_session_artifacts(s)
     aid, content, listed, purged = asyncio.run(run())
     assert (content, [a.artifact_id for a in listed], purged) == ({'answer': 42}, [aid], 1)
+
+# ---------------------------------------------------------------- hardening: verified reads, leaked count items, argument types
+
+def test_reads_never_return_damaged_content(storage, tmp_path):
+    "Issue 11 item 10: a flipped bit, another valid zstd frame, a broken frame or a tampered inline copy is a CorruptDataError on every read path"
+    store = ArtifactStore(storage)  # inline content for small values, blobs (compressed when it pays) for the rest
+    s = sid()
+    def fresh(body=None): return store.store_artifact(body or ('region,total\n' + 'eu,9.5\n' * 5000 + uuid.uuid4().hex), s, 'wf')
+    def key(aid): return store.get_artifact(aid).blob_key
+    flipped = fresh(); b = bytearray(store.blob.get(key(flipped))); b[len(b) // 2] ^= 1; store.blob.put(key(flipped), bytes(b))
+    swapped = fresh(); store.blob.put(key(swapped), zstandard.ZstdCompressor().compress(b'region,total\nnowhere,0\n'))
+    broken = fresh(); store.blob.put(key(broken), b'\x28\xb5\x2f\xfd and no frame after the magic number')
+    truncated = fresh(); t = store.blob.get(key(truncated)); store.blob.put(key(truncated), t[:len(t) // 2])
+    raw_bytes = fresh(os.urandom(300_000)); b = bytearray(store.blob.get(key(raw_bytes))); b[-1] ^= 1; store.blob.put(key(raw_bytes), bytes(b))
+    inline = store.store_artifact({'rows': 3}, s, 'wf', name='small')
+    it = store.items.get(inline); store.items.put({**it, 'inline': base64.b64encode(b'{"rows": 4}').decode()})
+    bad_json = store.store_artifact({'rows': 5}, s, 'wf', name='small2')
+    it = store.items.get(bad_json); data = b'{"rows": '
+    store.items.put({**it, 'inline': base64.b64encode(data).decode(), 'content_hash': hashlib.sha256(data).hexdigest(), 'size': len(data)})
+    failures = []
+    for name, aid in [('flipped', flipped), ('swapped', swapped), ('broken', broken), ('truncated', truncated), ('raw bytes', raw_bytes), ('inline', inline), ('bad json', bad_json)]:
+        for how, read in [('get', lambda: store.get_artifact_content(aid)), ('stream', lambda: b''.join(store.open_artifact_content(aid, chunk_size=4096))),
+                          ('save', lambda: store.save_artifact_content(aid, tmp_path / f'{aid}.out'))]:
+            if name == 'bad json' and how != 'get': continue  # its bytes are intact (the hash matches): only decoding them fails
+            try: read(); failures.append(f"{name}/{how}: returned")
+            except CorruptDataError as e:
+                if aid not in str(e) and 'is corrupt' not in str(e): failures.append(f"{name}/{how}: {e}")
+            except Exception as e: failures.append(f"{name}/{how}: {type(e).__name__}: {e}")
+    assert failures == [] and list(tmp_path.glob('*.out')) + list(tmp_path.glob('.*.part')) == []  # no file, not even a partial one
+    assert issubclass(CorruptDataError, StorageError) and store.get_artifact_content(fresh('intact ' * 1000)) == 'intact ' * 1000
+
+ACQUIRE_THEN_DIE = textwrap.dedent("""
+    import sys, os, json, signal
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.artifacts import ArtifactStore
+    from dataops_lab.artifact_content import encode_content
+    store = ArtifactStore(Storage(load_settings(sys.argv[1])), inline_threshold=0)
+    rec = store._acquire(encode_content(bytes.fromhex(sys.argv[2])))  # the content is stored and counted ...
+    print(json.dumps(rec), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before allocating the artifact that would refer to it
+""")
+
+def _die_after_acquiring(ini, body):
+    p = subprocess.run([sys.executable, '-c', ACQUIRE_THEN_DIE, str(ini), body.hex()], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+def test_sweep_reclaims_content_a_killed_store_acquired(ini, store):
+    "Issue 11 item 5: a process killed between acquiring content and allocating its artifact leaks a count item and its blob; the sweep reclaims both, never live content"
+    new_body, shared_body = os.urandom(40_000), os.urandom(40_000)
+    kept = store.store_artifact(shared_body, sid(), 'wf', name='kept')
+    leaked = _die_after_acquiring(ini, new_body)  # content nobody else has
+    doubled = _die_after_acquiring(ini, shared_body)  # content a live artifact has: its count is now one too high
+    assert (store.blobs.get(leaked['content_hash'])['refs'], store.blob.exists(leaked['blob_key']), store.blobs.get(doubled['content_hash'])['refs']) == (1, True, 2)
+    assert store.sweep_orphan_blobs() == 0 and store.blob.exists(leaked['blob_key'])  # within the grace period: could be a store in progress
+    assert store.sweep_orphan_blobs(grace=0) == 1
+    assert (store.blobs.get(leaked['content_hash']), store.blob.exists(leaked['blob_key'])) == (None, False)
+    assert store.get_artifact_content(kept) == shared_body and store.blob.exists(doubled['blob_key'])  # live content stays
+    assert store.purge_session_artifacts(store.get_artifact(kept).session_id) == 1
+    assert store.blobs.get(doubled['content_hash'])['refs'] == 1  # the leaked reference kept it alive ...
+    assert store.sweep_orphan_blobs(grace=0) == 1 and cas_keys(store) == [] and all_items(store.blobs) == []  # ... until the sweep
+
+def test_argument_types_are_checked_by_name(store, tmp_path):
+    "Issue 11 item 14: version=1.0/True, a missing folder, a folder as a path: the project's own errors, naming the value"
+    aid = store.store_artifact({'rows': 1}, sid(), 'wf', name='v')
+    out = tmp_path / 'out'; out.mkdir()
+    cases = [
+        (InvalidKeyError, 'version must be a positive int, got float 1.0', lambda: store.get_artifact_content(aid, version=1.0)),
+        (InvalidKeyError, 'version must be a positive int, got bool True', lambda: store.get_artifact_content(aid, version=True)),
+        (InvalidKeyError, "version must be a positive int, got str '1'", lambda: list(store.open_artifact_content(aid, version='1'))),
+        (InvalidKeyError, 'got float 1.0', lambda: store.save_artifact_content(aid, out / 'v.json', version=1.0)),
+        (NotFoundError, f"folder '{out / 'missing'}'", lambda: store.save_artifact_content(aid, out / 'missing' / 'v.json')),
+        (InvalidInputError, f"path '{out}' is a folder", lambda: store.save_artifact_content(aid, out)),
+        (InvalidInputError, 'path must be a str or a Path, got int', lambda: store.save_artifact_content(aid, 5)),
+    ]
+    failures = []
+    for exc, msg, call in cases:
+        try: call(); failures.append(f"{msg}: no error")
+        except Exception as e:
+            if not (isinstance(e, exc) and msg in str(e)): failures.append(f"{msg}: got {type(e).__name__}: {e}")
+    assert failures == [] and list(out.iterdir()) == []
+    assert store.get_artifact_content(aid, version=1) == {'rows': 1}

@@ -7,7 +7,7 @@ import pytest, zstandard
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from dataops_lab.core import *
 from dataops_lab.models import *
-from dataops_lab.store.base import Storage, MetadataTable, SESSIONS_TABLE, open_table, register_store
+from dataops_lab.store.base import Storage, MetadataTable, SESSIONS_TABLE, ARTIFACTS_TABLE, open_table, register_store
 from dataops_lab.recall import estimate_tokens
 from dataops_lab.sessions import *
 from dataops_lab.context import *
@@ -260,9 +260,10 @@ def test_restore_failing_at_every_step_leaves_no_mixture(sm, cm, raw):
     "The metadata table fails at the k-th operation of a restore, for every k: before or after the write itself"
     register_store('table', 'faulty', FaultyTable)
     sid, base, nxt = two_checkpoints(sm, cm)
-    st = Storage(sm.storage.settings)
-    st.urls['cold'] = f"faulty://test?inner={quote(st.urls['cold'], safe='')}"  # the same tables, through FaultyTable
-    faulty = ContextManager(SessionManager(st))
+    settings = sm.storage.settings
+    inner = settings.resolve(settings.storage.cold)
+    st = Storage(settings.model_copy(update={'storage': settings.storage.model_copy(update={'cold': f"faulty://test?inner={quote(inner, safe='')}"})}))  # the same tables, through FaultyTable
+    faulty = ContextManager(SessionManager(st, policy=SessionPolicy(hot_max_stale=3600)))  # the hot tier's epoch is read once: the k-th table operation is the same one in every attempt
     seen = set()
     try:
         for after in (False, True):
@@ -375,6 +376,8 @@ def test_archived_and_purged_sessions(fresh_storage, fresh_raw):
 
 # ---------------------------------------------------------------- bad input
 
+CYCLIC = {}; CYCLIC['again'] = CYCLIC
+
 def test_bad_input_is_refused_clearly(sm, cm):
     sid = sm.create_session(uid(), global_context={'db': 'sales.db'}).session_id
     talk(sm, sid, ['hello', 'hi'])
@@ -401,8 +404,11 @@ def test_bad_input_is_refused_clearly(sm, cm):
         (InvalidInputError, 'checkpoint label None is not allowed', lambda: cm.restore_checkpoint(sid, None)),
         (ConflictError, f"session '{sid}' already has a checkpoint labelled 'before_update'", lambda: cm.create_checkpoint(sid, 'before_update')),
         (InvalidKeyError, 'snapshot_id must be a str, got int', lambda: cm.load_context(42)),
-        (InvalidInputError, 'session_id must be a non-empty string, got 5', lambda: cm.restore_checkpoint(5, 'before_update')),
-        (InvalidInputError, 'session_id must be a non-empty string, got None', lambda: cm.list_checkpoints(None)),
+        (InvalidIdError, 'session_id must be a str, got int: 5', lambda: cm.restore_checkpoint(5, 'before_update')),
+        (InvalidIdError, 'session_id must be a str, got NoneType: None', lambda: cm.list_checkpoints(None)),
+        (InvalidIdError, "target_session 'team/b' is not allowed", lambda: cm.load_context(snap, merge_strategy='replace', target_session='team/b')),
+        (InvalidIdError, "user_id 'a b' is not allowed", lambda: cm.fork_checkpoint(sid, 'before_update', user_id='a b')),
+        (InvalidIdError, "session_id 'café' is not allowed", lambda: cm.dump_context('café')),
         (InvalidInputError, "merge_strategy 'mix' is not known", lambda: cm.load_context(snap, merge_strategy='mix')),
         (InvalidInputError, r"merge_strategy='selective' needs keys=\[...\]", lambda: cm.load_context(snap, merge_strategy='selective')),
         (InvalidInputError, "keys must be a list of str, got 'db'", lambda: cm.load_context(snap, merge_strategy='selective', keys='db')),
@@ -412,9 +418,11 @@ def test_bad_input_is_refused_clearly(sm, cm):
         (InvalidInputError, 'cannot compress a str', lambda: cm.compress_context('some text')),
         (InvalidInputError, "max_tokens must be an int of at least 20, got '5'", lambda: cm.compress_context([], max_tokens='5')),
         (InvalidInputError, 'state must be a dict, got list', lambda: cm.set_workflow_state(sid, 'wf', [1])),
-        (InvalidInputError, "workflow must be a non-empty string, got ''", lambda: cm.set_workflow_state(sid, '', {})),
+        (InvalidKeyError, 'workflow is empty', lambda: cm.set_workflow_state(sid, '', {})),
         (InvalidInputError, 'state must be a dict, got str', lambda: cm.set_orchestrator_state(sid, 'running')),
-        (InvalidKeyError, r'workflow_states\.wf\.x is a object, which is not JSON-able', lambda: cm.set_workflow_state(sid, 'wf', {'x': object()})),
+        (InvalidInputError, r"state\['x'\] is a builtins\.object, which does not round-trip", lambda: cm.set_workflow_state(sid, 'wf', {'x': object()})),
+        (InvalidInputError, r"state\['x'\] is nan", lambda: cm.set_workflow_state(sid, 'wf', {'x': float('nan')})),
+        (InvalidInputError, r"state\['again'\] contains itself", lambda: cm.set_orchestrator_state(sid, CYCLIC)),
     ]
     failures = []
     for exc, msg, call in cases:
@@ -425,3 +433,45 @@ def test_bad_input_is_refused_clearly(sm, cm):
     assert failures == []
     assert state(sm, sid) == before  # nothing refused changed anything
     assert [c.label for c in cm.list_checkpoints(sid)] == ['before_update'] and len(cm.list_snapshots(sid)) == 2
+
+# ---------------------------------------------------------------- hardening: one id rule, one bad record
+
+def test_one_id_rule_in_every_layer(sm, cm):
+    "Issue 11 item 12: an id SessionManager accepts, ArtifactStore and ContextManager accept too — and the other way round"
+    u = uid('')[1:]
+    allowed = [f'sess_{u}', f'alice.{u}@example.com', f'team-a:{u}.report', u + 'x' * (128 - len(u))]
+    refused = [f'team/{u}', f'caf\u00e9{u}', 's' * 600, f'a b{u}', f'x#{u}', f'-lead{u}', '', ' ']
+    def ok(call):
+        try: call(); return True
+        except InvalidIdError: return False
+    verdicts = {}
+    for i in allowed + refused:
+        v = {'session': ok(lambda: sm.create_session(uid(), session_id=i)), 'user': ok(lambda: sm.create_session(i)),
+             'artifact': ok(lambda: sm.artifacts.store_artifact('x', i, 'wf')),
+             'artifact user': ok(lambda: sm.artifacts.store_artifact('x', uid('sess'), 'wf', user_id=i)), 'check_id': is_id(i)}
+        if v['session']: v['context'] = ok(lambda: cm.set_workflow_state(i, 'wf', {'step': 1})) and ok(lambda: cm.dump_context(i))
+        verdicts[i[:24]] = set(v.values())
+    assert verdicts == {i[:24]: {i in allowed} for i in allowed + refused}
+
+def test_one_unreadable_record_never_breaks_a_read_path(sm, cm, raw):
+    "Issue 11 item 13: a record no current check would let in (hand-written, an older release) is skipped and named, not fatal"
+    user = uid()
+    sid = sm.create_session(user).session_id
+    sm.add_message(sid, 'user', 'hello')
+    good = sm.artifacts.store_artifact({'rows': 1}, sid, 'wf', name='good')
+    item = raw.table(ARTIFACTS_TABLE).get(good)
+    bad = f"art_{uid('bad')}"
+    raw.table(ARTIFACTS_TABLE).put({**{k: v for k, v in item.items() if k != '_version'}, 'artifact_id': bad, 'content_type': 123})
+    listed = sm.artifacts.list_artifacts(sid)
+    assert ([a.artifact_id for a in listed], listed.skipped) == ([good], [bad])
+    assert bad in sm.artifacts.search(workflow_name='wf', limit=1000).skipped
+    snap = cm.load_context(cm.dump_context(sid))
+    assert [r['artifact_id'] for r in snap['artifact_refs']] == [good]
+    assert [r.artifact_id for r in cm.create_checkpoint(sid, 'with_a_bad_record').artifact_refs] == [good]
+    with pytest.raises(InvalidInputError, match='content_type must be a str, got int: 123'):  # the write path refuses it
+        sm.artifacts.store_artifact('x', sid, 'wf', content_type=123)
+    broken = {'session_id': f"sess_{uid('broken')}", 'user_id': user, 'created_at': iso(utcnow()), 'status': 'no such status'}
+    raw.table(SESSIONS_TABLE).put(broken)
+    page = sm.list_sessions(user)
+    assert ([s.session_id for s in page], page.skipped) == ([sid], [broken['session_id']])
+    raw.table(SESSIONS_TABLE).delete(broken['session_id']); raw.table(ARTIFACTS_TABLE).delete(bad)

@@ -1,7 +1,7 @@
 """SessionManager behaviour, the same on the embedded default (SQLite + files) and on Redis + DynamoDB + S3
 (real servers: redis-server and moto's DynamoDB + S3 over HTTP), plus what a notebook cannot show: two processes
 appending to one session, a process killed with SIGKILL under load, Redis stopped and restarted mid-load."""
-import datetime as dt, hashlib, io, json, logging, re, textwrap, threading
+import datetime as dt, hashlib, io, json, logging, os, random, re, signal, textwrap, threading, time
 import pytest, zstandard
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from dataops_lab.core import *
@@ -285,7 +285,7 @@ def test_expiry_archives_to_the_blob_store(fresh_storage, fresh_raw):
     assert (s.status, s.archive_key) == (SessionStatus.ARCHIVED, key)
     lines = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw.blob.get(key))).read().decode().splitlines()
     assert [json.loads(l)['message_id'] for l in lines] == [m.message_id for m in hist]  # moved, not deleted
-    assert raw.table(MESSAGES_TABLE).query(old.session_id).items == []  # out of the table
+    assert [it.get('sealed') for it in raw.table(MESSAGES_TABLE).query(old.session_id).items] == ['archived']  # out of the table; only the seal is left
     assert sm.get_history(old.session_id) == hist  # and still readable
     assert seqs(sm.get_history(old.session_id, limit=2)) == [4, 5] and seqs(sm.get_history(old.session_id, after=1, before=4)) == [2, 3]
     assert sm.get_context_summary(old.session_id, max_tokens=200, query='inventory').omitted == 0
@@ -321,7 +321,8 @@ def test_purge_cascades_everywhere(fresh_storage, fresh_raw):
     def footprint(sid):
         "Everything stored for `sid`, looked up directly in the tables, blob store and cache"
         items = list(raw.table(ARTIFACTS_TABLE).query_all(sid, index='session_id-created_at'))
-        return {'session': raw.table(SESSIONS_TABLE).get(sid) is not None, 'messages': len(msgs.query(sid, limit=100).items),
+        log = msgs.query(sid, limit=100).items
+        return {'session': raw.table(SESSIONS_TABLE).get(sid) is not None, 'messages': sum('sealed' not in m for m in log), 'seal': next((m['sealed'] for m in log if 'sealed' in m), None),
                 'snapshots': len(snaps.query(sid, limit=100).items), 'artifacts': len(items),
                 'artifact_blobs': sum(raw.blob.exists(i['blob_key']) for i in items if i['blob_key']),  # small content is inline: no blob
                 'snapshot_blobs': len(list(raw.blob.iter_keys(f"checkpoints/{sid}/"))) + sum(raw.blob.exists(f"snapshots/{x['snapshot_id']}.json.zst") for x in snaps.query(sid, limit=100).items),
@@ -333,17 +334,17 @@ def test_purge_cascades_everywhere(fresh_storage, fresh_raw):
     assert with_blob(live.session_id) >= 1  # the long profile; the small ones are inline
     for s in (live, archived): sm.get_session(s.session_id)  # make sure they are in the hot tier
     fp = {s.session_id: footprint(s.session_id) for s in (live, archived, keep)}
-    assert fp[live.session_id] == {'session': True, 'messages': 9, 'snapshots': 2, 'artifacts': fp[live.session_id]['artifacts'], 'artifact_blobs': with_blob(live.session_id),
+    assert fp[live.session_id] == {'session': True, 'messages': 9, 'seal': None, 'snapshots': 2, 'artifacts': fp[live.session_id]['artifacts'], 'artifact_blobs': with_blob(live.session_id),
                                    'snapshot_blobs': 2, 'archive': False, 'hot': True} and fp[live.session_id]['artifacts'] >= 3
-    assert fp[archived.session_id]['messages'] == 0 and fp[archived.session_id]['archive'] and fp[archived.session_id]['hot']
-    assert raw.cache.get(f"sessions/{live.session_id}/seq") is not None
+    assert fp[archived.session_id]['messages'] == 0 and fp[archived.session_id]['seal'] == 'archived' and fp[archived.session_id]['archive'] and fp[archived.session_id]['hot']
+    assert raw.cache.get(HotTier.seq_key(live.session_id)) is not None
 
     c1, c2 = sm.purge_session(live.session_id), sm.purge_session(archived.session_id)
     assert (c1['messages'], c1['snapshots'], c1['archive']) == (9, 2, 0) and c1['artifacts'] == fp[live.session_id]['artifacts']
     assert (c2['messages'], c2['snapshots'], c2['archive']) == (0, 2, 1)
-    gone = {'session': False, 'messages': 0, 'snapshots': 0, 'artifacts': 0, 'artifact_blobs': 0, 'snapshot_blobs': 0, 'archive': False, 'hot': False}
+    gone = {'session': False, 'messages': 0, 'seal': None, 'snapshots': 0, 'artifacts': 0, 'artifact_blobs': 0, 'snapshot_blobs': 0, 'archive': False, 'hot': False}
     assert footprint(live.session_id) == gone and footprint(archived.session_id) == gone
-    assert raw.cache.get(f"sessions/{live.session_id}/seq") is None
+    assert raw.cache.get(HotTier.seq_key(live.session_id)) is None
     assert not any(raw.blob.exists(k) for ks in snap_keys.values() for k in ks)
     assert len(art_keys) >= 2 and not any(raw.blob.exists(k) for k in art_keys)  # the content of the long profiles too (the rest was inline)
     for s in (live, archived):
@@ -503,7 +504,7 @@ def test_redis_outage_mid_load(moto_server, tmp_path, caplog):
         assert s.message_count == len(hist) and s.global_context == {tag: len(ms) - 1 for tag, ms in acked.items()}
         hot, cold = cached(raw, sid), raw.table(SESSIONS_TABLE).get(sid)
         assert hot['_version'] == cold['_version'] and hot['message_count'] == len(hist)  # current, not a pre-outage copy
-        assert raw.cache.get(f"sessions/{sid}/seq") is not None
+        assert raw.cache.get(HotTier.seq_key(sid)) is not None
         text = caplog.text
         assert 'unavailable, serving from the cold tier' in text and 'is back' in text
         st.close(); raw.close()
@@ -529,6 +530,10 @@ def test_closed_session_stays_closed_under_concurrent_appends(sm):
 
 # ---------------------------------------------------------------- bad input
 
+CYCLIC = {}; CYCLIC['self'] = CYCLIC
+DEEP = []
+for _ in range(200): DEEP = [DEEP]
+
 def test_bad_input_is_refused_clearly(manager_storage):
     sm = SessionManager(manager_storage, policy=SessionPolicy(max_message_chars=1000))
     user = uid()
@@ -548,11 +553,11 @@ def test_bad_input_is_refused_clearly(manager_storage):
         (NotFoundError, "no session 'sess_nope' to purge", lambda: sm.purge_session('sess_nope')),
         (NotFoundError, "no artifact 'art_nope'", lambda: sm.expand_summary('art_nope')),
         (InvalidInputError, f"artifact '{res}' is not a conversation summary", lambda: sm.expand_summary(res)),
-        (InvalidInputError, 'session_id must be a non-empty string, got 7', lambda: sm.get_session(7)),
-        (InvalidInputError, "session_id must be a non-empty string, got ' '", lambda: sm.add_message(' ', 'user', 'x')),
-        (InvalidKeyError, "session_id 'a/../b'", lambda: sm.get_session('a/../b')),
-        (InvalidInputError, "user_id must be a non-empty string, got ''", lambda: sm.create_session('')),
-        (InvalidInputError, 'user_id must be a non-empty string, got None', lambda: sm.list_sessions(None)),
+        (InvalidIdError, 'session_id must be a str, got int: 7', lambda: sm.get_session(7)),
+        (InvalidIdError, "session_id ' ' is blank", lambda: sm.add_message(' ', 'user', 'x')),
+        (InvalidIdError, "session_id 'a/../b' is not allowed", lambda: sm.get_session('a/../b')),
+        (InvalidIdError, 'user_id is empty', lambda: sm.create_session('')),
+        (InvalidIdError, 'user_id must be a str, got NoneType: None', lambda: sm.list_sessions(None)),
         (InvalidInputError, 'metadata must be a dict, got list', lambda: sm.create_session(uid(), metadata=['a'])),
         (InvalidInputError, 'global_context must be a dict, got str', lambda: sm.create_session(uid(), global_context='db')),
         (InvalidInputError, 'updates must be a dict, got list', lambda: sm.update_session(sid, [('status', 'closed')])),
@@ -561,7 +566,7 @@ def test_bad_input_is_refused_clearly(manager_storage):
         (InvalidInputError, 'global_context must be a dict, got list', lambda: sm.update_session(sid, {'global_context': [1]})),
         (InvalidInputError, "'bogus'", lambda: sm.update_session(sid, {'status': 'bogus'})),
         (InvalidInputError, "status 'archived' is set by cleanup_expired_sessions", lambda: sm.update_session(sid, {'status': 'archived'})),
-        (InvalidKeyError, r'global_context\.x is a object, which is not JSON-able', lambda: sm.update_session(sid, {'global_context': {'x': object()}})),
+        (InvalidInputError, r"global_context\['x'\] is a builtins\.object, which does not round-trip", lambda: sm.update_session(sid, {'global_context': {'x': object()}})),
         (InvalidInputError, "invalid message: role .*got 'robot'", lambda: sm.add_message(sid, 'robot', 'beep')),
         (InvalidInputError, 'message content must be a str, got dict', lambda: sm.add_message(sid, 'user', {'a': 1})),
         (InvalidInputError, 'message content must be a str, got NoneType', lambda: sm.add_message(sid, 'user')),
@@ -580,6 +585,29 @@ def test_bad_input_is_refused_clearly(manager_storage):
         (InvalidInputError, "status 'zzz' is not a session status", lambda: sm.list_sessions(user, status='zzz')),
         (InvalidInputError, 'limit must be a positive int, got 0', lambda: sm.list_sessions(user, limit=0)),
         (InvalidKeyError, "cursor 'zzz'", lambda: sm.list_sessions(user, cursor='zzz')),
+        # one id rule (issue 11 item 12): what SessionManager accepts, every other layer accepts
+        (InvalidIdError, "session_id 'team/b' is not allowed", lambda: sm.create_session(user, session_id='team/b')),
+        (InvalidIdError, "session_id 'café' is not allowed", lambda: sm.create_session(user, session_id='café')),
+        (InvalidIdError, r"session_id 'ssss.*\(600 characters\) is not allowed", lambda: sm.create_session(user, session_id='s' * 600)),
+        (InvalidIdError, "user_id 'a b' is not allowed", lambda: sm.create_session('a b')),
+        (InvalidIdError, "user_id 'x#y' is not allowed", lambda: sm.create_session('x#y')),
+        (InvalidIdError, r"artifact_ids\[0\] 'a/b' is not allowed", lambda: sm.add_message(sid, 'user', 'x', artifact_ids=['a/b'])),
+        # values that would not come back as given (item 14): refused by name, never stored as null or crashing
+        (InvalidInputError, r"metadata\['x'\] is nan", lambda: sm.create_session(user, metadata={'x': float('nan')})),
+        (InvalidInputError, r"global_context\['x'\] is inf", lambda: sm.create_session(user, global_context={'x': float('inf')})),
+        (InvalidInputError, r"metadata\['x'\] is nan", lambda: sm.add_message(sid, 'user', 'x', metadata={'x': float('nan')})),
+        (InvalidInputError, r"metadata\['x'\] is -inf", lambda: sm.update_session(sid, {'metadata': {'x': float('-inf')}})),
+        (InvalidInputError, r"metadata\['self'\] contains itself", lambda: sm.create_session(user, metadata=CYCLIC)),
+        (InvalidInputError, r"metadata\['self'\] contains itself", lambda: sm.add_message(sid, 'user', 'x', metadata=CYCLIC)),
+        (InvalidInputError, 'nested more than 64 levels', lambda: sm.create_session(user, metadata={'d': DEEP})),
+        (InvalidInputError, 'nested more than 64 levels', lambda: sm.update_session(sid, {'global_context': {'d': DEEP}})),
+        (InvalidInputError, 'message content contains a lone surrogate', lambda: sm.add_message(sid, 'user', 'caf\udce9')),
+        (InvalidInputError, r"metadata\['k'\] contains a lone surrogate", lambda: sm.create_session(user, metadata={'k': 'caf\udce9'})),
+        (InvalidInputError, 'lone surrogate', lambda: sm.create_session(user, metadata={'caf\udce9': 1})),
+        (InvalidInputError, r"metadata has the key 1 \(int\)", lambda: sm.create_session(user, metadata={1: 'a'})),
+        (InvalidInputError, r"metadata has the key \(1, 2\) \(tuple\)", lambda: sm.update_session(sid, {'metadata': {(1, 2): 'a'}})),
+        (InvalidInputError, r"extra\['score'\] is nan", lambda: sm.set_preferences(uid(), extra={'score': float('nan')})),
+        (InvalidKeyError, 'cursor must be a str returned by a previous Page, got int: 123', lambda: sm.list_sessions(user, cursor=123)),
         (InvalidInputError, r"unknown preference\(s\) \['colour'\]", lambda: sm.set_preferences(uid(), colour='blue')),
     ]
     failures = []
@@ -596,3 +624,207 @@ def test_bad_input_is_refused_clearly(manager_storage):
 def _expired(sm, aid):
     try: sm.artifacts.get_artifact(aid); return False
     except ExpiredError: return True
+
+# ---------------------------------------------------------------- hardening: archive races, stale hot copies, counters, keys
+
+ARCHIVE_WRITER = textwrap.dedent("""
+    import sys, json
+    from dataops_lab.core import InvalidInputError
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager
+    ini, tag, sids = sys.argv[1], sys.argv[2], sys.argv[3].split(',')
+    sm = SessionManager(Storage(load_settings(ini)))
+    for s in sids: sm.get_session(s)
+    print('ready', flush=True)
+    assert sys.stdin.readline().strip() == 'go'
+    live, i = list(sids), 0
+    while live and i < 20000:  # bounded: stops once every session refused a message
+        sid = live[i % len(live)]
+        try:
+            m = sm.add_message(sid, 'user', f'{tag}-{i}')
+            print(json.dumps(['ok', sid, m.message_id, m.seq, m.content]), flush=True)
+        except InvalidInputError as e:
+            print(json.dumps(['refused', sid, f'{tag}-{i}', str(e)]), flush=True)
+            live.remove(sid)
+        i += 1
+    print(json.dumps(['done', i]), flush=True)
+""")
+
+def test_archiving_never_loses_an_acknowledged_message(fresh_storage, fresh_raw):
+    "Issue 11 item 1: cleanup archives 40 sessions while two processes keep writing to them; every acknowledged message reads back"
+    sm = SessionManager(fresh_storage)
+    sids = [sm.create_session(uid()).session_id for _ in range(40)]
+    for s in sids: sm.add_message(s, 'system', 'start')
+    ini = fresh_storage.settings.source
+    kids = [Child(ARCHIVE_WRITER, ini, tag, ','.join(sids)) for tag in ('w1', 'w2')]
+    try:
+        for k in kids: assert k.next_line() == 'ready'
+        for k in kids: k.send('go')
+        oks = lambda k: sum(l.startswith('["ok"') for l in k.lines)
+        while min(map(oks, kids)) < 60: [k.next_line() for k in kids]  # both are writing at full speed
+        rep = sm.cleanup_expired_sessions(now=utcnow() + dt.timedelta(days=30))  # archives every session while they write
+        out = [[json.loads(l) for l in k.finish()[1:]] for k in kids]
+    finally:
+        for k in kids: k.close()
+    assert sorted(rep.archived) == sorted(sids)
+    acked = [r for rs in out for r in rs if r[0] == 'ok']
+    refused = [r for rs in out for r in rs if r[0] == 'refused']
+    assert all('is archived' in r[3] or 'is being archived' in r[3] for r in refused) and len(refused) == 80  # each writer, each session, once
+    fresh = SessionManager(fresh_raw)
+    lost = []
+    for s in sids:
+        hist = fresh.get_history(s)
+        assert seqs(hist) == list(range(1, len(hist) + 1))
+        got = {m.message_id: (m.seq, m.content) for m in hist}
+        mine = [r for r in acked if r[1] == s]
+        lost += [r for r in mine if got.get(r[2]) != (r[3], r[4])]
+        assert len(hist) == 1 + len(mine)  # nothing refused got in either
+        assert fresh.get_session(s).message_count == len(hist)
+    assert lost == [] and len(acked) >= 120
+
+STALE_READER = textwrap.dedent("""
+    import sys, json, time
+    from dataops_lab.core import InvalidInputError
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager, SessionPolicy
+    sm = SessionManager(Storage(load_settings(sys.argv[1])), policy=SessionPolicy(hot_max_stale=float(sys.argv[3])))
+    sid = sys.argv[2]
+    print(json.dumps(sm.get_session(sid).status.value), flush=True)
+    for cmd in sys.stdin:
+        cmd = cmd.strip()
+        if cmd == 'read': print(json.dumps([time.monotonic(), sm.get_session(sid).status.value, sm.hot.failures]), flush=True)
+        elif cmd == 'add':
+            try: print(json.dumps(['accepted', sm.add_message(sid, 'user', 'after the close').seq]), flush=True)
+            except InvalidInputError as e: print(json.dumps(['refused', str(e)]), flush=True)
+        elif cmd == 'close':
+            t0 = time.monotonic(); sm.close_session(sid)
+            print(json.dumps(['closed', time.monotonic() - t0, sm.hot.failures]), flush=True)
+""")
+
+def test_paused_redis_never_leaves_another_process_on_a_stale_session(moto_server, tmp_path):
+    """Issue 11 item 2: A (say a CLI run) closes a session while Redis does not answer it (paused, not stopped); B, which saw
+    no outage, stops serving the session as open within hot_max_stale, and never accepts a message into it"""
+    redis = RedisServer().start()  # our own server: pausing it must not disturb the session's shared one
+    try:
+        ini = write_ini(tmp_path, 'aws', redis_url=redis.url + '?socket_timeout=0.5', moto_endpoint=moto_server.endpoint)
+        st = Storage(load_settings(ini)).ensure()
+        sm = SessionManager(st)
+        sid = sm.create_session(uid()).session_id
+        sm.add_message(sid, 'user', 'hello')
+        max_stale = 1.0
+        b = Child(STALE_READER, ini, sid, max_stale)
+        a = None
+        try:
+            assert json.loads(b.next_line()) == 'active'
+            b.send('read'); assert json.loads(b.next_line())[1] == 'active'
+            assert json.loads(st.cache.get(f"sessions/{sid}"))['status'] == 'active'  # B serves it from the hot tier
+            redis.pause()
+            try:
+                a = Child(STALE_READER, ini, sid, max_stale)  # its first word to Redis goes unanswered, like every later one
+                assert json.loads(a.next_line(timeout=120)) == 'active'  # from the cold tier
+                a.send('close')
+                verdict, took, a_failures = json.loads(a.next_line(timeout=60))
+                assert verdict == 'closed' and a_failures >= 1  # A could not reach the cache; its cold write went through
+            finally: redis.resume()
+            assert sm.sessions.get(sid)['status'] == 'closed'
+            assert json.loads(st.cache.get(f"sessions/{sid}"))['status'] == 'active'  # the cache still holds the open session
+            b.send('add'); got = json.loads(b.next_line())
+            assert got[0] == 'refused' and f"session '{sid}' is closed" in got[1]  # the seal, not B's cached copy, decides
+            t_resumed, reads = time.monotonic(), []
+            while len(reads) < 400 and not (reads and reads[-1][1] == 'closed'):  # bounded: 400 reads
+                b.send('read'); reads.append(json.loads(b.next_line()))
+            assert reads[-1][1] == 'closed', f"B still serves the session as open after {len(reads)} reads over {reads[-1][0] - t_resumed:.1f}s"
+            stale_for = reads[-1][0] - t_resumed
+            assert stale_for <= max_stale + 5, stale_for  # hot_max_stale, plus scheduling slack on a loaded machine
+            for _ in range(20):
+                b.send('read'); r = json.loads(b.next_line())
+                assert r[1] == 'closed' and r[2] == 0  # and from then on never the old copy; B never saw an outage
+            a.proc.stdin.close(); b.proc.stdin.close(); a.finish(); b.finish()
+        finally:
+            b.close()
+            if a is not None: a.close()
+        assert sm.get_history(sid)[-1].content == 'hello' and sm.get_session(sid).message_count == 1
+        st.close()
+    finally:
+        redis.stop()
+
+KILL_ZYGOTE = textwrap.dedent("""
+    import sys, os, json, signal
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.sessions import SessionManager
+    ini, sid = sys.argv[1], sys.argv[2]
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped at once
+    print('ready', flush=True)
+    for line in sys.stdin:  # each line: the tag of a new writer, forked from this already-imported process
+        tag = line.strip()
+        pid = os.fork()
+        if pid == 0:
+            sm, i = SessionManager(Storage(load_settings(ini))), 0
+            while True:
+                m = sm.add_message(sid, 'user', f'{tag} says {i} ' + 'word ' * (i % 7))
+                print(json.dumps([tag, m.message_id, m.seq]), flush=True); i += 1
+        print(json.dumps(['spawned', tag, pid]), flush=True)
+""")
+
+def test_counters_heal_after_sigkills(sm, raw, shared_ini):
+    "Issue 11 item 4: 16 writers, two at a time, each SIGKILLed after a random number of messages; message_count and the un-summarised token count come out exact"
+    sid = sm.create_session(uid()).session_id
+    rnd, zygote, live, kills = random.Random(11), Child(KILL_ZYGOTE, shared_ini, sid), [], 0
+    def acks(tag): return sum(l.startswith(f'["{tag}"') for l in zygote.lines)
+    try:
+        assert zygote.next_line() == 'ready'
+        for k in range(16):
+            zygote.send(f"w{k}")
+            while not any(l.startswith(f'["spawned", "w{k}"') for l in zygote.lines): zygote.next_line()
+            pid = json.loads(next(l for l in zygote.lines if l.startswith(f'["spawned", "w{k}"')))[2]
+            live.append((f"w{k}", pid, rnd.randint(2, 10)))
+            if len(live) == 2 or k == 15:
+                for tag, pid, target in list(live) if k == 15 else live[:1]:
+                    for _ in range(5000):  # bounded: a writer that stopped on its own must not leave this waiting on the other's lines
+                        if acks(tag) >= target: break
+                        zygote.next_line()
+                    else: pytest.fail(f"writer {tag} stopped after {acks(tag)} messages: {zygote.proc.stderr.read() if zygote.proc.poll() is not None else ''}")
+                    os.kill(pid, signal.SIGKILL); kills += 1
+                    live.remove((tag, pid, target))
+    finally: zygote.close()
+    assert kills == 16
+    fresh = SessionManager(raw)  # another process's view: nothing from the killed writers' memory
+    hist = fresh.get_history(sid)  # a history read counts what the killed writers did not
+    assert seqs(hist) == list(range(1, len(hist) + 1))
+    s = fresh.get_session(sid)
+    assert (s.message_count, s.unsummarised_tokens) == (len(hist), sum(estimate_tokens(m.content) for m in hist if m.seq > s.summarised_until))
+    assert raw.table(SESSIONS_TABLE).get(sid)['message_count'] == len(hist)
+    nxt = sm.add_message(sid, 'user', 'after the kills')
+    assert sm.get_session(sid).message_count == nxt.seq == len(hist) + 1
+
+def test_cleanup_counts_what_a_killed_writer_left(fresh_storage, fresh_raw):
+    "Issue 11 item 4: a message written by a process that died before counting it is counted by the next cleanup, no read needed"
+    sm = SessionManager(fresh_storage)
+    sid = sm.create_session(uid()).session_id
+    sm.add_message(sid, 'user', 'first')
+    orphan = Message(session_id=sid, seq=2, role='assistant', content='written, then the writer was killed')
+    fresh_raw.table(MESSAGES_TABLE).put(orphan.to_item(), if_absent=True)  # exactly what such a writer leaves
+    assert fresh_raw.table(SESSIONS_TABLE).get(sid)['message_count'] == 1
+    rep = sm.cleanup_expired_sessions()
+    it = fresh_raw.table(SESSIONS_TABLE).get(sid)
+    assert (it['message_count'], it['unsummarised_tokens']) == (2, estimate_tokens('first') + estimate_tokens(orphan.content))
+    assert rep.recounted == [sid] and sm.cleanup_expired_sessions().recounted == []
+    assert SessionManager(fresh_raw).get_session(sid).message_count == 2
+
+def test_hot_keys_cannot_collide(sm, raw):
+    "Issue 11 item 11: a session id can never address another session's hot-tier entries"
+    victim = sm.create_session(uid()).session_id
+    sm.add_message(victim, 'user', 'my seq hint is in the hot tier')
+    with pytest.raises(InvalidIdError, match=f"session_id '{victim}/seq' is not allowed"): sm.create_session(uid(), session_id=f"{victim}/seq")
+    assert sm.add_message(victim, 'user', 'still mine').seq == 2 and sm.get_session(victim).message_count == 2
+    # keys are collision-free by construction, even for an id made before the id rule (kept readable for a purge)
+    legacy = f"{victim}/seq"
+    hot = HotTier(raw.cache, SessionPolicy(), raw.table(HOT_STATE_TABLE))
+    assert len({HotTier.session_key(victim), HotTier.seq_key(victim), HotTier.session_key(legacy), HotTier.seq_key(legacy)}) == 4
+    assert hot.put_session({'session_id': legacy, 'user_id': 'u', 'status': 'active', '_version': 1}, hot.token())
+    assert raw.cache.get(HotTier.seq_key(victim)) == b'2' and hot.get_session(legacy)['session_id'] == legacy
+    assert sm.add_message(victim, 'user', 'and again').seq == 3
+    raw.cache.delete(HotTier.session_key(legacy))

@@ -28,6 +28,7 @@ class Page:
     "One page of a listing or query; pass `cursor` back to get the next page"
     items: list
     cursor: str|None = None
+    skipped: list = field(default_factory=list)  # keys of stored records that could not be read (skipped, not fatal)
     def __iter__(self): return iter(self.items)
     def __len__(self): return len(self.items)
 
@@ -46,8 +47,10 @@ def encode_cursor(d:Any)->str:
 
 def decode_cursor(c:str)->Any:
     "The position `encode_cursor` encoded; a clear error for a cursor that is not one of ours"
+    hint = "pass back the `cursor` of the previous Page unchanged (None for the first page)"
+    if not isinstance(c, str): raise InvalidKeyError(f"cursor must be a str returned by a previous Page, got {type(c).__name__}: {c!r:.40}", hint)
     try: return json.loads(base64.urlsafe_b64decode(c.encode()))
-    except Exception: raise InvalidKeyError(f"cursor {c[:40]!r} is not a cursor returned by this store", "pass back the `cursor` of the previous Page unchanged") from None
+    except Exception: raise InvalidKeyError(f"cursor {c[:40]!r} is not a cursor returned by this store", hint) from None
 
 # %% ../../nbs/10_store.ipynb #f5506e7e
 def parse_store_url(url:str # e.g. 's3://bucket/prefix?region=eu-west-1'
@@ -202,30 +205,24 @@ ARTIFACTS_TABLE = TableSpec('dataops_artifacts', 'artifact_id', indexes=(
 # %% ../../nbs/10_store.ipynb #99045f44
 _INF = (float('inf'), float('-inf'))
 
-def _json_ok(v)->bool:
-    "Fast path: True if `v` is plainly JSON-able (exact builtin types); False means 'look closer'"
+def _utf8(s:str)->bool:
+    try: s.encode(); return True
+    except UnicodeEncodeError: return False
+
+def _json_ok(v, depth:int=0)->bool:
+    "Fast path: True if `v` is plainly JSON-able (exact builtin types, UTF-8 text, at most `MAX_DEPTH` deep); False means 'look closer'"
     t = type(v)
-    if t is str or t is int or t is bool or v is None: return True
+    if t is str: return v.isascii() or _utf8(v)
+    if t is int or t is bool or v is None: return True
     if t is float: return v == v and v not in _INF
-    if t is dict: return all(type(k) is str and _json_ok(x) for k,x in v.items())
-    if t is list or t is tuple: return all(_json_ok(x) for x in v)
+    if depth >= MAX_DEPTH: return False
+    if t is dict: return all(type(k) is str and (k.isascii() or _utf8(k)) and _json_ok(x, depth+1) for k,x in v.items())
+    if t is list or t is tuple: return all(_json_ok(x, depth+1) for x in v)
     return False
 
 def _explain(spec:TableSpec, v, path:str):
-    "Raise `InvalidKeyError` naming the first value under `path` that is not JSON-able"
-    if v is None or isinstance(v, (str, bool, int)): return
-    if isinstance(v, float):
-        if v != v or v in _INF: raise InvalidKeyError(f"table {spec.name!r}: {path} is {v}", "store NaN/inf as None or a string")
-        return
-    if isinstance(v, (list, tuple)):
-        for i,x in enumerate(v): _explain(spec, x, f"{path}[{i}]")
-        return
-    if isinstance(v, dict):
-        for k,x in v.items():
-            if not isinstance(k, str): raise InvalidKeyError(f"table {spec.name!r}: {path} has a non-str key {k!r}", "use str keys")
-            _explain(spec, x, f"{path}.{k}")
-        return
-    raise InvalidKeyError(f"table {spec.name!r}: {path} is a {type(v).__name__}, which is not JSON-able", "convert it (bytes go to a BlobStore, datetimes to ISO strings)")
+    "Raise `InvalidKeyError` naming the first value under `path` that is not JSON-able (`check_json`)"
+    check_json(v, f"table {spec.name!r}: {path}", InvalidKeyError)
 
 def check_item(spec:TableSpec, item:dict)->dict:
     "`item` if it can be stored in `spec`'s table: a dict of JSON-able values with its key attributes"
@@ -439,25 +436,30 @@ class Storage:
     def __init__(self, settings:Settings|None=None): # default: `load_settings()`
         self.settings = settings or load_settings()
         st = self.settings.storage
-        self.urls = {'hot': self.settings.resolve(st.hot), 'cold': self.settings.resolve(st.cold), 'blob': self.settings.resolve(st.blob)}
+        self._urls = {'hot': self.settings.resolve(st.hot), 'cold': self.settings.resolve(st.cold), 'blob': self.settings.resolve(st.blob)}
         self._cache,self._blob,self._tables,self._lock = None,None,{},threading.Lock()
+
+    @property
+    def urls(self)->dict[str, str]:
+        "The URL of each role, resolved, with passwords masked (for showing; the backends get the real ones)"
+        return {r: mask_url(u) for r,u in self._urls.items()}
 
     @property
     def cache(self)->HotCache:
         with self._lock:
-            if self._cache is None: self._cache = open_cache(self.urls['hot'])
+            if self._cache is None: self._cache = open_cache(self._urls['hot'])
             return self._cache
     @property
     def blob(self)->BlobStore:
         with self._lock:
-            if self._blob is None: self._blob = open_blob(self.urls['blob'])
+            if self._blob is None: self._blob = open_blob(self._urls['blob'])
             return self._blob
     def table(self, spec:TableSpec)->MetadataTable:
         "The table for `spec` (its name prefixed with `table_prefix`)"
         blob = self.blob
         with self._lock:
             if spec.name not in self._tables:
-                self._tables[spec.name] = open_table(self.urls['cold'], spec.prefixed(self.settings.storage.table_prefix), offload=blob)
+                self._tables[spec.name] = open_table(self._urls['cold'], spec.prefixed(self.settings.storage.table_prefix), offload=blob)
             return self._tables[spec.name]
 
     def ensure(self, specs:Iterable[TableSpec]|None=None)->Storage:
@@ -483,7 +485,7 @@ class Storage:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def _repr_markdown_(self):
-        return "**Storage**\n\n| role | URL |\n|---|---|\n" + "\n".join(f"| {r} | `{mask_url(u)}` |" for r,u in self.urls.items())
+        return "**Storage**\n\n| role | URL |\n|---|---|\n" + "\n".join(f"| {r} | `{u}` |" for r,u in self.urls.items())
 
 def open_storage(settings:Settings|None=None)->Storage:
     "A `Storage` for `settings` (default: loaded from settings.ini and the environment)"

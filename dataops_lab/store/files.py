@@ -83,7 +83,7 @@ class _FileLock:
         self._mutex.acquire()
         try:
             if fcntl is not None:
-                if self._fd is None: self._fd = os.open(self.path, os.O_RDWR|os.O_CREAT|os.O_CLOEXEC, 0o666)
+                if self._fd is None: self._fd = os.open(self.path, os.O_RDWR|os.O_CREAT|os.O_CLOEXEC, 0o600)
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException: self._mutex.release(); raise
         return self
@@ -113,8 +113,8 @@ class FileBlobStore(BlobStore):
         _fork_aware.add(self)
 
     def ensure(self)->None:
-        "Create the root folder if it is missing"
-        try: os.makedirs(self.root, exist_ok=True)
+        "Create the root folder if it is missing (and each missing folder above it) readable by this user only"
+        try: private_dir(self.root)
         except OSError as e: raise self._unavailable(f"cannot create the blob folder {self.root}: {e.strerror}") from None
     def check(self)->None:
         "Raise unless the root is an existing folder this process can write"
@@ -152,10 +152,10 @@ def _tmp(self:FileBlobStore, d:str, key:str)->tuple[str, int]:
     "A new temporary file in folder `d` (created if missing): `(path, fd)`"
     for _ in range(100):
         tmp = f"{d}/.~t.{os.urandom(8).hex()}"
-        try: return tmp, os.open(tmp, os.O_WRONLY|os.O_CREAT|os.O_EXCL|os.O_CLOEXEC, 0o666)
+        try: return tmp, os.open(tmp, os.O_WRONLY|os.O_CREAT|os.O_EXCL|os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # the folder is missing, or a concurrent delete just pruned it: create and retry
-            try: os.makedirs(d, exist_ok=True)
-            except FileNotFoundError: pass  # a parent was pruned while makedirs ran
+            try: private_dir(d)
+            except FileNotFoundError: pass  # a parent was pruned while it ran
             except (FileExistsError, NotADirectoryError): raise self._clash(key) from None
         except NotADirectoryError: raise self._clash(key) from None
         except OSError as e: raise StorageError(f"cannot write blob {key!r} in {self.describe()}: {e.strerror}", "check that the blob folder is writable and the disk is not full") from None

@@ -149,8 +149,11 @@ class SQLiteBackend:
         self.path = sqlite_path(self.url)
         self.timeout,self.durability = timeout,durability
         self._local,self._conns,self._idle = threading.local(),weakref.WeakSet(),deque()
-        try: os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try: private_dir(os.path.dirname(self.path))
         except OSError as e: raise self._unavailable(f"cannot create the folder of {self.path}: {e.strerror}") from None
+        try: os.close(os.open(self.path, os.O_WRONLY|os.O_CREAT|os.O_EXCL|getattr(os, 'O_CLOEXEC', 0), 0o600))  # an empty file is an empty database
+        except FileExistsError: pass
+        except OSError as e: raise self._unavailable(f"cannot create {self.path}: {e.strerror}") from None
         _fork_aware.add(self)
 
     def _connect(self)->sqlite3.Connection:
