@@ -7,12 +7,13 @@ Docs: https://dataops-lab.github.io/dataops-lab/orchestrator.html.md"""
 # %% ../nbs/38_orchestrator.ipynb #f29c7c60
 from __future__ import annotations
 import functools, json, logging, math, re, time, traceback
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 import bm25s, bm25s.stopwords
 from pydantic import BaseModel, Field
 from fastcore.basics import patch
 from .core import *
-from .config import Settings
+from .config import Settings, load_settings
 from .models import *
 from .recall import terms, _stem
 from .sessions import SessionManager
@@ -23,7 +24,7 @@ from .decorators import RunContext, run_context
 
 # %% auto #0
 __all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs', 'Extraction', 'extract_inputs', 'Event',
-           'OrchestratorResult', 'Rule', 'registry_from_settings', 'Orchestrator']
+           'OrchestratorResult', 'Rule', 'workflows_dir', 'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
 _log = logging.getLogger('dataops_lab.orchestrator')
@@ -213,11 +214,19 @@ class Rule(BaseModel):
     condition: Callable[[dict], bool]
     workflow: str
 
-def registry_from_settings(settings:Settings|None=None, # default: `load_settings()`
+def workflows_dir(settings:Settings|Path|str|None=None # default: `load_settings()`
+                 )->Path:
+    "The folder of your workflow packages: `[devkit] output_dir`, relative to the settings file's folder"
+    s = load_settings(settings)
+    return (s.root/Path(s.devkit.output_dir).expanduser()).resolve()
+
+def registry_from_settings(settings:Settings|Path|str|None=None, # default: `load_settings()`
                            llm=None # handed to the workflow classes that take one (see `configured_model`)
                           )->WorkflowRegistry:
-    "The registry `Orchestrator()` and `WorkflowChain()` use by default: the installed workflows (entry points), given the model"
-    return WorkflowRegistry.discover(llm=configured_model(llm, settings))
+    "The registry `Orchestrator()` and `WorkflowChain()` use by default: the installed workflows (entry points, the bundled six among them) and the packages in `workflows_dir`, given the model"
+    s = load_settings(settings)
+    folder = workflows_dir(s)
+    return WorkflowRegistry.discover([folder] if folder.is_dir() else [], llm=configured_model(llm, s))
 
 def _settings_of(sm)->Settings|None: return getattr(getattr(sm, 'storage', None), 'settings', None)
 

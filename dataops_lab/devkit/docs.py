@@ -146,8 +146,8 @@ def workflow_markdown(loc:Located, include_diagrams:bool=False)->str:
     out += ['', '## Usage', '', 'In Python (a notebook, a script):', '', '```python', 'from dataops_lab.devkit.workspace import load_workflow', '',
             f"wf = load_workflow({md.name!r})", f"result = wf.run({json.dumps(jsonable(ex))})", '```', '',
             'Through the orchestrator, in a session:', '', '```python',
-            'from dataops_lab import Orchestrator, SessionManager', 'from dataops_lab.devkit.workspace import workspace_registry', '',
-            'sm = SessionManager()', 'orchestrator = Orchestrator(workspace_registry(), sm)',
+            'from dataops_lab import Orchestrator, SessionManager', '',
+            'sm = SessionManager()', 'orchestrator = Orchestrator(session_manager=sm)  # the installed workflows and those in [devkit] output_dir',
             f"orchestrator.process(sm.create_session('me').session_id, {(md.example_queries or [md.description])[0]!r})", '```', '',
             'From the shell:', '', '```sh', f"dataops-workflow test {md.name} --input '{json.dumps(jsonable(ex))}' --trace", f"dataops-workflow shell {md.name}", '```', '']
     out += ['## How it works', '']

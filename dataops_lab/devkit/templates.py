@@ -121,7 +121,7 @@ Answer concisely: {request}"""
 
 @with_artifacts(ArtifactType.RESULT)
 @with_error_recovery(retries=2, backoff=0.5)
-@with_session_context()
+@with_session_context
 def answer(state: State, session_context: dict | None = None) -> dict:
     """Answer the request with one call of the chat model"""
     earlier = (session_context or {}).get("last_workflow")
@@ -431,7 +431,7 @@ def _terms(state: State) -> str:
 
 @with_artifacts(ArtifactType.INTERMEDIATE)
 @with_error_recovery(retries=2, backoff=0.5)
-@with_session_context()
+@with_session_context
 def draft(state: State, session_context: dict | None = None) -> dict:
     """Write the first draft"""
     style = (session_context or {}).get("style")  # e.g. a preference stored in the session's global_context
@@ -935,7 +935,7 @@ def incident(state: State) -> dict:
 
 
 @with_error_recovery(retries=2, backoff=0.5)
-@with_session_context()
+@with_session_context
 def change(state: State, session_context: dict | None = None) -> dict:
     """A change plan: steps, checks and a rollback"""
     prompt = f"Plan this change in steps, with a check after each and a rollback: {state['request']}"

@@ -14,18 +14,14 @@ from typing import Any
 from ..core import *
 from ..config import Settings, load_settings
 from ..workflows import *
+from ..llm import configured_model
+from ..orchestrator import workflows_dir, registry_from_settings
 
 # %% auto #0
-__all__ = ['BUNDLED', 'workflows_dir', 'default_author', 'workspace_registry', 'source_kind', 'Located', 'locate_workflow',
-           'load_workflow', 'read_inputs', 'example_inputs']
+__all__ = ['BUNDLED', 'default_author', 'workspace_registry', 'source_kind', 'Located', 'locate_workflow', 'load_workflow',
+           'read_inputs', 'example_inputs']
 
 # %% ../../nbs/62_devkit_workspace.ipynb #12be61c2
-def workflows_dir(settings:Settings|Path|str|None=None # default: `load_settings()`
-                 )->Path:
-    "The folder of workflow packages: `[devkit] output_dir`, relative to the settings file's folder"
-    s = load_settings(settings)
-    return (s.root/Path(s.devkit.output_dir).expanduser()).resolve()
-
 def default_author(settings:Settings|Path|str|None=None)->str:
     "`[devkit] author`, else git's `user.name`, else the login name"
     s = load_settings(settings)
@@ -38,22 +34,22 @@ def default_author(settings:Settings|Path|str|None=None)->str:
 BUNDLED = 'bundled'
 
 def workspace_registry(settings:Settings|Path|str|None=None, # default: `load_settings()`
-                       llm=None, # chat model for the bundled workflows that can use one
+                       llm=None, # chat model for the workflows that take one; None: the one [llm] configures
                        folder:Path|str|None=None, # workflow packages to load (default: `workflows_dir(settings)`); it may not exist yet
-                       entry_points:bool=True # also load installed packages' workflows
+                       entry_points:bool=True # also load installed packages' workflows (the bundled six among them)
                       )->WorkflowRegistry:
-    "Bundled workflows, then the packages in the workflows folder, then installed ones"
-    from dataops_lab.examples import default_registry
-    reg = default_registry(llm)
-    for n in reg.names(): reg.sources[n] = BUNDLED
-    d = Path(folder) if folder is not None else workflows_dir(settings)
-    if d.is_dir(): reg.discover_folder(d)
+    "The installed workflows (the bundled ones among them), then the packages in the workflows folder: `registry_from_settings` unless told otherwise"
+    if folder is None and entry_points: return registry_from_settings(settings, llm)
+    s = load_settings(settings)
+    reg = WorkflowRegistry(llm=configured_model(llm, s))
     if entry_points: reg.discover_entry_points()
+    if (d := Path(folder) if folder is not None else workflows_dir(s)).is_dir(): reg.discover_folder(d)
     return reg
 
 def source_kind(source:str)->str:
     "'bundled', 'entry point' or 'folder', for a registry source string"
-    return BUNDLED if source == BUNDLED else 'entry point' if source.startswith('entry point') else 'folder'
+    if source == BUNDLED or source.startswith('entry point dataops_lab.examples'): return BUNDLED
+    return 'entry point' if source.startswith('entry point') else 'folder'
 
 # %% ../../nbs/62_devkit_workspace.ipynb #31426ac3
 def _package_folder(wf:BaseWorkflow)->Path|None:
