@@ -11,7 +11,7 @@ __all__ = []
 _MODULES = ('runtime', 'workspace', 'templates', 'harness', 'validate', 'docs', 'benchmark', 'shell', 'package', 'convert', 'cli')
 _LAZY = {
     **{n: 'runtime' for n in ('ECHO_MARKER', 'EchoChatModel', 'use_llm', 'current_llm', 'ToolCall', 'external_tool', 'mock_tools', 'record_tool_calls')},
-    **{n: 'workspace' for n in ('workflows_dir', 'default_author', 'workspace_registry', 'Located', 'locate_workflow', 'load_workflow', 'read_inputs', 'example_inputs')},
+    **{n: 'workspace' for n in ('default_author', 'workspace_registry', 'Located', 'locate_workflow', 'load_workflow', 'read_inputs', 'example_inputs')},
     **{n: 'templates' for n in ('TEMPLATES', 'Template', 'create_workflow', 'check_workflow_name', 'Created')},
     **{n: 'harness' for n in ('WorkflowTestHarness', 'HarnessRun', 'StepTrace', 'NodeTracer', 'test_workflow', 'contract_problems', 'output_schema')},
     **{n: 'validate' for n in ('validate_workflow', 'ValidationReport', 'Finding', 'serialisation_problems', 'CHECKS')},

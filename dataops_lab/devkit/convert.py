@@ -14,7 +14,7 @@ import yaml
 from ..core import *
 from ..config import Settings, load_settings
 from ..workflows import WorkflowInputParameter, inputs_from_state
-from .workspace import workflows_dir
+from ..orchestrator import workflows_dir
 from .templates import check_workflow_name
 
 # %% auto #0

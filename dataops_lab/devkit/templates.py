@@ -13,7 +13,8 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from ..core import *
 from ..config import Settings, load_settings
-from .workspace import workflows_dir, default_author
+from ..orchestrator import workflows_dir
+from .workspace import default_author
 
 # %% auto #0
 __all__ = ['COMMON', 'TEMPLATES', 'Template', 'render', 'dev_notebook', 'check_workflow_name', 'Created', 'create_workflow']
