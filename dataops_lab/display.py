@@ -25,8 +25,7 @@ from .orchestrator import OrchestratorResult
 # %% auto #0
 __all__ = ['PREVIEW_MAX_BYTES', 'MESSAGE_MAX_CHARS', 'Markup', 'esc', 'short', 'code', 'html_table', 'card', 'pre', 'too_large',
            'pretty_json', 'code_html', 'markdown_html', 'looks_like_sql', 'sql_html', 'value_html', 'json_tree',
-           'visible_count', 'SessionFacts', 'session_facts', 'message_body', 'session_card', 'wrap_label',
-           'lineage_svg']
+           'SessionFacts', 'session_facts', 'message_body', 'session_card', 'wrap_label', 'lineage_svg']
 
 # %% ../nbs/50_display.ipynb #b2875386
 class Markup(str):
@@ -181,16 +180,6 @@ def json_tree(v:Any, # JSON-able data
     return value_html(v)
 
 # %% ../nbs/50_display.ipynb #a183948b
-def visible_count(message_count:int, # turns ever added to the session (its `message_count`)
-                  hidden_ranges:Iterable=() # its `hidden_ranges`: inclusive (first, last) seq pairs a restore hid
-                 )->int:
-    "How many of turns 1..`message_count` no restore hides"
-    hidden,upto = 0,0
-    for a,b in sorted((max(1, int(a)), min(int(b), message_count)) for a,b in hidden_ranges or ()):
-        a = max(a, upto+1)
-        if b >= a: hidden += b-a+1; upto = b
-    return max(0, message_count - hidden)
-
 @dataclass
 class SessionFacts:
     "What a session's visible turns tell beyond its record: how many, a title, the workflows used"
@@ -251,7 +240,7 @@ def session_card(s:Session, # the session record
                  facts:SessionFacts|None=None # what its turns tell (`session_facts`); without them, what the record holds
                 )->Markup:
     "An HTML card of the session: ids, status, the turns a person can see, the workflows used and the state keys"
-    hidden = s.message_count - visible_count(s.message_count, s.hidden_ranges)
+    hidden = s.message_count - s.visible_count
     f = {'user': s.user_id, 'status': s.status.value, 'created': _ts(s.created_at), 'last active': _ts(s.last_active),
          'messages': f"{s.message_count - hidden}" + (f" ({hidden} hidden by a restore)" if hidden else '')}
     wf = facts.workflows if facts is not None else s.active_workflows

@@ -8,13 +8,13 @@ Docs: https://dataops-lab.github.io/dataops-lab/models.html.md"""
 from __future__ import annotations
 import datetime as dt
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .core import new_id, utcnow
 
 # %% auto #0
-__all__ = ['SessionStatus', 'Role', 'ArtifactType', 'Scope', 'iso', 'Record', 'Message', 'UserPreferences', 'Session', 'Artifact',
-           'ArtifactRef', 'ContextSnapshot', 'Checkpoint']
+__all__ = ['SessionStatus', 'Role', 'ArtifactType', 'Scope', 'iso', 'Record', 'Message', 'UserPreferences', 'visible_count',
+           'Session', 'Artifact', 'ArtifactRef', 'ContextSnapshot', 'Checkpoint']
 
 # %% ../nbs/02_models.ipynb #c14724f4
 class SessionStatus(str, Enum):
@@ -80,6 +80,16 @@ class UserPreferences(Record):
     notifications: bool = True
     extra: dict[str, Any] = Field(default_factory=dict)
 
+def visible_count(message_count:int, # turns ever added to the session (its `message_count`)
+                  hidden_ranges:Iterable=() # its `hidden_ranges`: inclusive (first, last) seq pairs a restore hid
+                 )->int:
+    "How many of turns 1..`message_count` no restore hides"
+    hidden,upto = 0,0
+    for a,b in sorted((max(1, int(a)), min(int(b), message_count)) for a,b in hidden_ranges or ()):
+        a = max(a, upto+1)
+        if b >= a: hidden += b-a+1; upto = b
+    return max(0, message_count - hidden)
+
 class Session(Record):
     "A persistent conversation and its state"
     session_id: str = Field(default_factory=lambda: new_id('sess'))
@@ -108,11 +118,17 @@ class Session(Record):
         if not v or not v.strip(): raise ValueError("user_id must be a non-empty string")
         return v
 
+    @property
+    def visible_count(self)->int:
+        "Turns a person can see: `message_count` less those a checkpoint restore hid"
+        return visible_count(self.message_count, self.hidden_ranges)
+
     def _repr_markdown_(self):
-        wf = ', '.join(self.active_workflows) or '—'
+        wf,hidden = ', '.join(self.active_workflows) or '—',self.message_count - self.visible_count
+        n = f"{self.visible_count}" + (f" ({hidden} hidden by a restore)" if hidden else '')
         return (f"**Session** `{self.session_id}` · user `{self.user_id}` · *{self.status.value}*\n\n"
                 f"| created | last active | messages | workflows | state keys |\n|---|---|---|---|---|\n"
-                f"| {iso(self.created_at)[:19]} | {iso(self.last_active)[:19]} | {self.message_count} | {wf} | {', '.join(self.global_context) or '—'} |")
+                f"| {iso(self.created_at)[:19]} | {iso(self.last_active)[:19]} | {n} | {wf} | {', '.join(self.global_context) or '—'} |")
 
 # %% ../nbs/02_models.ipynb #f3ba2b95
 class Artifact(Record):

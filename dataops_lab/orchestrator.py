@@ -400,7 +400,9 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
         res = self._reply(session_id, 'error', f"{wf.name} ran, but its result could not be stored: {_msg(se)}", workflow=wf.name, route=route, inputs=jsonable(ex.values), output=out)
         yield E('error', data={'error': _msg(se), 'outcome': res.model_dump()}); return
     yield E('artifact_stored', data={'artifact_id': aid, 'type': 'result'})
-    self.sessions.update_session(session_id, {'global_context': {'last_workflow': wf.name, 'last_result': aid}})
+    now = self.sessions.update_session(session_id, {'global_context': {'last_workflow': wf.name, 'last_result': aid}})
+    if wf.name not in now.active_workflows:  # the workflows this session has run, in order of first use (a second write only the first time)
+        self.sessions.update_session(session_id, {'active_workflows': [*now.active_workflows, wf.name]})
     reply = str(state.get('summary') or state.get('answer') or state.get('result') or state.get('output') or f"{wf.name} finished; result stored as {aid}.")  # 'output': DataOps Agent's key
     res = self._reply(session_id, 'result', reply, workflow=wf.name, route=route, inputs=jsonable(ex.values), output=out, artifact_ids=[aid])
     yield E('result', data={'outcome': res.model_dump()})
