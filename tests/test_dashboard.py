@@ -57,6 +57,8 @@ def seeded(tmp_path_factory):
     nb = write_notebook(tmp/'square.ipynb', "n: int = 1  # the number to square", "assert n != 3, 'three is refused'\nprint(n*n)")
     res = run_batch(nb, {'n': [2, 3]}, settings=ini, progress=False, scheduler='synchronous')
     assert res.counts == {'succeeded': 1, 'failed': 1}, res.counts
+    again = run_batch(nb, {'n': [2, 3]}, settings=ini, progress=False, scheduler='synchronous')  # a resume: the succeeded run is skipped, the failed one runs again
+    assert (again.batch_id, again.counts) == (res.batch_id, {'skipped': 1, 'failed': 1}), again.counts
     return dict(ini=ini, settings=s, ana=ana.session_id, ben=others, prof=prof, top=top, query=query, chain=chain, batch=res.batch_id)
 
 
@@ -123,7 +125,7 @@ def test_dashboard_in_a_browser(seeded, request):
                 table = page.locator('.sessions-table .tabulator')
                 # the sessions table lists every seeded session, newest first: 4 in one page of 10
                 for sid in [seeded['ana'], *seeded['ben']]: expect(table.get_by_text(sid)).to_be_visible(timeout=30_000)
-                n = len(seeded['ben']) + 1 + 2  # Ana's, Ben's and the batch runs' sessions
+                n = len(seeded['ben']) + 1 + 3  # Ana's, Ben's and the batch runs' sessions (two runs; the resume ran the failed one again)
                 expect(page.get_by_text(f'{n} matching sessions')).to_be_visible()
                 # each session has a title and the workflows its visible turns used; the count leaves out the 2 turns a restore hid
                 ana_row = table.locator('.tabulator-row').filter(has_text=seeded['ana'])
@@ -209,7 +211,9 @@ def test_dashboard_in_a_browser(seeded, request):
                 expect(btable.get_by_text(seeded['batch'])).to_be_visible(timeout=10_000)
                 brow = btable.locator('.tabulator-row').filter(has_text=seeded['batch'])
                 expect(cell(brow, 'status')).to_have_text('partly failed')
-                expect(page.locator('canvas').first).to_be_attached()  # the status and duration charts (drawn on canvas)
+                expect(cell(brow, 'skipped')).to_have_text('1')  # the resume skipped the run that had succeeded
+                expect(cell(brow, 'duration')).to_contain_text('(2 invocations)')  # both invocations' time, not only the resume's
+                expect(page.locator('canvas').first).to_be_attached(timeout=10_000)  # the status and duration charts (drawn on canvas)
                 btable.get_by_text(seeded['batch']).click()
                 expect(page.get_by_text('three is refused')).to_be_visible(timeout=10_000)
                 runs = page.locator('.runs-table .tabulator')
