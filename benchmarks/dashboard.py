@@ -243,6 +243,9 @@ def main():
     folder = a.data or Path(tempfile.mkdtemp(prefix='dash-bench-'))
     folder.mkdir(parents=True, exist_ok=True)
     import panel, bokeh
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from storage import versions  # machine, commit and load average
+    print(versions())
     print(f"python {sys.version.split()[0]} · panel {panel.__version__} · bokeh {bokeh.__version__} · pandas {pd.__version__} · {os.cpu_count()} CPUs · data in {folder}")
     s = seed(folder, a.sessions, a.artifacts)
     rows = []
@@ -257,5 +260,6 @@ def main():
         (oh, ow), (ph, pw) = info['browser_bytes']
         print(f"received by the browser over the whole run: dashboard {oh:,} B of HTTP (page + JS/CSS assets) + {ow:,} B of websocket (data); "
               f"peer {ph:,} B of HTTP + {pw:,} B of websocket")
+    print(f"\nload average at end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 if __name__ == '__main__': main()

@@ -95,12 +95,14 @@ class WorkflowChain:
                  session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
                  artifact_store:ArtifactStore|None=None, checkpointer=None,
                  durability:str='auto', # 'sync'/'async': checkpoint every step; 'exit': once when a run ends; 'auto': 'exit' while recent runs are quick
-                 sync_after:float=0.1 # 'auto': seconds a recent run may take for the next run to use 'exit'
+                 sync_after:float=0.1, # 'auto': seconds a recent run may take for the next run to use 'exit'
+                 step_artifacts:bool=True # store each step's output as an artifact (lineage, previews); False: outputs live in the run's state and checkpoints only
                 ):
         if durability not in _DURABILITIES: raise InvalidInputError(f"durability={durability!r} is not allowed", f"use one of {list(_DURABILITIES)} ('auto' is the default)")
         if isinstance(sync_after, bool) or not isinstance(sync_after, (int, float)) or not sync_after >= 0:
             raise InvalidInputError(f"sync_after must be seconds >= 0, got {sync_after!r}", "e.g. sync_after=0.1 (0: every 'auto' run checkpoints each step)")
-        self._name,self._registry,self.durability,self.sync_after = name,registry,durability,float(sync_after)
+        if not isinstance(step_artifacts, bool): raise InvalidInputError(f"step_artifacts must be True or False, got {step_artifacts!r}", "step_artifacts=False keeps step outputs in the run's state only")
+        self._name,self._registry,self.durability,self.sync_after,self.step_artifacts = name,registry,durability,float(sync_after),step_artifacts
         self._recent = deque(maxlen=10)  # wall seconds of this chain's latest runs in this process, for 'auto'
         self._sm,self._arts = session_manager,artifact_store
         self._checkpointer = checkpointer
@@ -227,9 +229,9 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
         kind = ArtifactType.RESULT if not any(step.name in s.depends_on for s in self.steps.values()) else ArtifactType.INTERMEDIATE
         aid = self.artifacts.store_artifact(jsonable(out), session_id=sid, workflow_name=self.name, name=f"{self.name}.{step.name}",
-                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id']})
+                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id']}) if self.step_artifacts else None
         write({'event': 'step_finished', 'step': step.name, 'artifact_id': aid, 'seconds': secs})
-        return {'outputs': {step.name: out}, 'artifacts': {step.name: aid}, 'timings': {step.name: secs}}
+        return {'outputs': {step.name: out}, 'timings': {step.name: secs}} | ({'artifacts': {step.name: aid}} if aid else {})
     return run
 
 @patch
@@ -286,7 +288,7 @@ def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|
             elif chunk.get('event') == 'retry': yield E('retry', node=chunk['step'], data=chunk)
             else:
                 yield E('step_finished', node=chunk['step'], data={'seconds': chunk['seconds']})
-                yield E('artifact_stored', node=chunk['step'], data={'artifact_id': chunk['artifact_id']})
+                if chunk['artifact_id']: yield E('artifact_stored', node=chunk['step'], data={'artifact_id': chunk['artifact_id']})
     except Exception as e:
         snap = g.get_state(cfg)
         # the step whose task errored; a condition that fails errors its router's task after it ran, so `next` is empty then
