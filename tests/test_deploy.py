@@ -300,3 +300,14 @@ def test_k8s_objects_reference_each_other_and_probe_the_api(tmp_path):
     # kustomization lists every manifest but the Job (run on its own, per deployment and upgrade)
     listed = set(yaml.safe_load((K8S / 'kustomization.yaml').read_text())['resources'])
     assert listed == {f.name for f in K8S.glob('*.yaml')} - {'kustomization.yaml', 'init-job.yaml'}
+
+# ---------------------------------------------------------------- the guide
+
+def test_the_guide_is_linked_and_has_the_checklist():
+    assert '(deploy/README.md)' in (ROOT / 'README.md').read_text()
+    guide = (DEPLOY / 'README.md').read_text()
+    for part in ('**TLS**', '**Secrets**', '**Backups and point-in-time recovery**', '**Lifecycle**', '**Scaling**', '**Upgrades**', '**Not exercised on a real cluster'):
+        assert part in guide, part
+    # every file the guide's table names exists
+    for name in re.findall(r'^\| `([^`]+)` \|', guide, flags=re.M):
+        if '/' in name or '.' in name: assert (DEPLOY / name).exists(), name
