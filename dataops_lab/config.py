@@ -8,7 +8,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/config.html.md"""
 from __future__ import annotations
 import os, re, json, configparser, types, typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 from importlib.metadata import entry_points
 from contextvars import ContextVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_serializer
@@ -18,7 +18,7 @@ from .core import ConfigError, mask_url
 # %% auto #0
 __all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
            'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'find_settings_file', 'read_ini',
-           'IniSettingsSource', 'EnvSource', 'Settings', 'display_value', 'load_settings']
+           'IniSettingsSource', 'read_secret_files', 'EnvSource', 'Settings', 'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -227,8 +227,34 @@ class IniSettingsSource(PydanticBaseSettingsSource):
     def get_field_value(self, field, field_name): return self.data.get(field_name), field_name, False
     def __call__(self)->dict[str, Any]: return dict(self.data)
 
+def read_secret_files(env:Mapping[str, str|None], # environment variables as pydantic-settings keeps them (names lower-cased)
+                      sections:Mapping[str, type[BaseModel]] # section name → the model of its keys
+                     )->dict[str, str|None]:
+    "`env` with each `dataops_<section>__<key>_file` replaced by `dataops_<section>__<key>`, the text of the file it names"
+    out = dict(env)
+    for name,path in env.items():
+        if not (name.startswith('dataops_') and name.endswith('_file') and '__' in name): continue
+        sec,_,key = name.removeprefix('dataops_').removesuffix('_file').partition('__')
+        fields = sections[sec].model_fields if sec in sections else {}
+        if key not in fields or key+'_file' in fields: continue  # not a file reference: validation names an unknown key
+        var,target = name.upper(), name.removesuffix('_file')
+        if target in env: raise ConfigError(f"both {target.upper()} and {var} are set", f"set only one of them: {var} names a file holding the value")
+        if not path: raise ConfigError(f"{var} is empty", "set it to the path of a file holding the value (e.g. a mounted secret), or unset it")
+        try: text = Path(path).read_text().rstrip('\r\n')
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{var} = {path!r}: the file cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})",
+                              "point it at a readable UTF-8 file; a container needs the secret mounted and readable by its user") from None
+        if not text.strip(): raise ConfigError(f"{var} = {path!r} is an empty file", "write the value into the file")
+        del out[name]
+        out[target] = text
+    return out
+
 class EnvSource(EnvSettingsSource):
-    "pydantic-settings source for `DATAOPS_*` variables: list settings take JSON or comma-separated text, like the file"
+    "pydantic-settings source for `DATAOPS_*` variables (or `DATAOPS_*_FILE` naming a file that holds the value): list settings take JSON or comma-separated text, like the file"
+    def __init__(self, settings_cls, **kw):
+        super().__init__(settings_cls, **kw)
+        sections = {k: f.annotation for k,f in settings_cls.model_fields.items() if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+        self.env_vars = read_secret_files(self.env_vars, sections)
     def decode_complex_value(self, field_name, field, value):
         if field is not None and _is_list(field.annotation): return value  # the section parses both forms (`split_list`)
         try: return json.loads(value)
@@ -280,7 +306,8 @@ def _describe(err, ini:Path|None, data:dict)->str:
     loc = [str(l) for l in err['loc']]
     sec,key = (loc+[''])[:2]
     env = f"DATAOPS_{sec.upper()}__{key.upper()}" if key else f"DATAOPS_{sec.upper()}"
-    origin = f"environment variable {env}" if env in os.environ else (f"{ini} [{sec}] {key}" if ini else f"[{sec}] {key}").rstrip()
+    origin = (f"environment variable {env}" if env in os.environ else f"file {os.environ[env+'_FILE']} (environment variable {env}_FILE)" if key and env+'_FILE' in os.environ
+              else (f"{ini} [{sec}] {key}" if ini else f"[{sec}] {key}").rstrip())
     raw = err.get('input')
     shown = '***' if any(s in key for s in _SECRET_KEYS) or not key else (mask_url(raw) if isinstance(raw, str) else raw)
     if err['type'] == 'extra_forbidden': return f"{origin}: unknown setting {'.'.join(loc)!r}; allowed keys are listed in settings.ini's comments"

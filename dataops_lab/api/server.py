@@ -216,11 +216,17 @@ def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|Non
     Services(s, WorkflowRegistry()).storage.ensure().close()
     api = s.api
     tls = dict(ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key) if api.tls_cert and api.tls_key else {}
+    # uvicorn releases that ping their worker processes restart one that does not answer in time (5 s by default): a worker
+    # that is still importing the app on a busy machine or a throttled container would be restarted forever
+    import inspect
+    slow = {'timeout_worker_healthcheck': 60} if 'timeout_worker_healthcheck' in inspect.signature(uvicorn.Config).parameters else {}
     cfg = TLS13Config('dataops_lab.api.server:app_from_env', factory=True, host=host or api.host, port=api.port if port is None else port,
-                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls)
+                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls, **slow)
     server = uvicorn.Server(cfg)
     if cfg.workers > 1:
         from uvicorn.supervisors import Multiprocess
         sock = cfg.bind_socket()
-        Multiprocess(cfg, target=server.run, sockets=[sock]).run()
+        # older uvicorn releases take the function each worker runs; newer ones start a Server of their own in each worker
+        target = {'target': server.run} if 'target' in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(cfg, sockets=[sock], **target).run()
     else: server.run()
