@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core import *
 
 # %% auto #0
-__all__ = ['STATUS', 'ERROR_RESPONSES', 'AuthenticationError', 'PermissionDeniedError', 'RateLimitedError',
+__all__ = ['STATUS', 'ERROR_RESPONSES', 'ID_REGEX', 'AuthenticationError', 'PermissionDeniedError', 'RateLimitedError',
            'PayloadTooLargeError', 'status_for', 'ErrorDetail', 'ErrorBody', 'scrub', 'error_body', 'error_response',
            'install_error_handlers']
 
@@ -79,6 +79,9 @@ def error_body(status:int, code:str, message:str, hint:str|None=None, field:str|
     "The JSON body of an error response"
     return ErrorBody(error=ErrorDetail(code=code, message=scrub(message), hint=scrub(hint), field=field, request_id=request_id)).model_dump()
 
+# %% ../../nbs/80_api_errors.ipynb #979a2ddb
+ID_REGEX = rf'^{ID_PATTERN}$'  # core's id rule, anchored for FastAPI's `pattern=`
+
 # %% ../../nbs/80_api_errors.ipynb #cbce231e
 _log = logging.getLogger('dataops_lab.api')
 
@@ -107,6 +110,9 @@ async def _validation_error(request:Request, e:RequestValidationError):
     first = errs[0] if errs else {'loc': (), 'msg': 'invalid request'}
     field = _field(first.get('loc', ()))
     more = f" (and {len(errs)-1} more)" if len(errs) > 1 else ''
+    if first.get('type') == 'string_pattern_mismatch' and (first.get('ctx') or {}).get('pattern') == ID_REGEX:
+        try: check_id(first.get('input'), field)  # an id against the one id rule: core's message and hint
+        except InvalidIdError as x: return error_response(request, 422, 'invalid_id', x.message + more, x.hint, field)
     msg = f"{field}: {first.get('msg', 'invalid')}{more}" if field else first.get('msg', 'invalid request')
     return error_response(request, 422, 'invalid_input', msg, "fix the field named; the schema at /docs lists every field, its type and range", field)
 

@@ -39,7 +39,7 @@ __all__ = ['ID', 'SID', 'E', 'auth', 'users', 'sessions', 'context', 'LABEL', 'w
            'share_artifact', 'get_run', 'cancel_run', 'read_audit', 'Health', 'live', 'ready']
 
 # %% ../../nbs/88a_api_routes.ipynb #a2055e17
-ID = r'^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$'  # the project's id rule (artifacts.check_id), checked at the edge
+ID = ID_REGEX  # core's one id rule (check_id's ID_PATTERN), checked at the edge
 SID = Path(pattern=ID, description="a session id", examples=['sess_01J0000000000000000000000'])
 E = ERROR_RESPONSES
 def _e(*codes)->dict: return {c: E[c] for c in (401, 429, 500, *codes)}
