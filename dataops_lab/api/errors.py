@@ -63,7 +63,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 def _resp(status:int, desc:str)->dict: return {'model': ErrorBody, 'description': desc}
-ERROR_RESPONSES:dict[int|str, dict] = {401: _resp(401, 'no valid token'), 403: _resp(403, "the caller's role does not allow this"),
+ERROR_RESPONSES:dict[int|str, dict] = {400: _resp(400, 'the body is not JSON (or not UTF-8)'), 401: _resp(401, 'no valid token'), 403: _resp(403, "the caller's role does not allow this"),
     404: _resp(404, 'no such resource, or not yours'), 409: _resp(409, 'conflicts with the current state, e.g. a name that exists'), 413: _resp(413, 'request body too large'), 422: _resp(422, 'invalid input, naming the field'),
     429: _resp(429, 'rate limit reached; see Retry-After'), 500: _resp(500, 'server error (details in the server log)'),
     503: _resp(503, 'a storage backend is unreachable')}

@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, SecretStr
 from ..core import *
 from ..models import Session, Message, Artifact, ArtifactType, ContextSnapshot
@@ -465,3 +466,5 @@ def ready(response:Response, svc:Services=Depends(get_services)):
     return Health(status='ok' if ok else 'unavailable', checks=checks)
 
 ROUTERS = [health, auth, users, sessions, context, workflows, chains, artifacts, runs, audit]
+for _r in (r for router in ROUTERS for r in router.routes):  # a body that is not JSON answers 400 before validation: declared where a route takes one
+    if isinstance(_r, APIRoute) and _r.body_field is not None: _r.responses.setdefault(400, E[400])

@@ -56,7 +56,7 @@ class Services:
 # %% ../../nbs/88_api_service.ipynb #2018a8bf
 bearer = HTTPBearer(auto_error=False, description="an access token from POST /auth/token")
 
-def get_services(request:Request)->Services: return request.app.state.services
+async def get_services(request:Request)->Services: return request.app.state.services  # async: no thread-pool hop for a lookup
 
 def principal_from(svc:Services, token:str|None)->Principal:
     "The `Principal` of access token `token` (`AuthenticationError` if it is missing or invalid)"
