@@ -206,6 +206,16 @@ def app_from_env()->FastAPI:
         reg = getattr(__import__(mod, fromlist=[fn]), fn)()
     return create_app(registry=reg, ensure=False)
 
+def _tls_files(api)->dict:
+    "uvicorn's TLS arguments from [api] tls_cert and tls_key: both or neither, each a readable file"
+    if not api.tls_cert and not api.tls_key: return {}
+    if not (api.tls_cert and api.tls_key):
+        have,miss = ('tls_cert', 'tls_key') if api.tls_cert else ('tls_key', 'tls_cert')
+        raise ConfigError(f"[api] {have} is set but {miss} is not: the server would speak plain HTTP", f"set [api] {miss} (PEM), or remove {have} to serve without TLS")
+    for k in ('tls_cert', 'tls_key'):
+        if not os.access(getattr(api, k), os.R_OK): raise ConfigError(f"[api] {k} = {getattr(api, k)} is not a readable file", "give the path of a PEM file this process may read")
+    return dict(ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key)
+
 def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|None=None, workers:int|None=None,
           registry:str|None=None, # 'module:function' returning the WorkflowRegistry to serve
           log_level:str='info'):
@@ -215,7 +225,7 @@ def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|Non
     if registry: os.environ['DATAOPS_API_REGISTRY'] = registry
     Services(s, WorkflowRegistry()).storage.ensure().close()
     api = s.api
-    tls = dict(ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key) if api.tls_cert and api.tls_key else {}
+    tls = _tls_files(api)
     cfg = TLS13Config('dataops_lab.api.server:app_from_env', factory=True, host=host or api.host, port=api.port if port is None else port,
                       workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls)
     server = uvicorn.Server(cfg)
