@@ -206,6 +206,11 @@ def app_from_env()->FastAPI:
         reg = getattr(__import__(mod, fromlist=[fn]), fn)()
     return create_app(registry=reg, ensure=False)
 
+import inspect
+# a worker builds the whole app (the dashboard included) before it answers the supervisor's health check:
+# uvicorn's 5 s default kills slow starters over and over, so a worker gets a minute
+_WORKER_START = {'timeout_worker_healthcheck': 60} if 'timeout_worker_healthcheck' in inspect.signature(uvicorn.Config).parameters else {}
+
 def _tls_files(api)->dict:
     "uvicorn's TLS arguments from [api] tls_cert and tls_key: both or neither, each a readable file"
     if not api.tls_cert and not api.tls_key: return {}
@@ -227,10 +232,12 @@ def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|Non
     api = s.api
     tls = _tls_files(api)
     cfg = TLS13Config('dataops_lab.api.server:app_from_env', factory=True, host=host or api.host, port=api.port if port is None else port,
-                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls)
+                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls, **_WORKER_START)
     server = uvicorn.Server(cfg)
     if cfg.workers > 1:
         from uvicorn.supervisors import Multiprocess
         sock = cfg.bind_socket()
-        Multiprocess(cfg, target=server.run, sockets=[sock]).run()
+        # older uvicorn releases want the worker's target; newer ones make their own
+        kw = {'target': server.run} if 'target' in inspect.signature(Multiprocess.__init__).parameters else {}
+        Multiprocess(cfg, sockets=[sock], **kw).run()
     else: server.run()
