@@ -106,3 +106,54 @@ def test_a_killed_servers_run_is_failed_when_its_lease_lapses(tmp_path):
         assert run['status'] == 'failed' and 'server process running it stopped' in run['error'], run
         last = list(cb.events(sid, timeout=3))[-1]
         assert (last['type'], last['run_id'], last['data']['status']) == ('error', rid, 'failed'), last
+
+def _children(pid: int) -> set[int]:
+    "The worker processes `pid` spawned (multiprocessing's resource tracker left out)"
+    kids = set()
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        kids |= {int(x) for x in (t / 'children').read_text().split()}
+    def cmd(k):
+        try: return Path(f"/proc/{k}/cmdline").read_bytes()
+        except OSError: return b''
+    return {k for k in kids if b'resource_tracker' not in cmd(k)}
+
+def test_serve_workers_share_limits_and_events(tmp_path, request):
+    "`serve(workers=2)` on Redis + moto's DynamoDB and S3: two worker processes behind one socket; the rate limit is counted once across them, and a WebSocket client sees a query's progress whichever worker ran it"
+    import threading
+    from dataops_lab.client import Client
+    from test_api import add_users, PW
+    ini = write_ini(tmp_path, 'aws', request)
+    ini.write_text(ini.read_text() + "\n[api]\nrate_limit = 6/minute\nendpoint_limits = query_session=100/minute\n")
+    add_users(ini, ('alice', 'developer'))
+    port = free_port()
+    p = serve_proc(ini, port, workers=2)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            assert p.poll() is None, stop(p)
+            try: return httpx.get(f"{url}/health", timeout=1).status_code == 200 and len(_children(p.pid)) >= 2
+            except httpx.HTTPError: return False
+        wait_for(up, 300, 'serve(workers=2)')  # each worker builds the whole app, dashboard included
+        workers = _children(p.pid)
+        c = Client(url, 'alice', PW)
+        sid = c.create_session()['session_id']
+        h = {'Authorization': f"Bearer {c.tokens['access_token']}"}
+        codes = []
+        for _ in range(10):  # a new connection each time: the kernel hands them to either worker
+            with httpx.Client() as fresh: codes.append(fresh.get(f"{url}/sessions/{sid}", headers=h).status_code)
+        assert sorted(codes) == [200] * 6 + [429] * 4, codes
+        got, ends = [], []
+        def finished(m):
+            if m['type'] in ('end', 'error'): ends.append(m)
+            return len(ends) == 3
+        t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=30, until=finished)))
+        t.start()
+        runs = [Client(url, 'alice', PW).query(sid, 'count the words: text="one two"') for _ in range(3)]  # each on a new connection
+        t.join(60)
+        assert [r['status'] for r in runs] == ['succeeded'] * 3, runs
+        assert [m['run_id'] for m in ends] == [r['run_id'] for r in runs] and {m['type'] for m in ends} == {'end'}, got
+        assert {m['run_id'] for m in got if m['type'] == 'progress'} == {r['run_id'] for r in runs}
+        assert _children(p.pid) == workers  # neither worker died on the way
+    finally:
+        out = stop(p)
+    assert len(workers) == 2, (workers, out[-2000:])
