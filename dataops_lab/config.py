@@ -119,6 +119,7 @@ class APISettings(_Section):
     tls_key: str|None = Field(None, description="PEM private key of tls_cert")
     hsts_max_age: int = Field(31_536_000, ge=0, description="Strict-Transport-Security max-age in seconds when TLS is on")
     run_threads: int = Field(8, ge=1, le=256, description="workflow runs executed at once per server process")
+    run_lease: float = Field(30, ge=0.5, le=3600, description="seconds a queued or running run outlives its server process: then it is reported failed")
     events_keep: int = Field(1000, ge=10, description="newest progress events kept per session for clients that reconnect")
     events_ttl: float = Field(3600, gt=0, description="seconds a session's events are kept after its newest one")
     ws_queue: int = Field(256, ge=8, description="events buffered per WebSocket client; one further behind is closed and resumes from its last event id")

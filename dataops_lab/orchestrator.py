@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 import bm25s, bm25s.stopwords
 from pydantic import BaseModel, Field
+from langchain_core.messages import AIMessageChunk
 from fastcore.basics import patch
 from .core import *
 from .config import Settings, load_settings
@@ -187,7 +188,7 @@ def extract_inputs(wf:BaseWorkflow, query:str, history:list[str]=(), state:dict|
 # %% ../nbs/38_orchestrator.ipynb #051235c7
 class Event(BaseModel):
     "One step of an orchestrated run, for live views"
-    type: Literal['received', 'routed', 'question', 'step_started', 'step_finished', 'node_finished', 'artifact_stored', 'retry', 'result', 'error', 'unclear']
+    type: Literal['received', 'routed', 'question', 'step_started', 'step_finished', 'node_finished', 'artifact_stored', 'retry', 'result', 'error', 'unclear', 'token']
     session_id: str
     workflow: str|None = None
     node: str|None = None
@@ -277,7 +278,7 @@ def process(self:Orchestrator, session_id:str, query:str)->OrchestratorResult:
     "Handle one user message in `session_id`; the outcome (also recorded in the session)"
     events,res = [],None
     for ev in self.stream(session_id, query):
-        events.append(ev)
+        if ev.type != 'token': events.append(ev)  # tokens are for live views; the reply holds their text
         if ev.type in ('result', 'question', 'unclear', 'error') and 'outcome' in ev.data: res = OrchestratorResult(**ev.data['outcome'])
     res.events = events
     return res
@@ -372,6 +373,12 @@ def _routing_text(self:Orchestrator, query:str)->str:
         while m := _explicit(n, query, '='): query = query[:m.start()] + ' ' + query[m.end():]
     return query
 
+def _token_text(m)->str:
+    "The text of a streamed chat-model chunk ('' for anything else: whole messages a node returns, tool calls)"
+    if not isinstance(m, AIMessageChunk): return ''
+    t = m.text
+    return t() if callable(t) else t
+
 @patch
 def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex:Extraction)->Iterator[Event]:
     E = lambda t, **kw: Event(type=t, session_id=session_id, workflow=wf.name, **kw)
@@ -380,8 +387,10 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
         inputs = wf.validate_inputs(ex.values, strict=False)
         rc = RunContext(session_id=session_id, sessions=self.sessions, artifacts=self.artifacts, workflow=wf.name, registry=self.registry)
         with run_context(rc):
-            for mode,chunk in wf.graph.stream(inputs, stream_mode=['updates', 'values']):
+            for mode,chunk in wf.graph.stream(inputs, stream_mode=['updates', 'values', 'messages']):
                 if mode == 'values': state = chunk
+                elif mode == 'messages':  # a chat model streaming inside a node: its tokens, as they come
+                    if (t := _token_text(chunk[0])): yield E('token', node=(chunk[1] or {}).get('langgraph_node'), data={'text': t})
                 else:
                     for node,out in (chunk or {}).items(): yield E('node_finished', node=node, data={'keys': sorted(out) if isinstance(out, dict) else []})
     except Exception as e:

@@ -70,6 +70,7 @@ def update(self:RunProgress, event:Event|dict # one event of a chain or orchestr
           )->str:
     "Apply one event to the table; the run's status"
     ev = event if isinstance(event, Event) else Event(**event)
+    if ev.type == 'token': return self.status  # a chat model's streamed text: no step of the table
     self.events.append(ev)
     t,node,d = ev.type,ev.node,ev.data
     if self.status == 'waiting': self.status = 'running'

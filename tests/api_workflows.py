@@ -1,5 +1,7 @@
-"Workflows the API tests serve: quick and deterministic, one that takes a while (for cancel and wait=false)"
-import time
+"Workflows the API tests serve: quick and deterministic, one that takes a while (for cancel and wait=false), one whose chat model streams"
+import itertools, time
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 from dataops_lab.workflows import WorkflowRegistry, workflow
 
 @workflow(description="Count the words of a text", example_queries=['count the words of a text'])
@@ -11,5 +13,13 @@ def slow_job(seconds: float = 0.5):
     time.sleep(seconds)
     return {'summary': f"slept {seconds}"}
 
+# LangChain's fake chat model streams its message a word (and a space) at a time
+POEM = 'roses are red, violets are blue'
+_poet = GenericFakeChatModel(messages=itertools.cycle([AIMessage(POEM)]))
+
+@workflow(description="Write a short poem with a chat model", example_queries=['write me a poem'])
+def poem(topic: str = 'roses'):
+    return {'summary': _poet.invoke(f"a poem about {topic}").content}
+
 def registry():
-    return WorkflowRegistry(word_count, slow_job)
+    return WorkflowRegistry(word_count, slow_job, poem)

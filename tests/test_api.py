@@ -8,6 +8,8 @@ from dataops_lab.store.base import Storage
 from dataops_lab.client import Client
 from dataops_lab.core import NotFoundError, InvalidInputError
 from apiserver import APIServer
+from api_workflows import POEM
+from conftest import write_ini
 
 PW = 'correct horse battery'
 
@@ -28,7 +30,7 @@ def test_endpoints_end_to_end(server, ini):
         s = c.create_session(metadata={'team': 'sales'})
         sid = s['session_id']
         assert c.get_session(sid)['metadata'] == {'team': 'sales'}
-        assert sorted(w['name'] for w in c.list_workflows()) == ['slow_job', 'word_count']
+        assert sorted(w['name'] for w in c.list_workflows()) == ['poem', 'slow_job', 'word_count']
         assert c.get_workflow('word_count')['input_schema']['required'] == ['text']
         # a WebSocket client listening from the start of the session's window sees the whole run
         got = []
@@ -85,3 +87,18 @@ def test_ready_and_errors(server):
                  '/artifacts/{artifact_id}', '/sessions/{session_id}/artifacts', '/sessions/{session_id}/context/dump', '/sessions/{session_id}/context/load'):
         assert path in spec['paths'], path
     assert 'ErrorBody' in spec['components']['schemas'] and 'HTTPBearer' in spec['components']['securitySchemes']
+
+def test_streamed_tokens_over_websocket(tmp_path):
+    "A workflow whose chat model streams (LangChain's fake one): its tokens reach a WebSocket client in order, between start and end"
+    ini = write_ini(tmp_path, 'embedded')
+    add_users(ini, ('alice', 'user'))
+    with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
+        sid = c.create_session()['session_id']
+        run = c.query(sid, 'write me a poem')
+        assert run['status'] == 'succeeded' and run['outcome']['reply'] == POEM, run
+        got = list(c.events(sid, timeout=10, until=lambda m: m['type'] in ('end', 'error')))
+        types = [m['type'] for m in got]
+        toks = [m for m in got if m['type'] == 'token']
+        assert types[0] == 'start' and types[-1] == 'end' and len(toks) > 5, types
+        assert ''.join(m['data']['text'] for m in toks) == POEM and {m['node'] for m in toks} == {'poem'}
+        assert types.index('token') < types.index('end') and all(m['run_id'] == run['run_id'] for m in toks)

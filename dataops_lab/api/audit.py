@@ -49,11 +49,18 @@ class AuditLog:
         "Write `rec` durably (it is in the table when this returns)"
         self.table.put({**rec.model_dump(exclude_none=True), 'day': rec.day})
         return rec
-    def query(self, user_id:str|None=None, since:dt.datetime|None=None, until:dt.datetime|None=None, limit:int=100, max_days:int=31)->list[AuditRecord]:
+    def query(self, user_id:str|None=None, since:dt.datetime|None=None, until:dt.datetime|None=None, limit:int=100, max_days:int=31,
+              max_span_days:int=366 # the widest window read day by day (without `user_id`)
+             )->list[AuditRecord]:
         "Records newest first: of `user_id` (any user if None), between `since` and `until` (default: the last `max_days` days)"
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000: raise InvalidInputError(f"limit must be 1-10000, got {limit!r}", "e.g. limit=100")
-        until = until or utcnow()
-        since = since or until - dt.timedelta(days=max_days)
+        now = utcnow()
+        aware = lambda d: d if d is None or d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+        until = min(aware(until) or now, now + dt.timedelta(days=1))  # no record is from the future
+        since = aware(since) or until - dt.timedelta(days=max_days)
+        if user_id is None and until - since > dt.timedelta(days=max_span_days):
+            raise InvalidInputError(f"the window {iso(since)} to {iso(until)} is longer than {max_span_days} days",
+                                    "ask for a narrower window (since/until), or for one user (user_id)")
         lo,hi = iso(since),iso(until)
         if user_id is not None:
             items = self.table.query(user_id, index='user_id-ts', start=lo, end=hi, descending=True, limit=limit).items

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core import *
 
 # %% auto #0
-__all__ = ['STATUS', 'ERROR_RESPONSES', 'AuthenticationError', 'PermissionDeniedError', 'RateLimitedError',
+__all__ = ['STATUS', 'ERROR_RESPONSES', 'ID_REGEX', 'AuthenticationError', 'PermissionDeniedError', 'RateLimitedError',
            'PayloadTooLargeError', 'status_for', 'ErrorDetail', 'ErrorBody', 'scrub', 'error_body', 'error_response',
            'install_error_handlers']
 
@@ -63,7 +63,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 def _resp(status:int, desc:str)->dict: return {'model': ErrorBody, 'description': desc}
-ERROR_RESPONSES:dict[int|str, dict] = {401: _resp(401, 'no valid token'), 403: _resp(403, "the caller's role does not allow this"),
+ERROR_RESPONSES:dict[int|str, dict] = {400: _resp(400, 'the body is not JSON (or not UTF-8)'), 401: _resp(401, 'no valid token'), 403: _resp(403, "the caller's role does not allow this"),
     404: _resp(404, 'no such resource, or not yours'), 409: _resp(409, 'conflicts with the current state, e.g. a name that exists'), 413: _resp(413, 'request body too large'), 422: _resp(422, 'invalid input, naming the field'),
     429: _resp(429, 'rate limit reached; see Retry-After'), 500: _resp(500, 'server error (details in the server log)'),
     503: _resp(503, 'a storage backend is unreachable')}
@@ -78,6 +78,9 @@ def scrub(text:str|None)->str|None:
 def error_body(status:int, code:str, message:str, hint:str|None=None, field:str|None=None, request_id:str|None=None)->dict:
     "The JSON body of an error response"
     return ErrorBody(error=ErrorDetail(code=code, message=scrub(message), hint=scrub(hint), field=field, request_id=request_id)).model_dump()
+
+# %% ../../nbs/80_api_errors.ipynb #979a2ddb
+ID_REGEX = rf'^{ID_PATTERN}$'  # core's id rule, anchored for FastAPI's `pattern=`
 
 # %% ../../nbs/80_api_errors.ipynb #cbce231e
 _log = logging.getLogger('dataops_lab.api')
@@ -107,6 +110,9 @@ async def _validation_error(request:Request, e:RequestValidationError):
     first = errs[0] if errs else {'loc': (), 'msg': 'invalid request'}
     field = _field(first.get('loc', ()))
     more = f" (and {len(errs)-1} more)" if len(errs) > 1 else ''
+    if first.get('type') == 'string_pattern_mismatch' and (first.get('ctx') or {}).get('pattern') == ID_REGEX:
+        try: check_id(first.get('input'), field)  # an id against the one id rule: core's message and hint
+        except InvalidIdError as x: return error_response(request, 422, 'invalid_id', x.message + more, x.hint, field)
     msg = f"{field}: {first.get('msg', 'invalid')}{more}" if field else first.get('msg', 'invalid request')
     return error_response(request, 422, 'invalid_input', msg, "fix the field named; the schema at /docs lists every field, its type and range", field)
 

@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, SecretStr
 from ..core import *
 from ..models import Session, Message, Artifact, ArtifactType, ContextSnapshot
@@ -39,7 +40,7 @@ __all__ = ['ID', 'SID', 'E', 'auth', 'users', 'sessions', 'context', 'LABEL', 'w
            'share_artifact', 'get_run', 'cancel_run', 'read_audit', 'Health', 'live', 'ready']
 
 # %% ../../nbs/88a_api_routes.ipynb #a2055e17
-ID = r'^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$'  # the project's id rule (artifacts.check_id), checked at the edge
+ID = ID_REGEX  # core's one id rule (check_id's ID_PATTERN), checked at the edge
 SID = Path(pattern=ID, description="a session id", examples=['sess_01J0000000000000000000000'])
 E = ERROR_RESPONSES
 def _e(*codes)->dict: return {c: E[c] for c in (401, 429, 500, *codes)}
@@ -465,3 +466,5 @@ def ready(response:Response, svc:Services=Depends(get_services)):
     return Health(status='ok' if ok else 'unavailable', checks=checks)
 
 ROUTERS = [health, auth, users, sessions, context, workflows, chains, artifacts, runs, audit]
+for _r in (r for router in ROUTERS for r in router.routes):  # a body that is not JSON answers 400 before validation: declared where a route takes one
+    if isinstance(_r, APIRoute) and _r.body_field is not None: _r.responses.setdefault(400, E[400])

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_runs.html.md"""
 
 # %% ../../nbs/87_api_runs.ipynb #bbdc7813
 from __future__ import annotations
-import logging, threading
+import datetime as dt, logging, threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Literal
 from pydantic import BaseModel, Field
@@ -38,6 +38,7 @@ class Run(BaseModel):
     finished_at: str|None = None
     outcome: dict[str, Any]|None = Field(None, description="the orchestrator's or chain's result")
     error: str|None = None
+    lease_until: float|None = Field(None, description="while queued or running: the time (epoch seconds) by which the executing process renews it; past it the run is reported failed")
     @property
     def done(self)->bool: return self.status in ('succeeded', 'failed', 'cancelled')
 
@@ -47,16 +48,36 @@ def _outcome(ev:Event)->dict|None:
 
 class Runner:
     "Executes runs on a bounded thread pool; records them in the cold tier and publishes their events"
-    def __init__(self, storage:Storage, events:EventLog, threads:int=8):
-        self.table,self.cache,self.events = storage.table(RUNS_TABLE),storage.cache,events
+    def __init__(self, storage:Storage, events:EventLog, threads:int=8,
+                 lease:float=30.0): # seconds a queued or running run stays alive without its process renewing it
+        self.table,self.cache,self.events,self.lease = storage.table(RUNS_TABLE),storage.cache,events,lease
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix='dataops-run')
+        self._lock,self._active,self._stop = threading.Lock(),{},threading.Event()
+        self._beat = threading.Thread(target=self._renew, daemon=True, name='dataops-run-lease')
+        self._beat.start()
 
     def get(self, run_id:str)->Run:
-        "The run `run_id`, or `NotFoundError`"
+        "The run `run_id`, or `NotFoundError`; a run whose lease has lapsed (its process died) is failed here"
         if (it := self.table.get(check_key(run_id, 'run_id'))) is None: raise NotFoundError(f"no run {run_id!r}", "check the id; runs are listed in their session")
-        return Run(**{k: v for k,v in it.items() if k in Run.model_fields})
-    def _save(self, run:Run): self.table.put(run.model_dump(exclude_none=True))
-    def close(self): self.pool.shutdown(wait=True, cancel_futures=True)
+        run = Run(**{k: v for k,v in it.items() if k in Run.model_fields})
+        if not run.done and run.lease_until is not None and run.lease_until < now_ts() and run.run_id not in self._active:
+            return self._finish(run, 'failed', run.outcome, f"the server process running it stopped (its lease lapsed at {iso(dt.datetime.fromtimestamp(run.lease_until, dt.timezone.utc))}); run it again")
+        return run
+    def _save(self, run:Run):
+        with self._lock:
+            if run.done: self._active.pop(run.run_id, None)
+            else: run.lease_until,self._active[run.run_id] = now_ts()+self.lease,run
+            self.table.put(run.model_dump(exclude_none=True))
+    def _renew(self):
+        "Heartbeat: every third of the lease, push the lease of each queued or running run of this process forward"
+        while not self._stop.wait(self.lease/3):
+            with self._lock: live = list(self._active.values())
+            for run in live:
+                try: self._save(run) if not run.done else None
+                except DataOpsError as e: _log.warning("lease of run %s not renewed: %s", run.run_id, e)
+    def close(self):
+        self._stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def start(self, run:Run, work:Callable[[], Iterator[Event]], wait:bool=True)->Run:
         "Record `run` and execute `work()` — here (`wait`) or on the pool; the run (finished when `wait`)"
@@ -95,7 +116,7 @@ class Runner:
         return self._finish(run, status, outcome, err)
 
     def _finish(self, run:Run, status:str, outcome, err)->Run:
-        run.status,run.outcome,run.error,run.finished_at = status,jsonable(outcome) if outcome is not None else None,err,iso(utcnow())
+        run.status,run.outcome,run.error,run.finished_at,run.lease_until = status,jsonable(outcome) if outcome is not None else None,err,iso(utcnow()),None
         self._save(run)
         if status != 'succeeded': self.events.publish(run.session_id, WSMessage(type='error' if status == 'failed' else 'end', run_id=run.run_id, workflow=run.target, data={'status': status, 'error': err}))
         return run

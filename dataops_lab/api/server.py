@@ -206,6 +206,21 @@ def app_from_env()->FastAPI:
         reg = getattr(__import__(mod, fromlist=[fn]), fn)()
     return create_app(registry=reg, ensure=False)
 
+import inspect
+# a worker builds the whole app (the dashboard included) before it answers the supervisor's health check:
+# uvicorn's 5 s default kills slow starters over and over, so a worker gets a minute
+_WORKER_START = {'timeout_worker_healthcheck': 60} if 'timeout_worker_healthcheck' in inspect.signature(uvicorn.Config).parameters else {}
+
+def _tls_files(api)->dict:
+    "uvicorn's TLS arguments from [api] tls_cert and tls_key: both or neither, each a readable file"
+    if not api.tls_cert and not api.tls_key: return {}
+    if not (api.tls_cert and api.tls_key):
+        have,miss = ('tls_cert', 'tls_key') if api.tls_cert else ('tls_key', 'tls_cert')
+        raise ConfigError(f"[api] {have} is set but {miss} is not: the server would speak plain HTTP", f"set [api] {miss} (PEM), or remove {have} to serve without TLS")
+    for k in ('tls_cert', 'tls_key'):
+        if not os.access(getattr(api, k), os.R_OK): raise ConfigError(f"[api] {k} = {getattr(api, k)} is not a readable file", "give the path of a PEM file this process may read")
+    return dict(ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key)
+
 def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|None=None, workers:int|None=None,
           registry:str|None=None, # 'module:function' returning the WorkflowRegistry to serve
           log_level:str='info'):
@@ -215,18 +230,14 @@ def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|Non
     if registry: os.environ['DATAOPS_API_REGISTRY'] = registry
     Services(s, WorkflowRegistry()).storage.ensure().close()
     api = s.api
-    tls = dict(ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key) if api.tls_cert and api.tls_key else {}
-    # uvicorn releases that ping their worker processes restart one that does not answer in time (5 s by default): a worker
-    # that is still importing the app on a busy machine or a throttled container would be restarted forever
-    import inspect
-    slow = {'timeout_worker_healthcheck': 60} if 'timeout_worker_healthcheck' in inspect.signature(uvicorn.Config).parameters else {}
+    tls = _tls_files(api)
     cfg = TLS13Config('dataops_lab.api.server:app_from_env', factory=True, host=host or api.host, port=api.port if port is None else port,
-                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls, **slow)
+                      workers=workers or api.workers, log_level=log_level, proxy_headers=False, server_header=False, **tls, **_WORKER_START)
     server = uvicorn.Server(cfg)
     if cfg.workers > 1:
         from uvicorn.supervisors import Multiprocess
         sock = cfg.bind_socket()
-        # older uvicorn releases take the function each worker runs; newer ones start a Server of their own in each worker
-        target = {'target': server.run} if 'target' in inspect.signature(Multiprocess).parameters else {}
-        Multiprocess(cfg, sockets=[sock], **target).run()
+        # older uvicorn releases want the worker's target; newer ones make their own
+        kw = {'target': server.run} if 'target' in inspect.signature(Multiprocess.__init__).parameters else {}
+        Multiprocess(cfg, sockets=[sock], **kw).run()
     else: server.run()

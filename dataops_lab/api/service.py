@@ -50,13 +50,13 @@ class Services:
         self.users,self.audit = UserStore(self.storage),AuditLog(self.storage)
         self.tokens = TokenService(s.api, api_secret(s), self.storage.cache)
         self.limits,self.events = RateLimits(s.api, self.storage.cache),EventLog(self.storage.cache, s.api)
-        self.runner = Runner(self.storage, self.events, s.api.run_threads)
+        self.runner = Runner(self.storage, self.events, s.api.run_threads, s.api.run_lease)
     def close(self): self.runner.close(); self.storage.close()
 
 # %% ../../nbs/88_api_service.ipynb #2018a8bf
 bearer = HTTPBearer(auto_error=False, description="an access token from POST /auth/token")
 
-def get_services(request:Request)->Services: return request.app.state.services
+async def get_services(request:Request)->Services: return request.app.state.services  # async: no thread-pool hop for a lookup
 
 def principal_from(svc:Services, token:str|None)->Principal:
     "The `Principal` of access token `token` (`AuthenticationError` if it is missing or invalid)"

@@ -1,0 +1,216 @@
+"""API benchmark: the dataops-lab API on a real uvicorn server beside a bare FastAPI endpoint doing nothing, under concurrent async clients.
+
+    .venv/bin/python benchmarks/api.py [--quick] [--clients 100] [--requests 20] [--queries 5] [--rounds 4] [--sustain 60]
+
+Two uvicorn servers on loopback ports, each in its own process with the same uvicorn settings (one worker, the
+default event loop and HTTP parser): the dataops-lab API on the embedded default (SQLite hot + SQLite cold + files,
+in a temporary folder; a trivial `word_count` workflow), and a bare FastAPI app whose sync endpoints
+`GET /noop/{id}` and `POST /noop/{id}` return `{}` — the floor of the same stack (uvicorn + FastAPI + the thread
+pool + JSON + the client) with nothing of ours in it. `--clients` asyncio tasks (one httpx.AsyncClient, one
+connection each) send requests back to back; each figure is the latency one client saw (send to last byte).
+
+Sections, the API side and the bare side interleaved round by round (the order alternates, so drift hits both):
+- `GET /sessions/{id}` (authenticated, authorised, audited, rate-limited; each client its own session) vs `GET /noop/{id}`;
+- `POST /sessions/{id}/query` with a query the orchestrator routes to `word_count` (the turn recorded, the workflow
+  run, its result stored as an artifact, the reply recorded) vs `POST /noop/{id}`. The workflow's own time
+  (its compiled graph invoked in this process, median) is printed and subtracted, as the issue asks;
+- sustained trivial invocations: `POST /workflows/word_count/invoke` from every client for `--sustain` seconds;
+  invocations per hour (target ≥ 10,000 with no errors).
+The same sections with one client show the latency of a request that waits for no other.
+Targets (the issue): p95 < 10 ms for `GET /sessions/{id}` on the embedded default; ≥ 10,000 trivial invocations
+per hour sustained. A full run judges them (PASS / MISS); `--quick` prints p95 for p99 and judges nothing.
+Any failed request (a non-2xx answer, a timeout) makes the script exit 1 after the summary: a benchmark is not a
+test, so nothing here asserts a timing. See benchmarks/README.md.
+"""
+from __future__ import annotations
+import argparse, asyncio, os, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'tests'))
+for _k in [k for k in os.environ if k.startswith('DATAOPS_')]: os.environ.pop(_k)  # only the settings written here count
+
+import httpx
+from servers import free_port, wait_for
+
+GET_P95_MS, INVOKES_PER_HOUR = 10.0, 10_000
+PW = 'correct horse battery'
+QUERY = 'count the words: text="one two three"'
+FAILED: list[str] = []
+TAIL = ['p99']
+
+_BARE = """
+import sys, uvicorn
+from fastapi import FastAPI, Body
+app = FastAPI()
+@app.get('/noop/{item_id}')
+def get_noop(item_id: str): return {}
+@app.post('/noop/{item_id}')
+def post_noop(item_id: str, body: dict = Body(...)): return {}
+@app.get('/health')
+def health(): return {'status': 'ok'}
+uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')
+"""
+
+class BareServer:
+    "The bare FastAPI app on uvicorn in a child process"
+    def __init__(self): self.port = free_port(); self.url = f"http://127.0.0.1:{self.port}"
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, '-c', _BARE, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        def up():
+            if self.proc.poll() is not None: raise RuntimeError(f"the bare server exited with {self.proc.returncode}")
+            try: return httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200
+            except httpx.HTTPError: return False
+        wait_for(up, 60, 'bare FastAPI server')
+        return self
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try: self.proc.wait(15)
+        except subprocess.TimeoutExpired: self.proc.kill()
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+def fmt(ms: list) -> str:
+    tail = f"  p99 {pct(ms, 99):8.2f}" if TAIL[0] == 'p99' else ''
+    return f"p50 {pct(ms, 50):8.2f}  p95 {pct(ms, 95):8.2f}{tail} ms  (n={len(ms):,})"
+
+async def clients_run(n_clients: int, per_client: int, make) -> tuple[list[float], float, list[str]]:
+    "`n_clients` tasks, each sending `per_client` requests back to back (`make(client_index, i)` -> coroutine of a response); latencies (ms), wall seconds, errors"
+    lat, errors = [], []
+    async def one(k):
+        for i in range(per_client):
+            t0 = time.perf_counter()
+            try:
+                r = await make(k, i)
+                if r.status_code >= 300: errors.append(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as e: errors.append(f"{type(e).__name__}: {e}")
+            lat.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(n_clients)))
+    return lat, time.perf_counter() - t0, errors
+
+async def sustained(n_clients: int, seconds: float, make) -> tuple[int, float, list[float], list[str]]:
+    "Every client sends requests back to back until `seconds` pass; (completed, wall seconds, latencies, errors)"
+    lat, errors, end = [], [], time.perf_counter() + seconds
+    async def one(k):
+        i = 0
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                r = await make(k, i)
+                if r.status_code >= 300: errors.append(f"{r.request.url.path}: {r.status_code} {r.text[:200]}")
+                elif r.json().get('status') != 'succeeded': errors.append(f"run {r.json().get('run_id')}: {r.json().get('status')} {r.json().get('error')}")
+            except httpx.HTTPError as e: errors.append(f"{type(e).__name__}: {e}")
+            lat.append((time.perf_counter() - t0) * 1000); i += 1
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(n_clients)))
+    return len(lat), time.perf_counter() - t0, lat, errors
+
+def workflow_own_ms(n: int) -> float:
+    "Median ms of the trivial workflow's compiled graph invoked in this process: the workflow's own time"
+    import api_workflows
+    wf = api_workflows.registry().get('word_count')
+    xs = []
+    for _ in range(n):
+        t0 = time.perf_counter(); wf.graph.invoke({'text': 'one two three'}); xs.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(xs)
+
+async def bench(a, api_url: str, bare_url: str):
+    # keep-alive shorter than uvicorn's 5 s: a connection idle through the other side's round is not reused just as the server closes it
+    limits = httpx.Limits(max_connections=a.clients + 10, max_keepalive_connections=a.clients + 10, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=120) as api, httpx.AsyncClient(base_url=bare_url, limits=limits, timeout=120) as bare:
+        tok = (await api.post('/auth/token', json={'username': 'bench', 'password': PW})).raise_for_status().json()['access_token']
+        api.headers['Authorization'] = f"Bearer {tok}"
+        sids = [(await api.post('/sessions', json={'metadata': {'client': k}})).raise_for_status().json()['session_id'] for k in range(a.clients)]
+        for k in range(min(5, a.clients)):  # warm both servers (imports, pools, the router's index)
+            (await api.get(f'/sessions/{sids[k]}')).raise_for_status(); (await bare.get(f'/noop/{k}')).raise_for_status()
+            (await api.post(f'/sessions/{sids[k]}/query', json={'query': QUERY})).raise_for_status(); (await bare.post(f'/noop/{k}', json={'query': QUERY})).raise_for_status()
+        sections = {
+            'GET /sessions/{id}': (lambda k, i: api.get(f'/sessions/{sids[k]}'), lambda k, i: bare.get(f'/noop/{k}'), a.requests),
+            'POST /sessions/{id}/query': (lambda k, i: api.post(f'/sessions/{sids[k]}/query', json={'query': QUERY}),
+                                          lambda k, i: bare.post(f'/noop/{k}', json={'query': QUERY}), a.queries),
+        }
+        res = {}
+        for name, (ours, peer, per) in sections.items():
+            for n in (a.clients, 1):
+                ml, pl, mw, pw = [], [], 0.0, 0.0
+                per_round = per if n > 1 else a.single
+                for r in range(a.rounds):
+                    order = [('api', ours), ('bare', peer)] if r % 2 == 0 else [('bare', peer), ('api', ours)]
+                    for side, make in order:
+                        lat, wall, errs = await clients_run(n, per_round, make)
+                        if errs: FAILED.append(f"{name} ({side}, {n} clients): {len(errs)} failed, first: {errs[0]}")
+                        if side == 'api': ml += lat; mw += wall
+                        else: pl += lat; pw += wall
+                res[(name, n)] = (ml, pl, len(ml) / mw, len(pl) / pw)
+        inv = lambda k, i: api.post('/workflows/word_count/invoke', json={'session_id': sids[k], 'inputs': {'text': 'one two three'}})
+        done, wall, lat, errs = await sustained(a.clients, a.sustain, inv)
+        if errs: FAILED.append(f"sustained invoke: {len(errs)} of {done} failed, first: {errs[0]}")
+        return res, (done, wall, lat, len(errs))
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--quick', action='store_true', help='a smoke run (under a minute): 1 GET and 1 query per client per round, 2 rounds, 5 per round for one client, 3 s sustained')
+    p.add_argument('--clients', type=int, default=100, help='concurrent async clients (default 100)')
+    p.add_argument('--requests', type=int, default=None, help='GET /sessions/{id} per client per round (default 20, quick 1)')
+    p.add_argument('--queries', type=int, default=None, help='POST /sessions/{id}/query per client per round (default 5, quick 1)')
+    p.add_argument('--rounds', type=int, default=None, help='interleaved rounds per side (default 4, quick 2)')
+    p.add_argument('--sustain', type=float, default=None, help='seconds of back-to-back trivial invocations (default 60, quick 3)')
+    a = p.parse_args()
+    a.requests = a.requests or (1 if a.quick else 20)
+    a.queries = a.queries or (1 if a.quick else 5)
+    a.rounds = a.rounds or (2 if a.quick else 4)
+    a.sustain = a.sustain or (3 if a.quick else 60)
+    a.single = 5 if a.quick else 100  # requests per round with one client
+    if a.quick: TAIL[0] = 'p95'
+    import fastapi, uvicorn
+    print(f"dataops-lab API benchmark{' (quick)' if a.quick else ''}: {a.clients} concurrent clients, {a.rounds} interleaved rounds per side; "
+          f"sustained invocations for {a.sustain:g} s")
+    print(f"python {sys.version.split()[0]}, fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, httpx {httpx.__version__}, {os.cpu_count()} CPUs")
+    t_start = time.perf_counter()
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.api.users import UserStore, USER_TABLES
+    from apiserver import APIServer
+    tmp = Path(tempfile.mkdtemp(prefix='dataops-bench-api-'))
+    ini = tmp / 'settings.ini'
+    ini.write_text("[storage]\nhot = sqlite:///.dataops/cache.db\ncold = sqlite:///.dataops/meta.db\nblob = file://.dataops/blobs\n"
+                   "[api]\nrate_limit = 1000000/minute\n")
+    st = Storage(load_settings(ini)).ensure(USER_TABLES); UserStore(st).add_user('bench', 'developer', PW); st.close()
+    own = workflow_own_ms(200)
+    res = inv = None
+    try:
+        with APIServer(ini) as srv, BareServer() as bare:
+            res, inv = asyncio.run(bench(a, srv.url, bare.url))
+    except Exception as e:
+        import traceback; traceback.print_exc()
+        FAILED.append(f"{type(e).__name__}: {e}")
+    if res:
+        print(f"\nlatency per request as a client saw it (ms); throughput = requests/s of that side's runs")
+        for (name, n), (ml, pl, mt, pt) in res.items():
+            print(f"\n{name} — {n} client{'s' if n > 1 else ''}")
+            print(f"  dataops-lab API   {fmt(ml)}  {mt:8.0f} req/s")
+            print(f"  bare FastAPI      {fmt(pl)}  {pt:8.0f} req/s")
+            if name.startswith('POST'):
+                print(f"  API minus the workflow's own time ({own:.3f} ms, its graph invoked in-process, median): p50 {pct(ml, 50) - own:.2f}  p95 {pct(ml, 95) - own:.2f} ms")
+        done, wall, lat, nerr = inv
+        rate = done / wall * 3600
+        print(f"\nsustained POST /workflows/word_count/invoke, {a.clients} clients, {wall:.1f} s: {done:,} invocations, {nerr} errors, "
+              f"{rate:,.0f} per hour; latency {fmt(lat)}")
+        print("\nsummary")
+        g = pct(res[('GET /sessions/{id}', a.clients)][0], 95)
+        g1 = pct(res[('GET /sessions/{id}', 1)][0], 95)
+        judge = (lambda ok: 'PASS' if ok else 'MISS') if not a.quick else (lambda ok: 'not judged (quick)')
+        print(f"  GET /sessions/{{id}} p95, {a.clients} clients: {g:.2f} ms (target < {GET_P95_MS:g} ms; proposal < 100 ms): {judge(g < GET_P95_MS)}")
+        print(f"  GET /sessions/{{id}} p95, 1 client: {g1:.2f} ms (target < {GET_P95_MS:g} ms): {judge(g1 < GET_P95_MS)}")
+        print(f"  trivial invocations: {rate:,.0f} per hour, {nerr} errors (target ≥ {INVOKES_PER_HOUR:,} with none): {judge(rate >= INVOKES_PER_HOUR and nerr == 0)}")
+    print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
+    if FAILED:
+        print("\nFAILED:\n  " + "\n  ".join(FAILED), file=sys.stderr)
+        sys.exit(1)
+
+if __name__ == '__main__':
+    main()
