@@ -149,6 +149,9 @@ class BaseWorkflow(ABC):
         with observe_workflow(self.name):
             cb = node_callbacks()
             return self.graph.invoke(self.validate_inputs(inputs), config={**(config or {}), 'callbacks': [*((config or {}).get('callbacks') or []), *cb]} if cb else config)
+    def invoke(self, inputs:dict|None=None, config:dict|None=None)->dict:
+        "`run` under LangChain's name, so a workflow is called like the graphs and runnables it is made of"
+        return self.run(inputs, config)
     async def arun(self, inputs:dict|None=None, config:dict|None=None)->dict:
         "Async twin of `run`"
         return await self.graph.ainvoke(self.validate_inputs(inputs), config=config)
