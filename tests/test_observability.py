@@ -158,3 +158,37 @@ def test_log_lines_carry_the_run_ids_and_no_secret_or_body(tmp_path):
     assert dep[0]['event'] == 'connecting with ***'
     turn = [l for l in lines if l['event'] == 'routed']
     assert turn and (turn[0]['session_id'], turn[0]['user_id']) == (sid, 'user_sec')
+
+def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path):
+    "`dataops-lab serve --workers 2`: 30 requests on fresh connections; every scrape (whichever worker answers) counts all 30"
+    import os, subprocess, sys, httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers import free_port, wait_for
+    (tmp_path / 'settings.ini').write_text('[storage]\n[api]\ndashboard = false\n')
+    port, mp = free_port(), tmp_path / 'prom'
+    mp.mkdir()
+    env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__JWT_SECRET': 'k' * 48, 'PROMETHEUS_MULTIPROC_DIR': str(mp)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / 'dataops-lab'), 'serve', '--workers', '2', '--port', str(port)], env=env,
+                            stdout=open(tmp_path / 'server.log', 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f'http://127.0.0.1:{port}'
+    def up():
+        if proc.poll() is not None: return True
+        try: return httpx.get(f'{url}/health', timeout=0.5).status_code == 200
+        except httpx.HTTPError: return False
+    try:
+        wait_for(up, 120, 'API server with 2 workers')
+        assert proc.poll() is None, (tmp_path / 'server.log').read_text()[-3000:]
+        def health_total(text):
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            return sum(s.value for s in fams['dataops_api_requests'].samples
+                       if s.name == 'dataops_api_requests_total' and s.labels['route'] == '/health' and s.labels['status'] == '200')
+        before = health_total(httpx.get(f'{url}/metrics').text)
+        for _ in range(30): assert httpx.get(f'{url}/health', headers={'Connection': 'close'}).status_code == 200
+        scrapes = [health_total(httpx.get(f'{url}/metrics', headers={'Connection': 'close'}).text) - before for _ in range(6)]
+        assert scrapes == [30] * 6
+        assert len({p.name.rsplit('_', 1)[-1] for p in mp.glob('counter_*.db')}) == 2  # both worker processes kept counters
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
