@@ -236,7 +236,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
         kind = ArtifactType.RESULT if not any(step.name in s.depends_on for s in self.steps.values()) else ArtifactType.INTERMEDIATE
         aid = self.artifacts.store_artifact(jsonable(out), session_id=sid, workflow_name=self.name, name=f"{self.name}.{step.name}",
-                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id']})
+                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id'], 'seconds': round(secs, 4)})
         write({'event': 'step_finished', 'step': step.name, 'artifact_id': aid, 'seconds': secs})
         return {'outputs': {step.name: out}, 'artifacts': {step.name: aid}, 'timings': {step.name: secs}}
     return run
