@@ -12,6 +12,7 @@ __all__ = []
 from .core import *
 from .config import *
 from .models import *
+from .observability import *
 from .store.base import *
 from .store.conformance import StoreTarget, run_conformance
 from .artifact_content import *
@@ -52,7 +53,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'dataops_lab' has no attribute {name!r}")
 
 _BY_NAME_ONLY = {'Dashboard', 'serve_dashboard', 'DashboardServer', 'PortInUseError'}  # Panel takes seconds to import
-_LAYERS = ('core', 'config', 'models', 'store.base', 'artifact_content', 'artifacts', 'recall', 'sessions', 'context', 'workflows', 'llm',
+_LAYERS = ('core', 'config', 'models', 'observability', 'store.base', 'artifact_content', 'artifacts', 'recall', 'sessions', 'context', 'workflows', 'llm',
            'decorators', 'orchestrator', 'chain', 'checkpoint', 'examples.samples', 'examples.profiling', 'examples.sql_tools',
            'examples.query_optimizer', 'examples.jil', 'examples.workflows', 'nbparams', 'runner', 'batch')
 import sys as _sys

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 from .core import *
+from .observability import tracer, bound, in_span, trace_carrier, joined_trace, batch_run_outcomes, configure_observability
 from .config import Settings, load_settings
 from .models import iso
 from .store.base import *
@@ -115,7 +116,9 @@ _STORAGES:dict[str, Storage] = {}
 
 def _worker_storage(settings_path:str)->Storage:
     if settings_path not in _STORAGES:
-        _STORAGES[settings_path] = Storage(load_settings(settings_path))
+        s = load_settings(settings_path)
+        if _in_worker(): configure_observability(s)  # a Dask worker process applies [logging] and [observability] itself
+        _STORAGES[settings_path] = Storage(s)
     return _STORAGES[settings_path]
 
 def _now()->str: return iso(utcnow())
@@ -126,9 +129,21 @@ def scalar_records(records:dict)->dict:
 
 _OUTCOME = ('status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'output_path', 'records')
 
+def _in_worker()->bool:
+    try: from distributed import get_worker; get_worker(); return True
+    except (ImportError, ValueError): return False
+
 def _run_task(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str, kernel:str, retries:int, workdir:str,
-              execution_timeout:float|None=None, user_id:str='batch')->dict:
+              execution_timeout:float|None=None, user_id:str='batch', trace:dict|None=None)->dict:
     "Execute one run of a batch (on a worker), record its outcome in the runs table; the outcome as a dict"
+    # a 'batch_run' span in the trace of the batch that submitted it (`trace`: its context), batch_id and run_key bound to the logs
+    with joined_trace(trace), bound(batch_id=batch_id, run_key=key), tracer.start_as_current_span('batch_run', attributes={'dataops.batch.id': batch_id, 'dataops.batch.run_key': key}) as span:
+        out = _run_one(nb_path, params, batch_id, key, settings_path, kernel, retries, workdir, execution_timeout, user_id)
+        if span.is_recording(): span.set_attribute('dataops.batch.run_status', out['status'])
+        return out
+
+def _run_one(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str, kernel:str, retries:int, workdir:str,
+             execution_timeout:float|None=None, user_id:str='batch')->dict:
     st = _worker_storage(settings_path)
     runs = st.table(BATCH_RUNS_TABLE)
     row = runs.get((batch_id, key))
@@ -207,6 +222,7 @@ def _counts(rows:dict, shown:dict|None=None)->dict:
     return {'n_runs': len(rows), 'n_succeeded': c['succeeded'], 'n_failed': c['failed'] + c['cancelled'], 'n_skipped': c['skipped'], 'n_cancelled': c['cancelled']}
 
 # %% ../nbs/42_batch.ipynb #4c19152f
+@in_span('batch')  # the runs' spans are its children, in whichever worker they run
 def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
               grid_or_list:dict|list, # a grid (dict of lists → product) or a list of parameter dicts
               *, settings:Settings|str|Path|None=None, # Settings or settings.ini (default: `load_settings()`)
@@ -281,9 +297,11 @@ def run_batch(path:str|Path, # the notebook, with a cell tagged `parameters`
             else: rows[k] = runs_t.update((bid, k), set={f: res.get(f, rows[k].get(f)) for f in _OUTCOME})
             batches.update(bid, set=_counts(rows, shown))
             bar.update(1)
+            batch_run_outcomes.labels(rows[k]['status']).inc()
             tell(rows[k])
             if rows[k]['status'] != 'succeeded': bar.set_postfix(failed=_counts(rows, shown)['n_failed'])
-        args = lambda k,p,i: (str(path), p, bid, k, ini, kernel, retries, str(root/k), execution_timeout, user_id)
+        carrier = trace_carrier()  # each run's span joins this batch's trace, in whichever process runs it
+        args = lambda k,p,i: (str(path), p, bid, k, ini, kernel, retries, str(root/k), execution_timeout, user_id, carrier)
         if client is None:
             for k,p,i in todo: finish(k, _run_task(*args(k, p, i)))
         else:

@@ -16,6 +16,7 @@ from langgraph.graph import StateGraph, START, END
 from langgraph.config import get_stream_writer
 from fastcore.basics import patch
 from .core import *
+from .observability import tracer, bound, iter_in_span, agent_attrs, observe_workflow, fail_current, chain_step_duration, chain_step_failures
 from .config import load_settings
 from .models import *
 from .sessions import SessionManager
@@ -215,21 +216,29 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         if step.branch_of: prev = prev['input']  # a branch sees what its router saw
         write({'event': 'step_started', 'step': step.name})
         t0 = time.perf_counter()
-        if step.router is not None: out = {'branch': step.router(prev), 'input': prev}
-        elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
-        else:
-            inputs = _step_inputs(step, prev, state.get('input'))
-            parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
-            rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
-                            registry=self.registry, parents=parents, events=write)
-            # the step runs inside a checkpointed node: the chain resumes per step, so the step's own graph is not checkpointed again
-            with run_context(rc): out = step.workflow.run_step(step.workflow.validate_inputs(inputs))
+        try:
+            # a router or aggregator step is a tool of the chain; a workflow step an agent invocation (counted in workflow_invocations)
+            with bound(node=step.name), (tracer.start_as_current_span(f"execute_tool {step.name}", attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': step.name, 'dataops.chain.step': step.name})
+                                         if step.workflow is None else observe_workflow(step.workflow.name, sid, **{'dataops.chain.step': step.name})):
+                if step.router is not None: out = {'branch': step.router(prev), 'input': prev}
+                elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
+                else:
+                    inputs = _step_inputs(step, prev, state.get('input'))
+                    parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
+                    rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
+                                    registry=self.registry, parents=parents, events=write)
+                    # the step runs inside a checkpointed node: the chain resumes per step, so the step's own graph is not checkpointed again
+                    with run_context(rc): out = step.workflow.run_step(step.workflow.validate_inputs(inputs))
+        except Exception:
+            chain_step_failures.labels(self.name, step.name).inc()
+            raise
+        finally: chain_step_duration.labels(self.name, step.name).observe(time.perf_counter()-t0)
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
         kind = ArtifactType.RESULT if not any(step.name in s.depends_on for s in self.steps.values()) else ArtifactType.INTERMEDIATE
         aid = self.artifacts.store_artifact(jsonable(out), session_id=sid, workflow_name=self.name, name=f"{self.name}.{step.name}",
-                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id']}) if self.step_artifacts else None
+                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id'], 'seconds': round(secs, 4)}) if self.step_artifacts else None
         write({'event': 'step_finished', 'step': step.name, 'artifact_id': aid, 'seconds': secs})
         return {'outputs': {step.name: out}, 'timings': {step.name: secs}} | ({'artifacts': {step.name: aid}} if aid else {})
     return run
@@ -273,9 +282,15 @@ def run_durability(self:WorkflowChain, resume:bool=False)->str:
 @patch
 def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|None=None, resume:bool=False, _events:bool=True)->Iterator[Event]:
     "Run (or resume) the chain in `session_id`, yielding typed events; the last is 'result' or 'error'"
+    # traced as 'invoke_agent <chain>' with a span per step; session_id, workflow (the chain) and run_id bound to every log line of the run
+    run_id = run_id or (None if resume else new_id('run'))
+    yield from iter_in_span(self._stream(session_id, input, run_id, resume, _events), f"invoke_agent {self.name}",
+                            agent_attrs(self.name, session_id, **{'dataops.chain.run_id': run_id}), session_id=session_id, workflow=self.name, run_id=run_id)
+
+@patch
+def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None, resume:bool, _events:bool)->Iterator[Event]:
     self.sessions.get_session(session_id)
     if resume and not run_id: raise InvalidInputError("resume=True needs the run_id of the failed run", "pass run_id=result.run_id")
-    run_id = run_id or new_id('run')
     cfg = {'configurable': {'thread_id': run_id, 'session_id': session_id}}
     g = self.compile()
     if resume and not g.get_state(cfg).next: raise InvalidInputError(f"run {run_id!r} of chain {self.name!r} has nothing to resume", "it finished, or never started in this chain")
@@ -294,6 +309,7 @@ def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|
         # the step whose task errored; a condition that fails errors its router's task after it ran, so `next` is empty then
         failed = next((t.name for t in snap.tasks if t.error), None) or (snap.next or ('unknown_step',))[0]
         err = e.message if isinstance(e, DataOpsError) else f"{type(e).__name__}: {e}"
+        fail_current(e)
         state = snap.values or state
         aid = self.artifacts.store_artifact({'error': err, 'traceback': traceback.format_exc(limit=-4), 'step': failed, 'partial_outputs': jsonable(state.get('outputs', {}))},
                                             session_id=session_id, workflow_name=self.name, name=f"{self.name}.{failed}.error", artifact_type=ArtifactType.DEBUG,

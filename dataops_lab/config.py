@@ -17,8 +17,9 @@ from .core import ConfigError, mask_url
 
 # %% auto #0
 __all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
-           'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'find_settings_file', 'read_ini',
-           'IniSettingsSource', 'read_secret_files', 'EnvSource', 'Settings', 'display_value', 'load_settings']
+           'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'ObservabilitySettings',
+           'find_settings_file', 'read_ini', 'IniSettingsSource', 'read_secret_files', 'EnvSource', 'Settings',
+           'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -182,17 +183,24 @@ class DevkitSettings(_Section):
     output_dir: str = Field('workflows', description="folder of workflow packages: where `create` writes and where `test`, `validate`, ... look (relative to the settings file's folder)")
 
 class LoggingSettings(_Section):
-    "`[logging]`: level and format of the library's log records"
-    level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'] = 'INFO'
-    format: Literal['text', 'json'] = 'text'
-    file: str|None = None
+    "`[logging]`: level, rendering and destination of every log line (the library's and its dependencies'), applied by `configure_observability`"
+    level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'] = Field('INFO', description="lowest level written")
+    format: Literal['text', 'json'] = Field('text', description="text: one readable line per event; json: one JSON object per line")
+    file: str|None = Field(None, description="also append the lines to this file (relative to the settings file's folder); empty: standard error only")
 
     @field_validator('level', mode='before')
     @classmethod
     def _upper(cls, v): return v.upper() if isinstance(v, str) else v
 
+class ObservabilitySettings(_Section):
+    "`[observability]`: where traces go and where a worker process exposes its metrics"
+    traces: Literal['none', 'console', 'otlp-http', 'otlp-grpc'] = Field('none', description="span exporter: none (default, nothing recorded or sent), console (standard error), otlp-http / otlp-grpc (needs the `otlp` extra)")
+    otlp_endpoint: str|None = Field(None, description="OTLP collector URL; empty: the exporter's default or OTEL_EXPORTER_OTLP_ENDPOINT")
+    service_name: str = Field('dataops-lab', description="service.name of the spans")
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port from batch workers and the dashboard process; 0: off (the API serves /metrics itself)")
+
 # %% ../nbs/01_config.ipynb #51f7b437
-SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'devkit', 'logging')
+SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'devkit', 'logging', 'observability')
 _ini_path:ContextVar[Path|None] = ContextVar('_ini_path', default=None)
 
 def find_settings_file(start:Path|str|None=None # folder to start looking from (default: working directory)
@@ -272,6 +280,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     devkit: DevkitSettings = DevkitSettings()
     logging: LoggingSettings = LoggingSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
     source: Path|None = Field(None, exclude=True)
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from langchain_core.messages import AIMessageChunk
 from fastcore.basics import patch
 from .core import *
+from .observability import tracer, logger, bound, iter_in_span, agent_attrs, record_workflow, fail_current, node_callbacks, route_decisions, confidence_bucket
+from structlog.contextvars import bind_contextvars
 from .config import Settings, load_settings
 from .models import *
 from .recall import terms, _stem
@@ -264,13 +266,23 @@ class Orchestrator:
         return r
 
     def route(self, query:str, context:dict|None=None)->Route:
-        "Rules first, then intent"
+        "Rules first, then intent (a `route` span; counted in `route_decisions` by workflow, method and confidence)"
+        with tracer.start_as_current_span('route') as span:
+            r,method = self._route(query, context)
+            route_decisions.labels(r.workflow or 'none', method, confidence_bucket(r.confidence if r.workflow else None)).inc()
+            if span.is_recording(): span.set_attributes({'dataops.route.workflow': r.workflow or '', 'dataops.route.method': method, 'dataops.route.confidence': r.confidence})
+            logger.debug('routed', routed_to=r.workflow, method=method, confidence=round(r.confidence, 3))
+            return r
+
+    def _route(self, query:str, context:dict|None=None)->tuple[Route, str]:
         ctx = {**(context or {}), 'query': query}
         for r in self.rules:
             try: hit = bool(r.condition(ctx))
             except Exception as e: _log.warning("rule %s raised %s: %s; skipped", r.name, type(e).__name__, e); continue
-            if hit: return Route(workflow=r.workflow, confidence=1.0, candidates=[(r.workflow, 1.0)], reason=f"rule {r.name!r} matched")
-        return self.router.route(query)
+            if hit: return Route(workflow=r.workflow, confidence=1.0, candidates=[(r.workflow, 1.0)], reason=f"rule {r.name!r} matched"), 'rule'
+        router = self.router
+        r = router.route(query)
+        return r, ('lexical' if isinstance(router, LexicalRouter) else 'llm' if r.reason.endswith('language model') or 'language model found' in r.reason else 'llm_fallback')
 
 # %% ../nbs/38_orchestrator.ipynb #74aa8664
 @patch
@@ -295,8 +307,14 @@ def _msg(e:BaseException)->str: return e.message if isinstance(e, DataOpsError) 
 @patch
 def stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
     "Handle one user message, yielding typed events as it goes; once the user's turn is recorded, a reply always follows it"
+    # traced as 'invoke_agent orchestrator' (route and workflow spans below it); session_id and user_id bound to every log line of the turn
+    yield from iter_in_span(self._stream(session_id, query), 'invoke_agent orchestrator', agent_attrs('orchestrator', session_id), session_id=session_id)
+
+@patch
+def _stream(self:Orchestrator, session_id:str, query:str)->Iterator[Event]:
     if not isinstance(query, str) or not query.strip(): raise InvalidInputError(f"query must be a non-empty string, got {query!r}", "pass the user's message")
     s = self.sessions.get_session(session_id)
+    bind_contextvars(user_id=s.user_id)
     history = [m.content for m in reversed(self.sessions.get_history(session_id, limit=20)) if m.role == Role.USER]
     self.sessions.add_message(session_id, 'user', query)
     replied = False
@@ -364,7 +382,7 @@ def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->I
         res = self._reply(session_id, 'question', p.ask() + err, workflow=wf.name, route=route, inputs=jsonable(ex.values))
         yield E('question', workflow=wf.name, data={'input': p.name, 'outcome': res.model_dump()}); return
     if s.global_context.get('_pending'): self.sessions.update_session(session_id, {'global_context': {'_pending': None}})
-    yield from self._execute(session_id, wf, route, ex)
+    yield from iter_in_span(self._execute(session_id, wf, route, ex), f"invoke_agent {wf.name}", agent_attrs(wf.name, session_id), workflow=wf.name)
 
 @patch
 def _routing_text(self:Orchestrator, query:str)->str:
@@ -386,8 +404,10 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
     try:
         inputs = wf.validate_inputs(ex.values, strict=False)
         rc = RunContext(session_id=session_id, sessions=self.sessions, artifacts=self.artifacts, workflow=wf.name, registry=self.registry)
+        logger.info('workflow_started', workflow=wf.name)
         with run_context(rc):
-            for mode,chunk in wf.graph.stream(inputs, stream_mode=['updates', 'values', 'messages']):
+            cb = node_callbacks()
+            for mode,chunk in wf.graph.stream(inputs, stream_mode=['updates', 'values', 'messages'], **({'config': {'callbacks': cb}} if cb else {})):
                 if mode == 'values': state = chunk
                 elif mode == 'messages':  # a chat model streaming inside a node: its tokens, as they come
                     if (t := _token_text(chunk[0])): yield E('token', node=(chunk[1] or {}).get('langgraph_node'), data={'text': t})
@@ -395,6 +415,7 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
                     for node,out in (chunk or {}).items(): yield E('node_finished', node=node, data={'keys': sorted(out) if isinstance(out, dict) else []})
     except Exception as e:
         tb,msg,aids,note = traceback.format_exc(limit=-4),(e.message if isinstance(e, DataOpsError) else str(e)),[],''
+        fail_current(e); record_workflow(wf.name, 'error', time.perf_counter()-t0, error=type(e).__name__)
         try:
             aids = [self.artifacts.store_artifact({'error': f"{type(e).__name__}: {e}", 'traceback': tb, 'inputs': jsonable(ex.values), 'partial_state': jsonable(state)},
                                                   session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_error", artifact_type=ArtifactType.DEBUG, created_by='orchestrator')]
@@ -402,6 +423,7 @@ def _execute(self:Orchestrator, session_id:str, wf:BaseWorkflow, route:Route, ex
         if aids: yield E('artifact_stored', data={'artifact_id': aids[0], 'type': 'debug'})
         res = self._reply(session_id, 'error', f"{wf.name} failed: {msg}{note}", workflow=wf.name, route=route, inputs=jsonable(ex.values), artifact_ids=aids)
         yield E('error', data={'error': msg, 'outcome': res.model_dump()}); return
+    record_workflow(wf.name, 'success', time.perf_counter()-t0)
     out = jsonable(state)
     try: aid = self.artifacts.store_artifact(out, session_id=session_id, workflow_name=wf.name, name=f"{wf.name}_result", created_by='orchestrator',
                                              metadata={'inputs': jsonable(ex.values), 'sources': ex.sources, 'seconds': round(time.perf_counter()-t0, 4)})

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from langgraph.graph import StateGraph, START, END
 _DURABILITY_KEY = '__pregel_durability'  # langgraph's CONFIG_KEY_DURABILITY (kept in its private _internal module)
 from .core import *
+from .observability import observe_workflow, node_callbacks
 
 # %% auto #0
 __all__ = ['InputType', 'WorkflowInputParameter', 'WorkflowMetadata', 'BaseWorkflow', 'GraphWorkflow', 'FunctionWorkflow',
@@ -141,11 +142,16 @@ class BaseWorkflow(ABC):
         # the step graph has no checkpointer of its own; it would inherit the parent's durability, and under 'sync'
         # LangGraph then waits on a checkpoint write that a graph without a checkpointer never starts. Set through the
         # config: the `durability=` argument warns that it has no effect without a checkpointer.
-        return self.step_graph.invoke(inputs, config={'configurable': {_DURABILITY_KEY: 'exit'}})
+        return self.step_graph.invoke(inputs, config={'configurable': {_DURABILITY_KEY: 'exit'}, 'callbacks': node_callbacks()})
 
     def run(self, inputs:dict|None=None, config:dict|None=None)->dict:
-        "Invoke the compiled graph with validated `inputs` as its initial state; the final state"
-        return self.graph.invoke(self.validate_inputs(inputs), config=config)
+        "Invoke the compiled graph with validated `inputs` as its initial state; the final state (counted in `workflow_invocations`, traced as `invoke_agent <name>`)"
+        with observe_workflow(self.name):
+            cb = node_callbacks()
+            return self.graph.invoke(self.validate_inputs(inputs), config={**(config or {}), 'callbacks': [*((config or {}).get('callbacks') or []), *cb]} if cb else config)
+    def invoke(self, inputs:dict|None=None, config:dict|None=None)->dict:
+        "`run` under LangChain's name, so a workflow is called like the graphs and runnables it is made of"
+        return self.run(inputs, config)
     async def arun(self, inputs:dict|None=None, config:dict|None=None)->dict:
         "Async twin of `run`"
         return await self.graph.ainvoke(self.validate_inputs(inputs), config=config)

@@ -339,3 +339,54 @@ def test_dashboard_reads_the_aws_tier(request, tmp_path):
         assert '42 orders' in d.preview.objects[1].object and 'order_count v1' in d.lineage.object
         assert d.show_batches() == [] and 'No batches recorded yet' in d.charts.objects[0].object
     finally: d.close()
+
+
+def test_operations_tab_in_a_browser(tmp_path):
+    "Orchestrator runs (one failing), a two-step chain run twice and a batch on the embedded default; the Operations tab shows their figures"
+    from playwright.sync_api import sync_playwright, expect
+    from dataops_lab.workflows import WorkflowRegistry, workflow
+    from dataops_lab.orchestrator import Orchestrator
+    from dataops_lab.chain import WorkflowChain
+    ini = write_ini(tmp_path, 'embedded')
+    s = load_settings(ini)
+    @workflow(example_queries=['count the rows of a table'])
+    def count_rows(table: str = 'orders'):
+        "Count the rows of a table"
+        return {'summary': f'{table}: 42 rows'}
+    @workflow(example_queries=['explode the warehouse'])
+    def explode():
+        "Always fails"
+        raise RuntimeError('boom')
+    reg = WorkflowRegistry(count_rows, explode)
+    with SessionManager(s) as sm:
+        sid = sm.create_session('ops').session_id
+        orch = Orchestrator(reg, sm, llm=False)
+        assert [orch.process(sid, q).kind for q in ('count the rows of a table', 'count the rows of a table', 'explode the warehouse')] == ['result', 'result', 'error']
+        chain = WorkflowChain('pair', registry=reg, session_manager=sm).add_step('count_rows', name='first_step').add_step('count_rows', name='second_step')
+        for _ in range(2): assert chain.execute(sid, {}).status == 'completed'
+    nb = write_notebook(tmp_path/'square.ipynb', "n: int = 1  # the number to square", "print(n*n)")
+    assert run_batch(nb, {'n': [2]}, settings=ini, progress=False, scheduler='synchronous').ok
+    srv = serve_dashboard(s, port=0)
+    outside = []
+    try:
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            _local_only(page, outside)
+            try:
+                page.goto(srv.url, timeout=30_000)
+                tab(page, 'Operations').click()
+                wf = page.locator('.ops-workflows .tabulator')
+                row = lambda table, text: table.locator('.tabulator-row').filter(has_text=text)
+                cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
+                expect(row(wf, 'count_rows')).to_have_count(1, timeout=30_000)
+                expect(cell(row(wf, 'count_rows'), 'invocations')).to_have_text('2')
+                expect(cell(row(wf, 'explode'), 'failed')).to_have_text('1')
+                expect(cell(row(wf, 'explode'), 'success_rate')).to_have_text('0.0')
+                steps = page.locator('.ops-steps .tabulator')
+                for step in ('first_step', 'second_step'): expect(cell(row(steps, step), 'invocations')).to_have_text('2')
+                expect(cell(row(page.locator('.ops-batches .tabulator'), 'succeeded'), 'batches')).to_have_text('1')
+                expect(page.get_by_text('7 recorded runs')).to_be_visible()  # 3 orchestrator runs + 2 x 2 chain steps
+            finally: browser.close()
+    finally: srv.stop()
+    assert outside == []

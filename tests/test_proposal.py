@@ -1,9 +1,10 @@
 """The extension proposal's Python code blocks run unchanged in nbs/74_tutorial_proposal.ipynb.
 
 PROPOSAL_BLOCKS are the proposal's seven API blocks (sessions, artifacts, context, decorators, chaining, parallel
-execution, conditional routing), copied byte for byte. nbdev-test runs the tutorial, so an API change that breaks a
-block fails CI; this test fails when a block is edited in the tutorial to fit the API instead. (The proposal's three
-observability blocks are not here: they are for the observability layer.)"""
+execution, conditional routing) and its three observability blocks (structured logging, metrics, tracing), copied
+byte for byte. nbdev-test runs the tutorial, so an API change that breaks a block fails CI; this test fails when a
+block is edited in the tutorial to fit the API instead. `test_the_observability_blocks_run_verbatim` also runs the
+three observability blocks here, against the package's `logger`, metrics and `tracer`."""
 import nbformat
 from pathlib import Path
 
@@ -23,7 +24,11 @@ PROPOSAL_BLOCKS = [
     'chain.add_step("query_optimizer")\nresult = chain.execute(session_id, input)\n',
     'chain.add_parallel(\n    ["analyzer_1", "analyzer_2", "analyzer_3"],\n    aggregator=merge_results\n)\n',
     'orchestrator.add_rule(\n    condition=lambda ctx: ctx["size"] > 1000000,\n    workflow="large_data_processor"\n)\n',
-]
+] + (OBSERVABILITY_BLOCKS := [
+    'logger.info(\n    "workflow_started",\n    workflow=name,\n    session_id=session_id,\n    user_id=user_id\n)\n',
+    'workflow_invocations.labels(workflow=name, status="success").inc()\nworkflow_duration.labels(workflow=name).observe(duration)\n',
+    'with tracer.start_as_current_span("workflow_execution"):\n    result = workflow.invoke(input)\n',
+])
 
 def test_every_proposal_block_is_a_cell_of_the_tutorial_unchanged_and_in_order():
     nb = nbformat.read(TUTORIAL, as_version=4)
@@ -33,3 +38,30 @@ def test_every_proposal_block_is_a_cell_of_the_tutorial_unchanged_and_in_order()
     assert found == sorted(found)
     directives = [code[i].splitlines()[0] for i in found if code[i].startswith('#|')]
     assert directives == []  # no block is hidden or skipped (#| eval: false, #| hide)
+
+def test_the_observability_blocks_run_verbatim():
+    """The three blocks, exec'd unchanged with the package's names: one structured event with the reader's fields, the
+    proposal's counter and histogram moved by one, and a `workflow_execution` span around the workflow's own span."""
+    import dataops_lab
+    from prometheus_client import REGISTRY
+    from structlog.testing import capture_logs
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    class Echo:
+        def invoke(self, x):
+            with dataops_lab.tracer.start_as_current_span('invoke_agent echo'): return {'echo': x}
+    ns = {n: getattr(dataops_lab, n) for n in ('logger', 'workflow_invocations', 'workflow_duration', 'tracer')}
+    ns.update(name='proposal_echo', session_id='sess_01J00000000000000000000000', user_id='user_123', duration=0.5, workflow=Echo(), input={'q': 1})
+    count = lambda: REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'proposal_echo', 'status': 'success'}) or 0
+    spans = InMemorySpanExporter()
+    dataops_lab.configure_tracing(exporter=spans)
+    logs_block, metrics_block, trace_block = OBSERVABILITY_BLOCKS
+    try:
+        with capture_logs() as logs: exec(logs_block, ns)
+        n0 = count(); exec(metrics_block, ns)
+        exec(trace_block, ns)
+    finally: dataops_lab.stop_tracing()
+    assert logs == [{'event': 'workflow_started', 'workflow': 'proposal_echo', 'session_id': ns['session_id'], 'user_id': 'user_123', 'log_level': 'info'}]
+    assert count() - n0 == 1
+    assert REGISTRY.get_sample_value('dataops_workflow_duration_seconds_sum', {'workflow': 'proposal_echo'}) == 0.5
+    inner, outer = spans.get_finished_spans()
+    assert (outer.name, inner.name, inner.parent.span_id, ns['result']) == ('workflow_execution', 'invoke_agent echo', outer.context.span_id, {'echo': {'q': 1}})

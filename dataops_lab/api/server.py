@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_server.html.md"""
 
 # %% ../../nbs/89_api_server.ipynb #19db7720
 from __future__ import annotations
-import asyncio, html, json, logging, os, ssl, threading
+import asyncio, html, inspect, json, logging, os, ssl, threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from .events import WSMessage
 from ..store.base import stream_id_key
 from .service import *
 from .routes import ROUTERS
+from .observe import RequestObservability, metrics_router
+from ..observability import configure_observability
 
 # %% auto #0
 __all__ = ['COOKIE', 'API_DESCRIPTION', 'ws_events', 'DashboardGuard', 'create_app', 'TLS13Config', 'app_from_env', 'serve']
@@ -180,9 +182,11 @@ def create_app(settings:Settings|str|Path|None=None, # Settings or a settings.in
     app.state.services = svc
     install_error_handlers(app)
     for r in ROUTERS: app.include_router(r)
+    app.include_router(metrics_router)  # GET /metrics (Prometheus; every worker's under several)
     app.add_api_websocket_route('/ws/{session_id}', ws_events, name='events')
     if s.api.dashboard if dashboard is None else dashboard: _add_dashboard(app, svc)
-    # middleware, innermost first; observability (metrics, spans) goes here too
+    # middleware, innermost first
+    app.add_middleware(RequestObservability)  # request span, request metrics, request id in the log context
     app.add_middleware(DashboardGuard)
     if s.api.cors_origins: app.add_middleware(CORSMiddleware, allow_origins=s.api.cors_origins, allow_methods=['*'], allow_headers=['Authorization', 'Content-Type', 'Range'])
     app.add_middleware(APIMiddleware, settings=s)
@@ -204,6 +208,7 @@ def app_from_env()->FastAPI:
     if spec:
         mod,_,fn = spec.partition(':')
         reg = getattr(__import__(mod, fromlist=[fn]), fn)()
+    configure_observability()  # [logging] and [observability] in this worker process
     return create_app(registry=reg, ensure=False)
 
 import inspect
@@ -229,6 +234,8 @@ def serve(settings:Settings|str|Path|None=None, host:str|None=None, port:int|Non
     if s.source is not None: os.environ['DATAOPS_SETTINGS'] = str(s.source)
     if registry: os.environ['DATAOPS_API_REGISTRY'] = registry
     Services(s, WorkflowRegistry()).storage.ensure().close()
+    if (workers or s.api.workers) > 1 and not os.environ.get('PROMETHEUS_MULTIPROC_DIR'):  # before any worker imports prometheus_client
+        import tempfile; os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dataops-metrics-')
     api = s.api
     tls = _tls_files(api)
     cfg = TLS13Config('dataops_lab.api.server:app_from_env', factory=True, host=host or api.host, port=api.port if port is None else port,

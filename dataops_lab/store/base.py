@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable, ClassVar, Iterable, Iterator
 from urllib.parse import urlsplit, parse_qsl
 from ..core import *
 from ..config import Settings, load_settings
+from ..observability import instrument_storage_method
 
 # %% auto #0
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
@@ -62,11 +63,25 @@ def parse_store_url(url:str # e.g. 's3://bucket/prefix?region=eu-west-1'
     loc,_,query = rest.partition('?')
     return scheme.lower(), loc, dict(parse_qsl(query, keep_blank_values=True))
 
+_OPS = {'blob': ('put', 'put_stream', 'get', 'head', 'exists', 'delete', 'list', 'delete_prefix'),
+        'table': ('put', 'get', 'update', 'delete', 'query', 'scan'),
+        'cache': ('get', 'set', 'delete', 'exists', 'ttl', 'expire', 'incr', 'list_append', 'list_range', 'compare_and_set', 'keys', 'publish',
+                  'stream_add', 'stream_read', 'ping')}
+
+def _instrument(cls:type):
+    "Time and count each contract operation `cls` and its bases define (`dataops_lab.observability`), once per class"
+    for c in cls.__mro__:
+        for op in _OPS.get(cls.kind, ()):
+            if callable(f := c.__dict__.get(op)) and not getattr(f, '__dataops_instrumented__', False):
+                setattr(c, op, instrument_storage_method(f, cls.kind, op))
+    cls._instrumented = True
+
 class Backend:
     "Lifecycle shared by every storage backend"
     kind: ClassVar[str] = ''
     scheme: ClassVar[str] = ''
     def __init__(self, url:str, **options):
+        if '_instrumented' not in type(self).__dict__: _instrument(type(self))
         self.url = url
         self.scheme_,self.location,opts = parse_store_url(url)
         self.options = {**opts, **options}
