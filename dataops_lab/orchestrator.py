@@ -47,17 +47,18 @@ def _doc(m:WorkflowMetadata)->str:
 _ASKING = frozenset("""me my mine you your we our us i what whats how which who why when where could would should can please pls plz tell give
     show get need want make run help about other one over up out also some any all each every thing things there here just really actually""".split())  # words that ask, but say nothing about which task
 _ROUTE_STOP = sorted(set(bm25s.stopwords.STOPWORDS_EN_PLUS) | _ASKING)
+_ASKED = frozenset(_stem.stemWords(sorted(_ASKING)))
 _WORD = re.compile(r"[a-z][a-z0-9']*")
 _STATEMENT = re.compile(r"`{1,3}\s*(?:select|with|insert|update|delete)\b[^`]+`{1,3}|\b(?:select\s.+?\bfrom\b|with\s+\w+\s+as\s*\().*$", re.I | re.S)  # a SQL statement pasted in a message
 
 def _one_edit(a:str, b:str)->bool:
-    "Are `a` and `b` at most one insertion, deletion, substitution or swap of neighbours apart?"
+    "Are `a` and `b` at most one insertion, deletion, swap of neighbours or — in words of seven letters or more, past the first letter — substitution apart?"
     if a == b: return True
     la,lb = len(a),len(b)
     if abs(la - lb) > 1: return False
     i = 0
     while i < min(la, lb) and a[i] == b[i]: i += 1
-    if la == lb: return a[i+1:] == b[i+1:] or (i+1 < la and a[i] == b[i+1] and a[i+1] == b[i] and a[i+2:] == b[i+2:])
+    if la == lb: return (a[i+1:] == b[i+1:] and la >= 7 and i > 0) or (i+1 < la and a[i] == b[i+1] and a[i+1] == b[i] and a[i+2:] == b[i+2:])
     return a[i+1:] == b[i:] if la > lb else a[i:] == b[i+1:]
 
 def _deletes(w:str)->set[str]: return {w[:i] + w[i+1:] for i in range(len(w))}
@@ -65,20 +66,23 @@ def _deletes(w:str)->set[str]: return {w[:i] + w[i+1:] for i in range(len(w))}
 class LexicalRouter:
     "BM25 over workflow metadata, tolerant of typos; routes only on a clear, sufficiently strong match, and abstains otherwise"
     def __init__(self, metadata:list[WorkflowMetadata],
-                 threshold:float=0.52, # the best score's least share of the best two
+                 threshold:float=0.55, # the best score's least share of the best two
                  min_score:float=0.7, # the least best score, in units of one word only one workflow uses
                  model:bool=False, # is a chat model configured for the workflows that need one?
                  needs_model_score:float=1.3, # the least best score for a workflow that needs a model, when none is configured (never below `min_score`)
-                 input_bonus:float=1.0 # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
+                 input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
+                 asking_weight:float=0.5 # the share of their weight asking words add to a workflow that matched on other words
                 ):
-        self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus
+        self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
         self.needs_llm = [m.needs_llm for m in metadata]
         self.takes_sql = [any(p.type == 'sql' for p in m.required_inputs) for m in metadata]
         self.patterns = [[re.compile(p.pattern) for p in m.required_inputs if p.pattern] for m in metadata]
         docs = [_doc(m) for m in metadata]
-        self.bm25 = bm25s.BM25(k1=1.2, b=0.3)  # short metadata documents: length matters little
+        self.bm25,self.asking = bm25s.BM25(k1=1.2, b=0.3),bm25s.BM25(k1=1.2, b=0.3)  # short metadata documents: length matters little
         if len(docs) == 1: docs.append(' '.join(['zzneutralzz'] * len(self._terms(docs[0]))))  # see above: one workflow alone gets no idf
-        if self.names: self.bm25.index(bm25s.tokenize(docs, stopwords=_ROUTE_STOP, stemmer=_stem, show_progress=False), show_progress=False)
+        if self.names:
+            self.bm25.index(bm25s.tokenize(docs, stopwords=_ROUTE_STOP, stemmer=_stem, show_progress=False), show_progress=False)
+            self.asking.index(bm25s.tokenize(docs, stopwords='en', stemmer=_stem, show_progress=False), show_progress=False)  # the asking words' own weights
         self.vocab = getattr(self.bm25, 'vocab_dict', {})
         self.unit = math.log(1 + (len(docs) - 0.5)/1.5)  # the weight of a word only one workflow uses: scores are in this unit, whatever the registry's size
         self.words = {w for w in _WORD.findall(' '.join(docs[:len(self.names)]).lower()) if len(w) >= 4 and w not in _ROUTE_STOP}
@@ -99,8 +103,12 @@ class LexicalRouter:
         "Each workflow's score for `query`, and the query's words that matched"
         sql = _STATEMENT.search(query)
         text = query[:sql.start()] + ' sql ' + query[sql.end():] if sql else query  # the statement's table names say nothing about the intent
-        q = [t for t in self._terms(' '.join(map(self._spell, _WORD.findall(text.lower())))) if t in self.vocab]
+        text = ' '.join(map(self._spell, _WORD.findall(text.lower())))
+        q = [t for t in self._terms(text) if t in self.vocab]
         s = [float(v)/self.unit for v in self.bm25.get_scores(q)][:len(self.names)] if q else [0.0] * len(self.names)
+        asked = [t for t in bm25s.tokenize([text], stopwords='en', stemmer=_stem, show_progress=False, return_ids=False)[0] if t in _ASKED and t in self.asking.vocab_dict]
+        if asked and self.asking_weight:  # they support a workflow the other words point to, never choose one alone
+            s = [v + self.asking_weight*float(a)/self.unit if v > 0 else v for v,a in zip(s, self.asking.get_scores(asked))]
         for i in range(len(self.names)):
             s[i] += self.input_bonus * ((self.takes_sql[i] and sql is not None) + sum(bool(p.search(query)) for p in self.patterns[i]))
         return s, q
