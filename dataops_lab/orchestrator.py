@@ -298,7 +298,7 @@ class Orchestrator:
                  session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
                  artifact_store:ArtifactStore|None=None, # default: the session manager's
                  llm=None, # routing model; default: the one [llm] configures (none by default); False: lexical routing
-                 threshold:float=0.52): # the lexical router's (see `LexicalRouter`)
+                 threshold:float=0.55): # the lexical router's (see `LexicalRouter`)
         self.threshold = threshold
         self.sessions = session_manager or SessionManager()
         self.artifacts = artifact_store or self.sessions.artifacts
