@@ -47,27 +47,89 @@ def _doc(m:WorkflowMetadata)->str:
     parts = [m.name.replace('_', ' ').replace('-', ' ')]*2 + [m.description, m.category] + m.capabilities*2 + m.example_queries*2
     return ' '.join(parts)
 
+_ASKING = frozenset("""me my mine you your we our us i what whats how which who why when where could would should can please pls plz tell give
+    show get need want make run help about other one over up out also some any all each every thing things there here just really actually""".split())  # words that ask, but say nothing about which task
+_ROUTE_STOP = sorted(set(bm25s.stopwords.STOPWORDS_EN_PLUS) | _ASKING)
+_ASKED = frozenset(_stem.stemWords(sorted(_ASKING)))
+_WORD = re.compile(r"[a-z][a-z0-9']*")
+_STATEMENT = re.compile(r"`{1,3}\s*(?:select|with|insert|update|delete)\b[^`]+`{1,3}|\b(?:select\s.+?\bfrom\b|with\s+\w+\s+as\s*\().*$", re.I | re.S)  # a SQL statement pasted in a message
+
+def _one_edit(a:str, b:str)->bool:
+    "Are `a` and `b` at most one insertion, deletion, swap of neighbours or — in words of seven letters or more, past the first letter — substitution apart?"
+    if a == b: return True
+    la,lb = len(a),len(b)
+    if abs(la - lb) > 1: return False
+    i = 0
+    while i < min(la, lb) and a[i] == b[i]: i += 1
+    if la == lb: return (a[i+1:] == b[i+1:] and la >= 7 and i > 0) or (i+1 < la and a[i] == b[i+1] and a[i+1] == b[i] and a[i+2:] == b[i+2:])
+    return a[i+1:] == b[i:] if la > lb else a[i:] == b[i+1:]
+
+def _deletes(w:str)->set[str]: return {w[:i] + w[i+1:] for i in range(len(w))}
+
 class LexicalRouter:
-    "BM25 over workflow metadata; routes only on a clear, sufficiently strong match"
-    def __init__(self, metadata:list[WorkflowMetadata], threshold:float=0.52, min_score:float=0.8):
-        self.names,self.threshold,self.min_score = [m.name for m in metadata],threshold,min_score
-        self.bm25 = bm25s.BM25()
+    "BM25 over workflow metadata, tolerant of typos; routes only on a clear, sufficiently strong match, and abstains otherwise"
+    def __init__(self, metadata:list[WorkflowMetadata],
+                 threshold:float=0.55, # the best score's least share of the best two
+                 min_score:float=0.7, # the least best score, in units of one word only one workflow uses
+                 model:bool=False, # is a chat model configured for the workflows that need one?
+                 needs_model_score:float=1.3, # the least best score for a workflow that needs a model, when none is configured (never below `min_score`)
+                 input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
+                 asking_weight:float=0.5 # the share of their weight asking words add to a workflow that matched on other words
+                ):
+        self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
+        self.needs_llm = [m.needs_llm for m in metadata]
+        self.takes_sql = [any(p.type == 'sql' for p in m.required_inputs) for m in metadata]
+        self.patterns = [[re.compile(p.pattern) for p in m.required_inputs if p.pattern] for m in metadata]
         docs = [_doc(m) for m in metadata]
-        if len(docs) == 1: docs.append(' '.join(['zzneutralzz'] * len(terms(docs[0]))))  # see above: one workflow alone gets no idf
-        if self.names: self.bm25.index(bm25s.tokenize(docs, stopwords='en', stemmer=_stem, show_progress=False), show_progress=False)
+        self.bm25,self.asking = bm25s.BM25(k1=1.2, b=0.3),bm25s.BM25(k1=1.2, b=0.3)  # short metadata documents: length matters little
+        if len(docs) == 1: docs.append(' '.join(['zzneutralzz'] * len(self._terms(docs[0]))))  # see above: one workflow alone gets no idf
+        if self.names:
+            self.bm25.index(bm25s.tokenize(docs, stopwords=_ROUTE_STOP, stemmer=_stem, show_progress=False), show_progress=False)
+            self.asking.index(bm25s.tokenize(docs, stopwords='en', stemmer=_stem, show_progress=False), show_progress=False)  # the asking words' own weights
+        self.vocab = getattr(self.bm25, 'vocab_dict', {})
+        self.unit = math.log(1 + (len(docs) - 0.5)/1.5)  # the weight of a word only one workflow uses: scores are in this unit, whatever the registry's size
+        self.words = {w for w in _WORD.findall(' '.join(docs[:len(self.names)]).lower()) if len(w) >= 4 and w not in _ROUTE_STOP}
+        self._near = {}
+        for w in self.words:
+            for d in _deletes(w) | {w}: self._near.setdefault(d, set()).add(w)
+
+    def _terms(self, text:str)->list[str]: return list(bm25s.tokenize([text], stopwords=_ROUTE_STOP, stemmer=_stem, show_progress=False, return_ids=False)[0])
+
+    def _spell(self, w:str)->str:
+        "`w`, or the metadata word one edit away from it when `w` is unknown (ties: the closest length, then alphabetical)"
+        if len(w) < 5 or w in self.words or w in _ROUTE_STOP or _stem.stemWord(w) in self.vocab: return w
+        near = {x for d in _deletes(w) | {w} for x in self._near.get(d, ())}
+        near = sorted((x for x in near if _one_edit(w, x)), key=lambda x: (abs(len(x) - len(w)), x))
+        return near[0] if near else w
+
+    def scores(self, query:str)->tuple[list[float], list[str]]:
+        "Each workflow's score for `query`, and the query's words that matched"
+        sql = _STATEMENT.search(query)
+        text = query[:sql.start()] + ' sql ' + query[sql.end():] if sql else query  # the statement's table names say nothing about the intent
+        text = ' '.join(map(self._spell, _WORD.findall(text.lower())))
+        q = [t for t in self._terms(text) if t in self.vocab]
+        s = [float(v)/self.unit for v in self.bm25.get_scores(q)][:len(self.names)] if q else [0.0] * len(self.names)
+        asked = [t for t in bm25s.tokenize([text], stopwords='en', stemmer=_stem, show_progress=False, return_ids=False)[0] if t in _ASKED and t in self.asking.vocab_dict]
+        if asked and self.asking_weight:  # they support a workflow the other words point to, never choose one alone
+            s = [v + self.asking_weight*float(a)/self.unit if v > 0 else v for v,a in zip(s, self.asking.get_scores(asked))]
+        for i in range(len(self.names)):
+            s[i] += self.input_bonus * ((self.takes_sql[i] and sql is not None) + sum(bool(p.search(query)) for p in self.patterns[i]))
+        return s, q
 
     def route(self, query:str)->Route:
-        q = [t for t in terms(query) if t in getattr(self.bm25, 'vocab_dict', {})]
-        if not self.names or not q: return Route(workflow=None, reason="no word of the query matches any workflow's description")
-        ranked = sorted(zip(self.names, map(float, self.bm25.get_scores(q))), key=lambda x: -x[1])
-        top,second = ranked[0][1],(ranked[1][1] if len(ranked) > 1 else 0.0)
-        if top <= 0: return Route(workflow=None, reason="no word of the query matches any workflow's description")
-        total = sum(s for _,s in ranked if s > 0)
-        cands = [(n, s/total) for n,s in ranked if s > 0]
+        s,q = self.scores(query) if self.names else ([], [])
+        ranked = sorted(zip(self.names, s), key=lambda x: -x[1])
+        if not ranked or ranked[0][1] <= 0: return Route(workflow=None, reason="no word of the query matches any workflow's description")
+        (best,top),second = ranked[0],(ranked[1][1] if len(ranked) > 1 else 0.0)
+        total = sum(v for _,v in ranked if v > 0)
+        cands = [(n, v/total) for n,v in ranked if v > 0]
         conf = top/(top+second)
-        if top < self.min_score: return Route(workflow=None, confidence=conf, candidates=cands, reason=f"only a weak match (best {ranked[0][0]}, score {top:.2f})")
-        if conf < self.threshold: return Route(workflow=None, confidence=conf, candidates=cands, reason=f"no clear winner between {ranked[0][0]} and {ranked[1][0]}")
-        return Route(workflow=ranked[0][0], confidence=conf, candidates=cands, reason=f"matched {', '.join(repr(t) for t in dict.fromkeys(q))} in its metadata")
+        needs = self.needs_llm[self.names.index(best)] and not self.model
+        if top < (max(self.min_score, self.needs_model_score) if needs else self.min_score):
+            why = f" ({best} needs a language model, and none is configured)" if needs and top >= self.min_score else ''
+            return Route(workflow=None, confidence=conf, candidates=cands, reason=f"only a weak match (best {best}, score {top:.2f}){why}")
+        if conf < self.threshold: return Route(workflow=None, confidence=conf, candidates=cands, reason=f"no clear winner between {best} and {ranked[1][0]}")
+        return Route(workflow=best, confidence=conf, candidates=cands, reason=f"matched {', '.join(repr(t) for t in dict.fromkeys(q)) or 'its inputs'} in its metadata")
 
 # %% ../nbs/38_orchestrator.ipynb #e34dc670
 class LLMRouter:
@@ -239,7 +301,7 @@ class Orchestrator:
                  session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
                  artifact_store:ArtifactStore|None=None, # default: the session manager's
                  llm=None, # routing model; default: the one [llm] configures (none by default); False: lexical routing
-                 threshold:float=0.52):
+                 threshold:float=0.55): # the lexical router's (see `LexicalRouter`)
         self.threshold = threshold
         self.sessions = session_manager or SessionManager()
         self.artifacts = artifact_store or self.sessions.artifacts
@@ -253,7 +315,7 @@ class Orchestrator:
         names = tuple(self.registry.names())
         if self._router is None or names != self._router_names:
             md = [w.metadata for w in self.registry]
-            lex = LexicalRouter(md, self.threshold)
+            lex = LexicalRouter(md, self.threshold, model=self.llm is not None)
             self._router,self._router_names = (LLMRouter(self.llm, md, lex) if self.llm is not None else lex),names
         return self._router
 
@@ -370,7 +432,7 @@ def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->I
         yield E('routed', workflow=route.workflow, data=route.model_dump())
         if route.workflow is None:
             cands = ', '.join(f"{n} ({c:.0%})" for n,c in route.candidates[:3] if c > 0.05)
-            reply = f"I can't tell which workflow fits this request ({route.reason})." + (f" Closest: {cands}." if cands else '') + f" Available: {', '.join(self.registry.names())}."
+            reply = f"I can't tell which workflow fits this request ({route.reason})." + (f" Closest: {cands}." if cands else '') + f" Available: {', '.join(self.registry.names())}.\n\n{self.offer()}"
             res = self._reply(session_id, 'unclear', reply, route=route)
             yield E('unclear', data={'outcome': res.model_dump()}); return
         wf = self.registry.get(route.workflow)
@@ -383,6 +445,13 @@ def _turn(self:Orchestrator, session_id:str, query:str, s, history:list[str])->I
         yield E('question', workflow=wf.name, data={'input': p.name, 'outcome': res.model_dump()}); return
     if s.global_context.get('_pending'): self.sessions.update_session(session_id, {'global_context': {'_pending': None}})
     yield from iter_in_span(self._execute(session_id, wf, route, ex), f"invoke_agent {wf.name}", agent_attrs(wf.name, session_id), workflow=wf.name)
+
+@patch
+def offer(self:Orchestrator)->str:
+    "What this workbench can do, one line per workflow: the reply when no workflow fits a message"
+    no_model = self.llm is None
+    lines = [f"- **{w.name}**: {w.metadata.description}" + (" (needs a language model; none is configured)" if no_model and w.metadata.needs_llm else '') for w in self.registry]
+    return "Here is what I can do:\n" + '\n'.join(lines) if lines else "No workflow is installed yet: add one to the registry."
 
 @patch
 def _routing_text(self:Orchestrator, query:str)->str:

@@ -1,104 +1,16 @@
-"""Natural queries with the workflow a person would expect to handle them (not copies of any
-workflow's example queries). Used by tests/test_routing.py to measure intent routing with no LLM."""
+"""The routing sets of tests/data (see its README) as (query, workflow) pairs; workflow None: no workflow should run.
 
-QUERIES = [
-    # schema_analyzer
-    ("what tables are in shop.db and how are they related?", "schema_analyzer"),
-    ("give me an overview of the columns and their types in the sample database", "schema_analyzer"),
-    ("which columns have lots of missing values?", "schema_analyzer"),
-    ("find the primary key candidates for every table", "schema_analyzer"),
-    ("does order_items reference products? check the foreign keys", "schema_analyzer"),
-    ("describe the structure of data/shop.db", "schema_analyzer"),
-    ("how many distinct values does each column have", "schema_analyzer"),
-    ("run a data quality check on the customers table", "schema_analyzer"),
-    ("inspect this database for me", "schema_analyzer"),
-    ("I need to understand the schema before writing any reports", "schema_analyzer"),
-    ("list the null rate per column", "schema_analyzer"),
-    # sql_generator
-    ("how many customers signed up in 2023?", "sql_generator"),
-    ("show me the ten best selling products", "sql_generator"),
-    ("total revenue per month please", "sql_generator"),
-    ("which customers spent the most money?", "sql_generator"),
-    ("write me a query that counts orders per country", "sql_generator"),
-    ("average order value by customer", "sql_generator"),
-    ("translate this into SQL: customers from Texas with more than 3 orders", "sql_generator"),
-    ("I want the sum of amounts for each product category", "sql_generator"),
-    ("get all orders placed last year", "sql_generator"),
-    ("build a select statement joining orders and customers", "sql_generator"),
-    ("number of orders per day in march", "sql_generator"),
-    # query_optimizer
-    ("this query takes forever: SELECT * FROM orders WHERE strftime('%Y', order_date) = '2024'", "query_optimizer"),
-    ("can you make my SQL faster?", "query_optimizer"),
-    ("review this statement for performance problems: select distinct * from order_items", "query_optimizer"),
-    ("what index should I add so the join between orders and customers is quicker", "query_optimizer"),
-    ("tune SELECT c.name FROM customers c, orders o WHERE c.customer_id = o.customer_id", "query_optimizer"),
-    ("explain the query plan of my report query and improve it", "query_optimizer"),
-    ("is there a better way to write this NOT IN subquery?", "query_optimizer"),
-    ("lint my sql for bad practices", "query_optimizer"),
-    ("speed up: select * from orders order by amount", "query_optimizer"),
-    ("rewrite this slow query", "query_optimizer"),
-    ("my dashboard query is too slow, optimise it", "query_optimizer"),
-    # jil_parser
-    ("parse the autosys definitions in the jobs folder", "jil_parser"),
-    ("which jobs must finish before LOAD_ORDERS can start?", "jil_parser"),
-    ("show me everything downstream of the nightly ETL box", "jil_parser"),
-    ("build the dependency graph for our autosys jobs", "jil_parser"),
-    ("are there circular dependencies in the scheduler job definitions?", "jil_parser"),
-    ("what does the condition s(EXTRACT) & d(CLEANUP) mean for my job", "jil_parser"),
-    ("read the .jil files and list every box and its children", "jil_parser"),
-    ("which autosys jobs reference jobs that don't exist?", "jil_parser"),
-    ("map the upstream chain of REPORT_DAILY", "jil_parser"),
-    ("what happens after the file watcher job triggers", "jil_parser"),
-    ("convert our JIL scheduling into a graph", "jil_parser"),
-    # simple_agent
-    ("explain what a slowly changing dimension type 2 is", "simple_agent"),
-    ("what's the difference between a data lake and a lakehouse?", "simple_agent"),
-    ("tell me about best practices for naming columns", "simple_agent"),
-    ("why would I choose parquet over csv?", "simple_agent"),
-    ("give me advice on partitioning strategies in general", "simple_agent"),
-    ("what is idempotency in data pipelines", "simple_agent"),
-    ("help me understand change data capture", "simple_agent"),
-    ("chat with me about star schemas versus snowflake schemas", "simple_agent"),
-    ("what does ELT mean compared to ETL?", "simple_agent"),
-    ("define data lineage in simple words", "simple_agent"),
-    ("I have a general question about data modelling", "simple_agent"),
-    # supervisor_agent
-    ("plan and coordinate a migration of the orders pipeline to the new warehouse", "supervisor_agent"),
-    ("break this project into steps and delegate them to the right tools", "supervisor_agent"),
-    ("orchestrate several workflows to audit our whole data platform", "supervisor_agent"),
-    ("come up with a multi-step plan: profile, generate queries, then optimise them", "supervisor_agent"),
-    ("act as a team lead and split the work of onboarding a new data source", "supervisor_agent"),
-    ("coordinate agents to investigate why the daily report numbers changed", "supervisor_agent"),
-    ("manage a multi-stage task for me: assess, design and review", "supervisor_agent"),
-    ("supervise a complex analysis that needs several specialised workflows", "supervisor_agent"),
-    ("delegate subtasks of a warehouse cost review", "supervisor_agent"),
-    ("plan the end-to-end rollout of a new reporting pipeline", "supervisor_agent"),
-]
+QUERIES are the 65 queries the bundled workflows' metadata was first refined on (part of the development set);
+DEV and HELD_OUT are the whole development and held-out sets. Used by tests/test_routing.py and benchmarks/orchestration.py."""
+import json
+from pathlib import Path
 
-# Written after the workflows' metadata was last changed and never used to tune it: a held-out check
-# that routing generalises beyond the queries above.
-HELD_OUT = [
-    ("what's the data type of every field in products?", "schema_analyzer"),
-    ("are there any columns that are entirely unique?", "schema_analyzer"),
-    ("profile crm.duckdb", "schema_analyzer"),
-    ("give me a summary of the tables and relationships in warehouse.db", "schema_analyzer"),
-    ("what percentage of phone numbers are empty?", "schema_analyzer"),
-    ("list the 20 most recent orders", "sql_generator"),
-    ("what was the total discount given per month?", "sql_generator"),
-    ("count the products that were discontinued", "sql_generator"),
-    ("average quantity per order line by product", "sql_generator"),
-    ("query the customers whose state is CA", "sql_generator"),
-    ("why is this slow: SELECT o.* FROM orders o WHERE o.order_id IN (SELECT order_id FROM order_items)", "query_optimizer"),
-    ("check my query for anti-patterns", "query_optimizer"),
-    ("would an index on order_date help this statement?", "query_optimizer"),
-    ("make this report query run in less time", "query_optimizer"),
-    ("what does job EXTRACT_CRM depend on?", "jil_parser"),
-    ("load the jil in /opt/autosys/defs and find dangling references", "jil_parser"),
-    ("which box contains LOAD_ORDERS", "jil_parser"),
-    ("list the jobs triggered when FW_ORDERS_FILE succeeds", "jil_parser"),
-    ("what is a surrogate key?", "simple_agent"),
-    ("explain the medallion architecture", "simple_agent"),
-    ("is it better to use avro or parquet for streaming?", "simple_agent"),
-    ("help me plan and run the full assessment of a new data source in several steps", "supervisor_agent"),
-    ("coordinate the workflows needed to migrate our reporting to the cloud", "supervisor_agent"),
-]
+DATA = Path(__file__).parent/'data'
+
+def load(name:str)->list[dict]:
+    "The rows of tests/data/routing_{name}.jsonl: query, workflow (None: abstain), style"
+    return [json.loads(l) for l in (DATA/f'routing_{name}.jsonl').read_text().splitlines() if l.strip()]
+
+DEV = [(x['query'], x['workflow']) for x in load('dev')]
+HELD_OUT = [(x['query'], x['workflow']) for x in load('heldout')]
+QUERIES = [(x['query'], x['workflow']) for x in load('dev') if x['style'] == 'tuning']

@@ -53,7 +53,8 @@ class SchemaAnalyzer(BaseWorkflow):
         return WorkflowMetadata(name='schema_analyzer', category='analysis', author='dataops-lab',
             description='Profile a database schema or data files: tables, columns, data types, null rates, distinct values, candidate primary keys and foreign key relationships',
             capabilities=['analyze database schema structure', 'describe tables and columns with types', 'null rate and missing values per column',
-                          'distinct value counts', 'primary key candidates', 'infer foreign key relationships between tables', 'data quality overview', 'inspect database',
+                          'distinct value counts', 'primary key candidates', 'infer foreign key relationships between tables', 'data quality overview', 'inspect database', 'run a profiler over a database or data files',
+                          'field metadata: data type, nullability, uniqueness', 'percentage of empty values in a column',
                           'understand the schema and structure before writing queries or reports', 'which table references which (foreign keys)'],
             example_queries=['analyze the schema of shop.db', 'profile the tables in my database', 'which columns could be a primary key?',
                              'how are the tables related to each other?', 'what are the null rates of the customers table columns?'],
@@ -105,6 +106,7 @@ class SQLGenerator(BaseWorkflow):
             description='Write a SQL query that answers a question about the data: counts, totals, averages, top N, filters by date or value, group by, joins',
             capabilities=['text to SQL', 'write a select query from a question', 'how many / count', 'top N ranking by revenue or sales',
                           'totals sums and averages per group', 'filter by year month or value', 'join tables on keys', 'per customer per product per month per country',
+                          'build a select statement', 'list the most recent or latest records',
                           'rank records by a measure: best selling, highest, lowest, most money spent', 'sum of amounts, revenue or sales per category', 'number of records per day, week, month or year'],
             example_queries=['write a query for the top 5 customers by revenue', 'how many orders were placed in 2024?', 'generate sql for monthly revenue',
                              'average order value per customer', 'count of customers per state'],
@@ -149,7 +151,8 @@ class QueryOptimizer(BaseWorkflow):
             description='Optimize a slow SQL query: lint for bad practices, rewrite it faster, compare query plans before and after, suggest indexes',
             capabilities=['optimize slow query performance', 'make sql faster', 'rewrite query', 'query plan explain', 'index suggestions',
                           'lint sql bad practices', 'tune query', 'speed up statement', 'add an index so a join or filter is quicker',
-                          'better way to write a subquery (NOT IN, correlated, DISTINCT)'],
+                          'better way to write a subquery (NOT IN, correlated, DISTINCT)',
+                          'check a query for anti-patterns', 'make a query take less time'],
             example_queries=['optimize this query: SELECT * FROM orders WHERE ...', 'why is my query slow?', 'suggest indexes for this SQL', 'improve the performance of this statement'],
             required_inputs=[WorkflowInputParameter(name='sql', type='sql', description='the query to optimise', prompt='Paste the SQL query you want me to optimise.'), DATABASE])
     def get_compiled_graph(self):
@@ -221,7 +224,15 @@ class SimpleAgent(BaseWorkflow):
             description='A single agent that chats and answers general data engineering questions: explain concepts, define terms, compare approaches, give advice and best practices',
             capabilities=['explain a concept', 'what is the difference between', 'define a term in simple words', 'best practices advice', 'general question about data modelling',
                           'understand data engineering ideas', 'tell me about', 'why choose one format over another',
-                          'concepts such as slowly changing dimensions, idempotency, lineage, change data capture, partitioning, data lakes and warehouses'],
+                          'concepts such as slowly changing dimensions, idempotency, lineage, change data capture, partitioning, data lakes and warehouses',
+                          'SCD types, surrogate keys, medallion architecture, NoSQL versus relational', 'is one better than the other: parquet, avro or csv',
+                          # the field's vocabulary, so a question about any of it is recognised without a model
+                          'data modelling: Kimball, Inmon, data vault, star and snowflake schemas, fact and dimension tables, normalisation, denormalisation, normal forms',
+                          'storage and formats: columnar or row storage, parquet, avro, ORC, JSON, compression, partitioning, bucketing, sharding',
+                          'platforms: OLTP and OLAP, data warehouse, data lake, lakehouse, data mesh, data fabric, Delta Lake, Iceberg, Hudi',
+                          'processing: batch and streaming, Kafka, Spark, exactly-once and at-least-once delivery, watermarks, windows, late arriving data, backfills',
+                          'pipelines: ingestion, staging layer, ETL and ELT, CDC, orchestration with Airflow or Dagster, dbt transformations, lambda and kappa architectures',
+                          'reliability and governance: data quality, data contracts, observability, lineage, catalogs, schema evolution, schema on read or on write, ACID, CAP theorem'],
             example_queries=['explain what a star schema is', 'what is the difference between ETL and ELT?', 'give me advice on naming conventions'],
             required_inputs=[WorkflowInputParameter(name='question', description='your question', prompt='What would you like to know?')])
     def get_compiled_graph(self):
@@ -238,7 +249,8 @@ class SupervisorAgent(BaseWorkflow):
         return WorkflowMetadata(name='supervisor_agent', category='assistant', author='dataops-lab', needs_llm=True,
             description='A supervisor agent that plans a complex multi-step task, breaks it into steps, delegates them to specialised workflows and coordinates the results',
             capabilities=['plan a multi-step project', 'break work into steps', 'delegate subtasks to workflows', 'coordinate several agents', 'orchestrate workflows end to end',
-                          'supervise a complex task', 'team lead splitting work', 'migration and rollout planning'],
+                          'supervise a complex task', 'team lead splitting work', 'migration and rollout planning',
+                          'investigate a problem with several agents'],
             example_queries=['plan the migration of our sales pipeline and run the needed analyses', 'split this audit into steps and handle each one'],
             required_inputs=[WorkflowInputParameter(name='question', description='the task', prompt='What is the task?')])
     def get_compiled_graph(self):
