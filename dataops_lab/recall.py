@@ -28,16 +28,22 @@ logging.getLogger('bm25s').setLevel(logging.WARNING)  # bm25s sets itself to DEB
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's (and scikit-learn's) token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _stems:dict[str, str] = {}  # word -> stem: a conversation's vocabulary is small, stemming it once is enough
+_seen:dict[str, list[str]] = {}  # text -> its terms: the turns ranked for a session are mostly the ones ranked the time before
 
 def terms_of(texts:list[str])->list[list[str]]:
-    "`terms` of each of `texts`: the tokens `bm25s.tokenize` gives (same pattern, stop words and stemmer), with each word stemmed once per process"
+    "`terms` of each of `texts`: the tokens `bm25s.tokenize` gives (same pattern, stop words and stemmer), each word stemmed once and each text split once per process"
     out = []
     for text in texts:
-        words = [w for w in _WORD.findall(text.lower()) if w not in _STOP]
-        if new := [w for w in dict.fromkeys(words) if w not in _stems]:
-            if len(_stems) > 200_000: _stems.clear()
-            _stems.update(zip(new, _stem.stemWords(new)))
-        out.append([_stems[w] for w in words])
+        if (ts := _seen.get(text)) is None:
+            words = [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+            if new := [w for w in dict.fromkeys(words) if w not in _stems]:
+                if len(_stems) > 200_000: _stems.clear()
+                _stems.update(zip(new, _stem.stemWords(new)))
+            ts = [_stems[w] for w in words]
+            if len(text) <= 2000:  # at most ~40 MB of memo
+                if len(_seen) >= 20_000: _seen.clear()
+                _seen[text] = ts
+        out.append(list(ts))
     return out
 
 def terms(text:str)->list[str]:

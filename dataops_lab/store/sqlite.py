@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/store_sqlite.html.md"""
 # %% ../../nbs/11a_store_sqlite.ipynb #57db0bd0
 from __future__ import annotations
 import functools, json, os, sqlite3, threading, urllib.parse, weakref
+import orjson
 from collections import deque
 from typing import Any, Iterable
 from fastcore.basics import patch
@@ -445,12 +446,17 @@ def _query_sql(self:SQLiteTable, index:str|None, has_start:bool, has_end:bool, d
     q = self._queries[shape] = (f"SELECT _item, _version{''.join(', '+c for c in order)} FROM {self._t} WHERE {' AND '.join(where)} ORDER BY {by} LIMIT ?", order)
     return q
 
+def _loads(s:str)->dict:
+    "A stored item's JSON: orjson's fast parser, the standard one for what orjson does not take (integers over 64 bits)"
+    try: return orjson.loads(s)
+    except orjson.JSONDecodeError: return json.loads(s)
+
 @patch
 def _page(self:SQLiteTable, rows:list, limit:int, tag:list)->Page:
     "A `Page` of the first `limit` rows `(item, version, *order values)`; a cursor if there were more"
     items = []
     for r in rows[:limit]:
-        it = json.loads(r[0]); it['_version'] = r[1]
+        it = _loads(r[0]); it['_version'] = r[1]
         items.append(it)
     return Page(items, encode_cursor(tag+list(rows[limit-1][2:])) if len(rows) > limit else None)
 
