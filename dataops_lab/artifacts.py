@@ -317,8 +317,8 @@ def _touch(self:ArtifactStore, aid:str):
     "Count a content read in memory — no write on the read path; a background thread writes the counts every `access_flush_every` seconds"
     with self._reads_lock:
         if self._reads_pid != os.getpid(): self._reads,self._reads_pid,self._flusher = {},os.getpid(),None  # a forked child: its parent writes its own counts
-        r = self._reads.setdefault(aid, [0, ''])
-        r[0] += 1; r[1] = iso(utcnow())
+        r = self._reads.setdefault(aid, [0, 0.0])
+        r[0] += 1; r[1] = time.time()  # formatted when written
         if self._flusher is None or not self._flusher.is_alive():
             self._flusher = threading.Thread(target=_flush_loop, args=(weakref.ref(self),), name='dataops-access-counts', daemon=True)
             self._flusher.start()
@@ -330,13 +330,15 @@ def flush_access_counts(self:ArtifactStore)->int:
     with self._reads_lock: todo,self._reads = (self._reads if self._reads_pid == os.getpid() else {}),{}
     n = 0
     for aid,(k,last) in todo.items():
-        try: self.items.update(aid, add={'access_count': k}, set={'last_accessed': last}, must_exist=True); n += 1
+        try: self.items.update(aid, add={'access_count': k}, set={'last_accessed': _stamp(last)}, must_exist=True); n += 1
         except NotFoundError: pass  # purged or expired since it was read
         except DataOpsError as e:
             _log.warning("could not write the access count of %s (kept for the next flush): %s", aid, e.message)
             with self._reads_lock:
                 r = self._reads.setdefault(aid, [0, last]); r[0] += k
     return n
+
+def _stamp(t:float)->str: return iso(dt.datetime.fromtimestamp(t, dt.timezone.utc))
 
 _live_stores = weakref.WeakSet()  # stores with a flusher thread: their counts are written at exit too
 
@@ -359,7 +361,7 @@ def _flush_at_exit():
 def _with_reads(self:ArtifactStore, it:dict)->dict:
     "Stored item `it` with the reads this store has counted but not written yet"
     if (r := self._reads.get(it.get('artifact_id'))) is None: return it
-    return {**it, 'access_count': (it.get('access_count') or 0) + r[0], 'last_accessed': r[1]}
+    return {**it, 'access_count': (it.get('access_count') or 0) + r[0], 'last_accessed': _stamp(r[1])}
 
 @patch
 def get_artifact(self:ArtifactStore, artifact_id:str)->Artifact:

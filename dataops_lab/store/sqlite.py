@@ -368,6 +368,11 @@ def _lost(self:SQLiteTable, kv:tuple, expected:int|None)->ConflictError:
     why = ('the item does not exist' if cur is None else f"the stored _version is {cur['_version']}, not {expected}") if expected is not None else f"the item exists (version {cur['_version'] if cur else '?'})"
     return self._conflict(kv if len(kv) > 1 else kv[0], why)
 
+def _loads(s:str)->dict:
+    "A stored item's JSON: orjson's fast parser, the standard one for what orjson does not take (integers over 64 bits)"
+    try: return orjson.loads(s)
+    except orjson.JSONDecodeError: return json.loads(s)
+
 @patch
 def get(self:SQLiteTable, key:Any)->dict|None:
     "The item at `key` (a value, tuple or dict), or None if it is missing or expired"
@@ -375,7 +380,7 @@ def get(self:SQLiteTable, key:Any)->dict|None:
     try: row = self._conn().execute(self._sql['get'], kv).fetchone()
     except sqlite3.Error as e: raise self._db_error(e, 'get()') from None
     if row is None or (row[2] is not None and row[2] <= now_ts()): return None
-    it = json.loads(row[0])
+    it = _loads(row[0])
     it['_version'] = row[1]
     return it
 
@@ -445,11 +450,6 @@ def _query_sql(self:SQLiteTable, index:str|None, has_start:bool, has_end:bool, d
     by = ', '.join(f"{c} {'DESC' if desc else 'ASC'}" for c in order) or '_pk'
     q = self._queries[shape] = (f"SELECT _item, _version{''.join(', '+c for c in order)} FROM {self._t} WHERE {' AND '.join(where)} ORDER BY {by} LIMIT ?", order)
     return q
-
-def _loads(s:str)->dict:
-    "A stored item's JSON: orjson's fast parser, the standard one for what orjson does not take (integers over 64 bits)"
-    try: return orjson.loads(s)
-    except orjson.JSONDecodeError: return json.loads(s)
 
 @patch
 def _page(self:SQLiteTable, rows:list, limit:int, tag:list)->Page:
