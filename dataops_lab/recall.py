@@ -133,7 +133,8 @@ def select_context(messages:list[Message], # the visible history, oldest first
                    summary_range:tuple[int,int]|None=None, # turns the summary covers
                    recent_share:float=0.5, # share of the budget after the summary kept for the newest turns
                    half_life:float=50, # recency half-life in turns
-                   total:int|None=None # turns in the whole visible history, when `messages` holds only the candidates (default: len(messages))
+                   total:int|None=None, # turns in the whole visible history, when `messages` holds only the newest (default: len(messages))
+                   earlier:list[Message]=() # older turns to rank for relevance too, never as recent (e.g. turns the summary cites), oldest first
                   )->ContextSummary:
     "Summary, recent turns and relevant older turns that fit `max_tokens`"
     if query is None: query = next((m.content for m in reversed(messages) if m.role == Role.USER), '')
@@ -149,9 +150,9 @@ def select_context(messages:list[Message], # the visible history, oldest first
         if used+t > max_tokens or (chosen and recent+t > recent_budget): break
         chosen[m.seq] = Recalled.model_construct(message=m, reason='recent', score=0.0, why='among the newest turns')
         used += t; recent += t
-    older = [m for m in messages if m.seq not in chosen]
+    older = [*earlier, *(m for m in messages if m.seq not in chosen)]
     qt = terms(query)
-    for r in _ranked(older, query, half_life, newest_seq=messages[-1].seq if messages else 0):
+    for r in _ranked(older, query, half_life, newest_seq=(messages or earlier or [Message(role='user', content='')])[-1].seq):
         t = msg_tokens(r[3])
         if used+t <= max_tokens: chosen[r[3].seq] = _recalled(r, qt); used += t
     turns = [chosen[k] for k in sorted(chosen)]

@@ -646,20 +646,20 @@ def _recent_turns(self:SessionManager, item:dict, after:int, n:int)->list[Messag
     return out[::-1]
 
 @patch
-def _recall_candidates(self:SessionManager, item:dict, summary:str|None)->tuple[list[Message], int]:
-    "The turns `get_context_summary` chooses from — the turns the summary cites, then the newest `recall_window` un-summarised ones — and the number of visible turns in the session"
+def _recall_candidates(self:SessionManager, item:dict, summary:str|None)->tuple[list[Message], list[Message], int]:
+    "The turns `get_context_summary` chooses from — those the summary cites, and the newest `recall_window` un-summarised ones — and the number of visible turns in the session"
     until,hidden = item.get('summarised_until') or 0,item.get('hidden_ranges')
     cited = [q for q in sorted({int(x) for x in _CITE.findall(summary or '')}) if 1 <= q <= until and not _hidden(item, q)]
     cited = cited[max(0, len(cited)-self.policy.recall_cited):] if self.policy.recall_cited else []
     if item['status'] == 'archived':  # the archive is one blob: read it, then choose as from the table
         msgs = [m for m in self._read_archive(item) if not _hidden(item, m.seq)]
         tail = [m for m in msgs if m.seq > until][-self.policy.recall_window:]
-        return [m for m in msgs if m.seq in cited] + tail, len(msgs)
+        return [m for m in msgs if m.seq in cited], tail, len(msgs)
     tail = self._recent_turns(item, until, self.policy.recall_window)
     if tail: self._heal(item, tail[-1].seq)
     old = [m for q in cited if (it := self.messages.get((item['session_id'], q))) is not None and (m := _message(it)) is not None]
     last = max(item.get('message_count', 0), tail[-1].seq if tail else 0)
-    return old + tail, _visible_count(last, hidden)
+    return old, tail, _visible_count(last, hidden)
 
 @patch
 def get_context_summary(self:SessionManager, session_id:str, max_tokens:int|None=None, query:str|None=None)->ContextSummary:
@@ -671,8 +671,8 @@ def get_context_summary(self:SessionManager, session_id:str, max_tokens:int|None
     summary,rng = None,None
     if s.get('summary_artifact_id'):
         summary,rng = self.artifacts.get_artifact_content(s['summary_artifact_id']),(1, s.get('summarised_until') or 0)
-    msgs,total = self._recall_candidates(s, summary)
-    ctx = select_context(msgs, max_tokens, query, summary, rng, total=total)
+    cited,tail,total = self._recall_candidates(s, summary)
+    ctx = select_context(tail, max_tokens, query, summary, rng, total=total, earlier=cited)
     ctx.session_id = session_id
     return ctx
 
