@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 
 # %% ../nbs/21_artifacts.ipynb #fb34f3f5
 from __future__ import annotations
-import base64, binascii, datetime as dt, hashlib, heapq, logging, math, os, re, secrets
+import atexit, base64, binascii, datetime as dt, hashlib, heapq, logging, math, os, re, secrets, threading, time, weakref
 from contextlib import suppress
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -115,10 +115,13 @@ class ArtifactStore:
     def __init__(self, storage:Storage|None=None, # default: `Storage()` from settings (embedded: SQLite + local files)
                  *, ttl_policies:dict|None=None, # {ArtifactType: seconds or None}, over DEFAULT_TTL_POLICIES
                  compress_threshold:int=1024, # zstd-compress content of at least this many bytes, when it pays
-                 inline_threshold:int=2048): # keep content of at most this many bytes in the metadata item (0: every content in the blob store)
+                 inline_threshold:int=2048, # keep content of at most this many bytes in the metadata item (0: every content in the blob store)
+                 access_flush_every:float=5.0): # seconds between writes of the access counts that reads record in memory
         for what,v,top in (('compress_threshold', compress_threshold, None), ('inline_threshold', inline_threshold, INLINE_MAX)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (top is not None and v > top):
                 raise ConfigError(f"{what} must be an int from 0{f' to {top:,}' if top else ''}, got {v!r}", f"e.g. {what}=1024")
+        if isinstance(access_flush_every, bool) or not isinstance(access_flush_every, (int, float)) or not 0 < access_flush_every < math.inf:
+            raise ConfigError(f"access_flush_every must be a positive number of seconds, got {access_flush_every!r}", "e.g. access_flush_every=5")
         pol = {_enum(ArtifactType, k, 'ttl_policies key'): _ttl(v, f"ttl_policies[{k!r}]") for k,v in (ttl_policies or {}).items()}
         self.ttl_policies,self.compress_threshold,self.inline_threshold = {**DEFAULT_TTL_POLICIES, **pol},compress_threshold,inline_threshold
         self._own,self.storage = storage is None,(storage if storage is not None else Storage())
@@ -127,12 +130,14 @@ class ArtifactStore:
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
         self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
         self._stored = OrderedDict()  # artifact_id -> expires_at (None: never) of the latest artifacts this store stored
+        self.access_flush_every,self._reads,self._reads_lock,self._reads_pid,self._flusher = float(access_flush_every),{},threading.Lock(),os.getpid(),None
 
     def ensure(self)->ArtifactStore:
         "Create the blob bucket/folder and the artifact tables if missing (explicit provisioning); returns self"
         self.storage.ensure(ARTIFACT_TABLES); return self
     def close(self):
-        "Close the storage if this store opened it"
+        "Write the access counts recorded so far; close the storage if this store opened it"
+        self.flush_access_counts()
         if self._own: self.storage.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -309,14 +314,59 @@ def _resolve(self:ArtifactStore, artifact_id, version:int|None)->dict:
 
 @patch
 def _touch(self:ArtifactStore, aid:str):
-    "Count a content read (one atomic update)"
-    try: self.items.update(aid, add={'access_count': 1}, set={'last_accessed': iso(utcnow())}, must_exist=True)
-    except NotFoundError: pass
+    "Count a content read in memory — no write on the read path; a background thread writes the counts every `access_flush_every` seconds"
+    with self._reads_lock:
+        if self._reads_pid != os.getpid(): self._reads,self._reads_pid,self._flusher = {},os.getpid(),None  # a forked child: its parent writes its own counts
+        r = self._reads.setdefault(aid, [0, 0.0])
+        r[0] += 1; r[1] = time.time()  # formatted when written
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=_flush_loop, args=(weakref.ref(self),), name='dataops-access-counts', daemon=True)
+            self._flusher.start()
+            _live_stores.add(self)
+
+@patch
+def flush_access_counts(self:ArtifactStore)->int:
+    "Write the access counts recorded in memory (one atomic update per artifact read); how many artifacts were updated"
+    with self._reads_lock: todo,self._reads = (self._reads if self._reads_pid == os.getpid() else {}),{}
+    n = 0
+    for aid,(k,last) in todo.items():
+        try: self.items.update(aid, add={'access_count': k}, set={'last_accessed': _stamp(last)}, must_exist=True); n += 1
+        except NotFoundError: pass  # purged or expired since it was read
+        except DataOpsError as e:
+            _log.warning("could not write the access count of %s (kept for the next flush): %s", aid, e.message)
+            with self._reads_lock:
+                r = self._reads.setdefault(aid, [0, last]); r[0] += k
+    return n
+
+def _stamp(t:float)->str: return iso(dt.datetime.fromtimestamp(t, dt.timezone.utc))
+
+_live_stores = weakref.WeakSet()  # stores with a flusher thread: their counts are written at exit too
+
+def _flush_loop(ref):
+    "Every `access_flush_every` seconds, write the counts of the store `ref` points to; stops when the store is gone"
+    while (s := ref()) is not None:
+        wait = s.access_flush_every; del s
+        time.sleep(wait)
+        if (s := ref()) is None: return
+        try: s.flush_access_counts()
+        except Exception as e: _log.warning("writing access counts failed: %s", e)
+        del s
+
+@atexit.register
+def _flush_at_exit():
+    for s in list(_live_stores):
+        with suppress(Exception): s.flush_access_counts()
+
+@patch
+def _with_reads(self:ArtifactStore, it:dict)->dict:
+    "Stored item `it` with the reads this store has counted but not written yet"
+    if (r := self._reads.get(it.get('artifact_id'))) is None: return it
+    return {**it, 'access_count': (it.get('access_count') or 0) + r[0], 'last_accessed': _stamp(r[1])}
 
 @patch
 def get_artifact(self:ArtifactStore, artifact_id:str)->Artifact:
     "The metadata of `artifact_id` (`NotFoundError` if unknown, `ExpiredError` if its TTL ran out)"
-    return Artifact.from_item(self._live(artifact_id))
+    return Artifact.from_item(self._with_reads(self._live(artifact_id)))
 
 @patch
 def get_artifact_content(self:ArtifactStore, artifact_id:str,
@@ -387,7 +437,7 @@ def list_artifacts(self:ArtifactStore, session_id:str, artifact_type:ArtifactTyp
         shared = (self.items.get(s['artifact_id']) for s in self.shares.query_all(sid))
         found += _take((it for it in shared if it is not None), keep, n)
     uniq = {it['artifact_id']: it for it in found}
-    return artifacts_of(sorted(uniq.values(), key=_newest, reverse=True)[:n], f"list_artifacts({sid!r})")
+    return artifacts_of([self._with_reads(it) for it in sorted(uniq.values(), key=_newest, reverse=True)[:n]], f"list_artifacts({sid!r})")
 
 def _newest(it:dict)->tuple:
     "Sort key of stored items, newest first when reversed; a record with a missing or odd field sorts last, never raises"

@@ -73,25 +73,27 @@ def _save(self:ContextManager, snap:ContextSnapshot, payload:dict)->ContextSnaps
     return snap
 
 @patch
-def _payload(self:ContextManager, session_id:str, recent:int|None, include_artifacts:bool)->tuple[dict, list, list]:
+def _payload(self:ContextManager, session_id:str, recent:int|None, include_artifacts:bool, messages:bool=True)->tuple[dict, dict, list]:
+    "What a snapshot or checkpoint saves of the session; the session item; the artifact refs. `messages=False`: no turn is read"
     item = self.sessions.sessions.get(session_id) if isinstance(session_id, str) and session_id.strip() else None
     if item is None: self.sessions.get_session(session_id)  # raises the usual error naming the bad id
     s = Session.from_item(item)  # one read of the source of truth serves both the model and the saved state
-    msgs = self.sessions.get_history(session_id, limit=recent)
+    rows = self.sessions._history_items(item, recent) if messages else []  # stored items as they are: no model per turn
     refs = [a.ref for a in self.artifacts.list_artifacts(session_id, limit=1000)] if include_artifacts else []
     summary = self.artifacts.get_artifact_content(s.summary_artifact_id) if s.summary_artifact_id else None
     payload = {'session': {k: item.get(k) for k in ('session_id', 'user_id', 'global_context', 'active_workflows', 'metadata', 'hidden_ranges', 'summary_artifact_id', 'summarised_until')},
                'orchestrator_state': s.metadata.get('orchestrator_state', {}), 'workflow_states': s.metadata.get('workflow_states', {}),
-               'summary': summary, 'messages': [m.to_item() for m in msgs], 'artifact_refs': [r.to_item() for r in refs]}
-    return payload, msgs, refs
+               'summary': summary, 'messages': rows, 'artifact_refs': [r.to_item() for r in refs]}
+    return payload, item, refs
 
 @patch
 def dump_context(self:ContextManager, session_id:str, include_artifacts:bool=True, recent:int=50, label:str|None=None)->str:
     "Save the session's context (state, summary, newest `recent` turns, artifact refs) compressed; the snapshot id"
-    payload,msgs,refs = self._payload(session_id, recent, include_artifacts)
+    payload,_,refs = self._payload(session_id, recent, include_artifacts)
+    msgs = payload['messages']
     snap = ContextSnapshot(session_id=session_id, label=label, orchestrator_state=payload['orchestrator_state'], workflow_states=payload['workflow_states'],
-                           artifact_refs=refs, message_ids=[m.message_id for m in msgs], first_seq=msgs[0].seq if msgs else None,
-                           last_seq=msgs[-1].seq if msgs else None, summary=payload['summary'])
+                           artifact_refs=refs, message_ids=[m['message_id'] for m in msgs], first_seq=msgs[0]['seq'] if msgs else None,
+                           last_seq=msgs[-1]['seq'] if msgs else None, summary=payload['summary'])
     return self._save(snap, payload).snapshot_id
 
 @patch
@@ -139,11 +141,10 @@ def list_snapshots(self:ContextManager, session_id:str, kind:str|None=None)->lis
 def create_checkpoint(self:ContextManager, session_id:str, label:str)->Checkpoint:
     "A labelled checkpoint of the session's whole conversation and state"
     self._check_label(label)
-    payload,msgs,refs = self._payload(session_id, None, True)
-    payload['messages'] = []  # the turns stay in the table; the checkpoint records which were visible
+    payload,item,refs = self._payload(session_id, None, True, messages=False)  # the turns stay in the table: the checkpoint references them
+    first,last = self.sessions._visible_ends(item)
     cp = Checkpoint(snapshot_id=f"cp_{label}", session_id=session_id, label=label, orchestrator_state=payload['orchestrator_state'],
-                    workflow_states=payload['workflow_states'], artifact_refs=refs, first_seq=msgs[0].seq if msgs else None,
-                    last_seq=msgs[-1].seq if msgs else 0, summary=payload['summary'])
+                    workflow_states=payload['workflow_states'], artifact_refs=refs, first_seq=first, last_seq=last or 0, summary=payload['summary'])
     return self._save(cp, payload)
 
 @patch

@@ -10,6 +10,7 @@ import logging, math, re
 from collections import Counter
 from typing import Iterable
 import bm25s, Stemmer
+from bm25s.stopwords import STOPWORDS_EN
 from pydantic import BaseModel, Field
 from .models import Message, Role, iso
 
@@ -24,12 +25,26 @@ def estimate_tokens(text:str)->int:
 
 _stem = Stemmer.Stemmer('english')
 logging.getLogger('bm25s').setLevel(logging.WARNING)  # bm25s sets itself to DEBUG on import; keep apps' logs quiet
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's (and scikit-learn's) token pattern
+_STOP = frozenset(STOPWORDS_EN)
+_stems:dict[str, str] = {}  # word -> stem: a conversation's vocabulary is small, stemming it once is enough
+_seen:dict[str, list[str]] = {}  # text -> its terms: the turns ranked for a session are mostly the ones ranked the time before
 
 def terms_of(texts:list[str])->list[list[str]]:
-    "`terms` of each of `texts`, in one tokenizer pass (bm25s sets up its tokenizer per call, so one call per text costs ~0.1 ms each)"
-    if not texts: return []
-    toks = bm25s.tokenize(list(texts), stopwords='en', stemmer=_stem, show_progress=False, return_ids=False)
-    return [list(t) for t in toks]
+    "`terms` of each of `texts`: the tokens `bm25s.tokenize` gives (same pattern, stop words and stemmer), each word stemmed once and each text split once per process"
+    out = []
+    for text in texts:
+        if (ts := _seen.get(text)) is None:
+            words = [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+            if new := [w for w in dict.fromkeys(words) if w not in _stems]:
+                if len(_stems) > 200_000: _stems.clear()
+                _stems.update(zip(new, _stem.stemWords(new)))
+            ts = [_stems[w] for w in words]
+            if len(text) <= 2000:  # at most ~40 MB of memo
+                if len(_seen) >= 20_000: _seen.clear()
+                _seen[text] = ts
+        out.append(list(ts))
+    return out
 
 def terms(text:str)->list[str]:
     "Stemmed, lower-cased content words of `text` (English stop words removed), as BM25 sees them"
@@ -45,6 +60,38 @@ class Recalled(BaseModel):
     score: float = 0.0
     why: str = ''
 
+_K1,_B = 1.5,0.75  # BM25 (Lucene variant) parameters, bm25s's defaults
+
+def _bm25(corpus:list[list[str]], qt:list[str])->list[float]:
+    "BM25 (Lucene variant, as `bm25s` computes it) of each document of `corpus` for query terms `qt`: only the query's terms are counted, no index of the whole vocabulary is built"
+    n = len(corpus)
+    avg = sum(map(len, corpus))/n if n else 0
+    if not avg: return [0.0]*n
+    uniq = list(dict.fromkeys(qt))
+    tfs = {t: [d.count(t) for d in corpus] for t in uniq}
+    idf = {t: math.log(1 + (n - (df := sum(1 for c in tfs[t] if c)) + 0.5)/(df + 0.5)) for t in uniq}
+    norm = [_K1*((1-_B) + _B*len(d)/avg) for d in corpus]
+    return [sum(idf[t]*tfs[t][i]/(norm[i]+tfs[t][i]) for t in qt if tfs[t][i]) for i in range(n)]
+
+def _ranked(messages:list[Message], query:str, half_life:float, newest_seq:int|None)->list[tuple]:
+    "`(score, bm25, decay, message, matched terms)` of the candidates with a positive BM25 score, best first"
+    qt = terms(query)
+    if not messages or not qt: return []
+    corpus = terms_of([m.content for m in messages])
+    newest = newest_seq if newest_seq is not None else messages[-1].seq
+    out = []
+    for m,words,s in zip(messages, corpus, _bm25(corpus, qt)):
+        if s <= 0: continue
+        decay = 0.5 ** ((newest - m.seq) / half_life)
+        out.append((s*decay, s, decay, m, words))
+    out.sort(key=lambda r: (-r[0], -r[3].seq))
+    return out
+
+def _recalled(r:tuple, qt:list[str])->Recalled:
+    score,s,decay,m,words = r
+    hits = sorted(set(qt) & set(words), key=qt.index)
+    return Recalled.model_construct(message=m, reason='relevant', score=float(score), why=f"matched {', '.join(repr(h) for h in hits)} (bm25 {s:.2f} × recency {decay:.2f})")
+
 def rank_messages(messages:list[Message], # candidate turns, oldest first
                   query:str, # what the context is for
                   half_life:float=50, # turns after which recency halves a score
@@ -52,21 +99,7 @@ def rank_messages(messages:list[Message], # candidate turns, oldest first
                  )->list[Recalled]:
     "Candidates with a positive BM25 score for `query`, best first, each explained"
     qt = terms(query)
-    if not messages or not qt: return []
-    corpus = terms_of([m.content for m in messages])
-    if not any(corpus): return []
-    r = bm25s.BM25()
-    r.index(corpus, show_progress=False)  # the terms above, not a second tokenizer pass
-    known = [t for t in qt if t in r.vocab_dict]
-    scores = r.get_scores(known) if known else [0.0]*len(messages)
-    newest = newest_seq if newest_seq is not None else messages[-1].seq
-    out = []
-    for m,words,s in zip(messages, corpus, scores):
-        if s <= 0: continue
-        decay = 0.5 ** ((newest - m.seq) / half_life)
-        hits = sorted(set(qt) & set(words), key=qt.index)
-        out.append(Recalled(message=m, reason='relevant', score=float(s)*decay, why=f"matched {', '.join(repr(h) for h in hits)} (bm25 {s:.2f} × recency {decay:.2f})"))
-    return sorted(out, key=lambda r: (-r.score, -r.message.seq))
+    return [_recalled(r, qt) for r in _ranked(messages, query, half_life, newest_seq)]
 
 # %% ../nbs/22_recall.ipynb #d23b5560
 class ContextSummary(BaseModel):
@@ -99,7 +132,9 @@ def select_context(messages:list[Message], # the visible history, oldest first
                    summary:str|None=None, # the running summary, if any
                    summary_range:tuple[int,int]|None=None, # turns the summary covers
                    recent_share:float=0.5, # share of the budget after the summary kept for the newest turns
-                   half_life:float=50 # recency half-life in turns
+                   half_life:float=50, # recency half-life in turns
+                   total:int|None=None, # turns in the whole visible history, when `messages` holds only the newest (default: len(messages))
+                   earlier:list[Message]=() # older turns to rank for relevance too, never as recent (e.g. turns the summary cites), oldest first
                   )->ContextSummary:
     "Summary, recent turns and relevant older turns that fit `max_tokens`"
     if query is None: query = next((m.content for m in reversed(messages) if m.role == Role.USER), '')
@@ -109,19 +144,20 @@ def select_context(messages:list[Message], # the visible history, oldest first
         summ = summary if estimate_tokens(summary) <= cap else summary[:cap*4].rsplit(' ', 1)[0]+' …'
         used = estimate_tokens(summ)
     chosen:dict[int, Recalled] = {}
-    recent_budget = (max_tokens-used)*recent_share
+    recent_budget,recent = (max_tokens-used)*recent_share,0
     for m in reversed(messages):
         t = msg_tokens(m)
-        if used+t > max_tokens or (chosen and sum(msg_tokens(r.message) for r in chosen.values())+t > recent_budget): break
-        chosen[m.seq] = Recalled(message=m, reason='recent', why='among the newest turns')
-        used += t
-    older = [m for m in messages if m.seq not in chosen]
-    for r in rank_messages(older, query, half_life, newest_seq=messages[-1].seq if messages else 0):
-        t = msg_tokens(r.message)
-        if used+t <= max_tokens: chosen[r.message.seq] = r; used += t
+        if used+t > max_tokens or (chosen and recent+t > recent_budget): break
+        chosen[m.seq] = Recalled.model_construct(message=m, reason='recent', score=0.0, why='among the newest turns')
+        used += t; recent += t
+    older = [*earlier, *(m for m in messages if m.seq not in chosen)]
+    qt = terms(query)
+    for r in _ranked(older, query, half_life, newest_seq=(messages or earlier or [Message(role='user', content='')])[-1].seq):
+        t = msg_tokens(r[3])
+        if used+t <= max_tokens: chosen[r[3].seq] = _recalled(r, qt); used += t
     turns = [chosen[k] for k in sorted(chosen)]
     return ContextSummary(query=query, max_tokens=max_tokens, tokens_used=used, summary=summ, summary_range=summary_range if summ else None,
-                          turns=turns, omitted=len(messages)-len(turns))
+                          turns=turns, omitted=(len(messages) if total is None else total)-len(turns))
 
 # %% ../nbs/22_recall.ipynb #f87ae077
 _CUES = re.compile(r"\b(decid\w*|agree\w*|chose|choose|will use|must|should|conclu\w*|result\w*|error\w*|fail\w*|because|instead)\b", re.I)

@@ -6,8 +6,8 @@ Docs: https://dataops-lab.github.io/dataops-lab/sessions.html.md"""
 
 # %% ../nbs/23_sessions.ipynb #73358d89
 from __future__ import annotations
-import io, json, logging, math, random, threading, time, datetime as dt
-from typing import Any, Callable, Iterable
+import io, json, logging, math, random, re, threading, time, datetime as dt
+from typing import Any, Callable, Iterable, Iterator
 import zstandard
 from pydantic import BaseModel, Field
 from fastcore.basics import patch
@@ -42,6 +42,8 @@ class SessionPolicy(BaseModel):
     summarise_over_tokens: int = Field(6000, gt=0, description="summarise when un-summarised history passes this many tokens")
     keep_recent: int = Field(10, ge=0, description="newest turns never folded into a summary")
     hot_retry_after: float = Field(5, gt=0, description="after a hot-tier failure, skip it for this long before trying again")
+    recall_window: int = Field(500, ge=1, description="newest un-summarised turns get_context_summary ranks (older ones are stood for by the summary and the turns it cites)")
+    recall_cited: int = Field(32, ge=0, description="most turns cited by the summary that get_context_summary also ranks (the newest cited)")
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
 class HotTier:
@@ -422,6 +424,35 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
 # %% ../nbs/23_sessions.ipynb #b06728f1
 def _hidden(item:dict, seq:int)->bool: return any(a <= seq <= b for a,b in item.get('hidden_ranges') or [])
 
+def _spans(lo:int, hi:float, hidden)->list[tuple[int, float]]:
+    "The visible stretches of seq numbers `lo`..`hi` (`math.inf`: no upper end) with the `hidden` ranges cut out, newest first"
+    out,at = [],lo
+    for a,b in sorted(tuple(r) for r in hidden or []):
+        if b < at: continue
+        if a > hi: break
+        if a > at: out.append((at, min(a-1, hi)))
+        at = max(at, b+1)
+    if at <= hi: out.append((at, hi))
+    return out[::-1]
+
+def _visible_count(last:int, hidden)->int: return sum(b-a+1 for a,b in _spans(1, last, hidden))
+
+_ROLES,_FIELDS = frozenset(r.value for r in Role),frozenset(Message.model_fields) | {'_version'}
+_ISO = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z')  # how `iso` writes a timestamp
+
+def _canonical(it:dict)->bool:
+    "Whether stored row `it` is a message exactly as `Message.to_item()` writes it (checked field by field, without building the model)"
+    ts,ids = it.get('timestamp'),it.get('artifact_ids')
+    return (_FIELDS.issuperset(it) and type(it.get('content')) is str and it.get('role') in _ROLES and type(it.get('seq')) is int
+            and type(it.get('message_id')) is str and type(it.get('session_id')) is str and type(it.get('metadata')) is dict
+            and type(ts) is str and len(ts) == 27 and _ISO.fullmatch(ts) is not None and type(it.get('workflow', '')) is str
+            and type(ids) is list and (not ids or all(type(a) is str for a in ids)))
+
+def _message_item(it:dict)->dict|None:
+    "Stored row `it` as `Message.to_item()` gives it — the row itself when it is in that form already, else through the model; None for a seal or an unreadable row"
+    if _canonical(it): it.pop('_version', None); return it  # a row the store just read for us: ours to change
+    return m.to_item() if (m := _message(it)) is not None else None
+
 def _message(it:dict)->Message|None:
     "The `Message` of a stored row; None for a seal, or (with a warning) for a row that does not validate"
     if _is_seal(it): return None
@@ -436,6 +467,34 @@ def _heal(self:SessionManager, item:dict, newest:int|None)->None:
     if newest is not None and newest > item.get('message_count', 0):
         try: self._mirror(self._count(item['session_id'], newest), self.hot.token())
         except (ConflictError, NotFoundError) as e: _log.warning("could not count the messages of %s: %s", item['session_id'], e)
+
+@patch
+def _rows(self:SessionManager, item:dict, start:int=1, end:float=math.inf, descending:bool=False, n:int|None=None)->Iterator[dict]:
+    "Stored rows (a seal included) of session `item` with seq in `start`..`end` that no restore hid — hidden stretches are not read; pages sized for `n` rows"
+    spans = _spans(start, end, item.get('hidden_ranges'))
+    for a,b in (spans if descending else spans[::-1]):
+        yield from self.messages.query_all(item['session_id'], start=a, end=None if b == math.inf else b, descending=descending, limit=1000 if n is None else min(1000, n+1))
+
+@patch
+def _history_items(self:SessionManager, item:dict, recent:int|None=None)->list[dict]:
+    "The visible turns of session `item` (the newest `recent`, or all) as stored items, oldest first: what `Message.to_item()` gives, without a model per row"
+    if item['status'] == 'archived':
+        msgs = [m for m in self._read_archive(item) if not _hidden(item, m.seq)]
+        return [m.to_item() for m in (msgs[-recent:] if recent else msgs)]
+    out = []
+    for it in self._rows(item, descending=recent is not None, n=recent):
+        if (x := _message_item(it)) is not None: out.append(x)
+        if recent is not None and len(out) == recent: break
+    return out[::-1] if recent is not None else out
+
+@patch
+def _visible_ends(self:SessionManager, item:dict)->tuple[int|None, int|None]:
+    "Seq of the first and of the last visible turn of session `item` (None when it has none): a row or two read at each end, not the history"
+    if item['status'] == 'archived':
+        msgs = [m for m in self._read_archive(item) if not _hidden(item, m.seq)]
+        return (msgs[0].seq, msgs[-1].seq) if msgs else (None, None)
+    ends = [next((it['seq'] for it in self._rows(item, descending=d, n=1) if _message(it) is not None), None) for d in (False, True)]
+    return ends[0], ends[1]
 
 @patch
 def get_history(self:SessionManager, session_id:str, limit:int|None=None, before:int|dt.datetime|None=None,
@@ -458,17 +517,15 @@ def get_history(self:SessionManager, session_id:str, limit:int|None=None, before
             if len(out) == limit: break
         self._heal(s, newest)
         return out[::-1]
-    if s['status'] == 'archived': msgs = self._read_archive(s)
-    else:
-        start = after+1 if isinstance(after, int) else None
-        end = before-1 if isinstance(before, int) else None
-        msgs = [m for i in self.messages.query_all(session_id, start=start, end=end, limit=1000) if (m := _message(i)) is not None]
+    if s['status'] == 'archived':
+        msgs = [m for m in self._read_archive(s) if not _hidden(s, m.seq)]
+        if isinstance(after, int): msgs = [m for m in msgs if m.seq > after]
+        if isinstance(before, int): msgs = [m for m in msgs if m.seq < before]
+    else:  # only the stretches no restore hid are read
+        msgs = [m for i in self._rows(s, after+1 if isinstance(after, int) else 1, before-1 if isinstance(before, int) else math.inf) if (m := _message(i)) is not None]
         if msgs: self._heal(s, msgs[-1].seq)
-    if isinstance(after, int): msgs = [m for m in msgs if m.seq > after]
-    if isinstance(before, int): msgs = [m for m in msgs if m.seq < before]
     if isinstance(after, dt.datetime): msgs = [m for m in msgs if m.timestamp > after]
     if isinstance(before, dt.datetime): msgs = [m for m in msgs if m.timestamp < before]
-    msgs = [m for m in msgs if not _hidden(s, m.seq)]
     return msgs[-limit:] if limit else msgs
 
 # %% ../nbs/23_sessions.ipynb #842cd0f1
@@ -577,17 +634,45 @@ def purge_session(self:SessionManager, session_id:str)->dict:
     return counts
 
 # %% ../nbs/23_sessions.ipynb #02c326fb
+_CITE = re.compile(r'\[#(\d+)\b')  # how summaries cite a turn: "[#12 user] ..." (extractive) or "[#12]" (asked of a chat model)
+
+@patch
+def _recent_turns(self:SessionManager, item:dict, after:int, n:int)->list[Message]:
+    "The newest `n` visible turns of session `item` after seq `after`, oldest first: read newest first, hidden stretches skipped, never more than `n` rows"
+    out = []
+    for it in self._rows(item, after+1, descending=True, n=n):
+        if (m := _message(it)) is not None: out.append(m)
+        if len(out) == n: break
+    return out[::-1]
+
+@patch
+def _recall_candidates(self:SessionManager, item:dict, summary:str|None)->tuple[list[Message], list[Message], int]:
+    "The turns `get_context_summary` chooses from — those the summary cites, and the newest `recall_window` un-summarised ones — and the number of visible turns in the session"
+    until,hidden = item.get('summarised_until') or 0,item.get('hidden_ranges')
+    cited = [q for q in sorted({int(x) for x in _CITE.findall(summary or '')}) if 1 <= q <= until and not _hidden(item, q)]
+    cited = cited[max(0, len(cited)-self.policy.recall_cited):] if self.policy.recall_cited else []
+    if item['status'] == 'archived':  # the archive is one blob: read it, then choose as from the table
+        msgs = [m for m in self._read_archive(item) if not _hidden(item, m.seq)]
+        tail = [m for m in msgs if m.seq > until][-self.policy.recall_window:]
+        return [m for m in msgs if m.seq in cited], tail, len(msgs)
+    tail = self._recent_turns(item, until, self.policy.recall_window)
+    if tail: self._heal(item, tail[-1].seq)
+    old = [m for q in cited if (it := self.messages.get((item['session_id'], q))) is not None and (m := _message(it)) is not None]
+    last = max(item.get('message_count', 0), tail[-1].seq if tail else 0)
+    return old, tail, _visible_count(last, hidden)
+
 @patch
 def get_context_summary(self:SessionManager, session_id:str, max_tokens:int|None=None, query:str|None=None)->ContextSummary:
     "Summary + recent + relevant older turns of `session_id` that fit `max_tokens`, each explained"
     if query is not None and not isinstance(query, str): raise InvalidInputError(f"query must be a str, got {type(query).__name__} {query!r:.60}", "pass the question the context is for, or None for the newest user turn")
-    s = self.get_session(session_id)
-    if max_tokens is None: max_tokens = self.get_preferences(s.user_id).max_context_tokens
+    s = self._item(session_id)
+    if max_tokens is None: max_tokens = self.get_preferences(s['user_id']).max_context_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 50: raise InvalidInputError(f"max_tokens must be an int of at least 50, got {max_tokens!r}", "pass e.g. max_tokens=2000")
     summary,rng = None,None
-    if s.summary_artifact_id:
-        summary,rng = self.artifacts.get_artifact_content(s.summary_artifact_id),(1, s.summarised_until)
-    ctx = select_context(self.get_history(session_id), max_tokens, query, summary, rng)
+    if s.get('summary_artifact_id'):
+        summary,rng = self.artifacts.get_artifact_content(s['summary_artifact_id']),(1, s.get('summarised_until') or 0)
+    cited,tail,total = self._recall_candidates(s, summary)
+    ctx = select_context(tail, max_tokens, query, summary, rng, total=total, earlier=cited)
     ctx.session_id = session_id
     return ctx
 

@@ -8,7 +8,7 @@ import pytest, zstandard
 from dataops_lab.core import *
 from dataops_lab.config import load_settings
 from dataops_lab.models import Artifact, ArtifactType, Scope
-from dataops_lab.store.base import Storage
+from dataops_lab.store.base import Storage, ARTIFACTS_TABLE
 from dataops_lab.artifact_content import ContentError
 from dataops_lab.artifacts import *
 from conftest import write_ini
@@ -371,6 +371,38 @@ def test_access_counts_are_atomic(store):
     for t in threads: t.join()
     a = store.get_artifact(aid)
     assert a.access_count == 80 and a.last_accessed is not None
+
+def test_reads_write_nothing_until_the_counts_are_flushed(storage):
+    store = ArtifactStore(storage, access_flush_every=3600)  # only the explicit flush writes in this test
+    aid = store.store_artifact({'n': 1}, sid(), 'wf')
+    items = storage.table(ARTIFACTS_TABLE)
+    before = items.get(aid)
+    for _ in range(5): store.get_artifact_content(aid)
+    list(store.open_artifact_content(aid))
+    after = items.get(aid)
+    assert after == before  # six reads, nothing written
+    assert store.get_artifact(aid).access_count == 6 and store.list_artifacts(before['session_id'])[0].access_count == 6
+    assert store.flush_access_counts() == 1 and store.flush_access_counts() == 0
+    after = items.get(aid)
+    assert (after['access_count'], after['_version']) == (6, before['_version'] + 1)  # one write for all six
+    assert ArtifactStore(storage).get_artifact(aid).access_count == 6  # and every store sees it
+    store.get_artifact_content(aid)
+    store.close()  # closing writes what is left
+    assert items.get(aid)['access_count'] == 7
+
+READER = textwrap.dedent("""
+    import sys
+    from dataops_lab.config import load_settings
+    from dataops_lab.store.base import Storage
+    from dataops_lab.artifacts import ArtifactStore
+    store = ArtifactStore(Storage(load_settings(sys.argv[1])), access_flush_every=3600)
+    for _ in range(4): store.get_artifact_content(sys.argv[2])
+""")
+
+def test_counts_of_a_process_that_exits_are_written(ini, storage):
+    aid = ArtifactStore(storage).store_artifact({'n': 2}, sid(), 'wf')
+    subprocess.run([sys.executable, '-c', READER, str(ini), aid], check=True, timeout=120, cwd=Path(ini).parent)
+    assert ArtifactStore(storage).get_artifact(aid).access_count == 4  # written at exit, not on each read
 
 # ---------------------------------------------------------------- lineage
 

@@ -209,6 +209,26 @@ def test_summaries_are_automatic_versioned_and_reversible(manager_storage):
     assert ctx.summary and ctx.summary_range == (1, s.summarised_until) and ctx.tokens_used <= 300
     assert sm.get_session(sid).unsummarised_tokens <= sm.policy.summarise_over_tokens
 
+def test_context_ranks_only_the_unsummarised_tail_and_the_turns_the_summary_cites(manager_storage):
+    n = len(CONVERSATION)
+    sm = SessionManager(manager_storage, policy=SessionPolicy(recall_window=5))  # no summary: the newest 5 turns are all it ranks
+    sid = sm.create_session(uid()).session_id
+    for i, c in enumerate(CONVERSATION): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    ctx = sm.get_context_summary(sid, max_tokens=4000, query='why is the email null rate so high?')
+    assert seqs(ctx.messages) == list(range(n - 4, n + 1)) and ctx.omitted == n - 5  # turn 2 matches, but is outside the window
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=150, keep_recent=4, recall_window=50))
+    sid = sm.create_session(uid()).session_id
+    for i, c in enumerate(CONVERSATION): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    s = sm.get_session(sid)
+    cited = {int(x) for x in re.findall(r'\[#(\d+)', sm.artifacts.get_artifact_content(s.summary_artifact_id))}
+    assert 2 in cited and len(cited) < s.summarised_until  # the summary cites some of the turns it covers, not all
+    ctx = sm.get_context_summary(sid, max_tokens=4000, query='orders table partition region')
+    older = {t.message.seq for t in ctx.turns if t.message.seq <= s.summarised_until}
+    assert older and older <= cited  # a summarised turn comes back only if the summary cites it
+    assert ctx.omitted == n - len(ctx.turns) and {t.message.seq for t in ctx.turns} >= set(range(s.summarised_until + 1, n + 1))
+    email = sm.get_context_summary(sid, max_tokens=4000, query='why is the email null rate so high?')
+    assert [t.reason for t in email.turns if t.message.seq == 2] == ['relevant']  # cited, so recalled word for word
+
 def test_llm_summary_path(manager_storage):
     llm = FakeListChatModel(responses=["Customers come from crm.db [#1]; email is 12% null [#2]; orders profiled per region."])
     sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=100, keep_recent=2), llm=llm)

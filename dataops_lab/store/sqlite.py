@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/store_sqlite.html.md"""
 # %% ../../nbs/11a_store_sqlite.ipynb #57db0bd0
 from __future__ import annotations
 import functools, json, os, sqlite3, threading, urllib.parse, weakref
+import orjson
 from collections import deque
 from typing import Any, Iterable
 from fastcore.basics import patch
@@ -367,6 +368,11 @@ def _lost(self:SQLiteTable, kv:tuple, expected:int|None)->ConflictError:
     why = ('the item does not exist' if cur is None else f"the stored _version is {cur['_version']}, not {expected}") if expected is not None else f"the item exists (version {cur['_version'] if cur else '?'})"
     return self._conflict(kv if len(kv) > 1 else kv[0], why)
 
+def _loads(s:str)->dict:
+    "A stored item's JSON: orjson's fast parser, the standard one for what orjson does not take (integers over 64 bits)"
+    try: return orjson.loads(s)
+    except orjson.JSONDecodeError: return json.loads(s)
+
 @patch
 def get(self:SQLiteTable, key:Any)->dict|None:
     "The item at `key` (a value, tuple or dict), or None if it is missing or expired"
@@ -374,7 +380,7 @@ def get(self:SQLiteTable, key:Any)->dict|None:
     try: row = self._conn().execute(self._sql['get'], kv).fetchone()
     except sqlite3.Error as e: raise self._db_error(e, 'get()') from None
     if row is None or (row[2] is not None and row[2] <= now_ts()): return None
-    it = json.loads(row[0])
+    it = _loads(row[0])
     it['_version'] = row[1]
     return it
 
@@ -450,7 +456,7 @@ def _page(self:SQLiteTable, rows:list, limit:int, tag:list)->Page:
     "A `Page` of the first `limit` rows `(item, version, *order values)`; a cursor if there were more"
     items = []
     for r in rows[:limit]:
-        it = json.loads(r[0]); it['_version'] = r[1]
+        it = _loads(r[0]); it['_version'] = r[1]
         items.append(it)
     return Page(items, encode_cursor(tag+list(rows[limit-1][2:])) if len(rows) > limit else None)
 
