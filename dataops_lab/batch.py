@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 from .core import *
-from .observability import tracer, bound, in_span, trace_carrier, joined_trace, batch_run_outcomes, configure_observability
+from .observability import bound, in_span, trace_carrier, joined_span, batch_run_outcomes, configure_observability
 from .config import Settings, load_settings
 from .models import iso
 from .store.base import *
@@ -137,7 +137,7 @@ def _run_task(nb_path:str, params:dict, batch_id:str, key:str, settings_path:str
               execution_timeout:float|None=None, user_id:str='batch', trace:dict|None=None)->dict:
     "Execute one run of a batch (on a worker), record its outcome in the runs table; the outcome as a dict"
     # a 'batch_run' span in the trace of the batch that submitted it (`trace`: its context), batch_id and run_key bound to the logs
-    with joined_trace(trace), bound(batch_id=batch_id, run_key=key), tracer.start_as_current_span('batch_run', attributes={'dataops.batch.id': batch_id, 'dataops.batch.run_key': key}) as span:
+    with bound(batch_id=batch_id, run_key=key), joined_span(trace, 'batch_run', {'dataops.batch.id': batch_id, 'dataops.batch.run_key': key}) as span:
         out = _run_one(nb_path, params, batch_id, key, settings_path, kernel, retries, workdir, execution_timeout, user_id)
         if span.is_recording(): span.set_attribute('dataops.batch.run_status', out['status'])
         return out

@@ -28,7 +28,7 @@ __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 
            'settings_secrets', 'log_formatter', 'configure_logging', 'bound', 'confidence_bucket', 'metrics_registry',
            'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing', 'configure_observability', 'tracing',
            'agent_attrs', 'fail_current', 'in_span', 'iter_in_span', 'record_workflow', 'observe_workflow',
-           'instrument_storage_method', 'node_callbacks', 'trace_carrier', 'joined_trace']
+           'instrument_storage_method', 'node_callbacks', 'trace_carrier', 'joined_trace', 'joined_span']
 
 # %% ../nbs/03_observability.ipynb #71f2028b
 SECRET_KEY = re.compile(r'(?:^|_)(?:password|passwd|secret|token|api_key|apikey|authorization|cookie|credentials?|private_key)$', re.I)
@@ -176,16 +176,21 @@ def serve_metrics(port:int, # TCP port; 0 does nothing
 
 # %% ../nbs/03_observability.ipynb #f36665a7
 tracer = trace.get_tracer('dataops_lab')
-_provider,_exporters,_on = None,set(),[False]
+_provider,_exporters = None,set()
 
 def _switch_sampler():
     from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult, Decision
     class Switch(Sampler):
         "Record every span while tracing is on (`configure_tracing`), none after `stop_tracing`"
+        dataops_on = False  # on the installed sampler, so every copy of this code that finds the provider flips the same switch
         def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes) if _on[0] else SamplingResult(Decision.DROP)
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes) if self.dataops_on else SamplingResult(Decision.DROP)
         def get_description(self): return 'dataops-lab on/off'
     return Switch()
+
+def _switch(on:bool):
+    "Turn recording on or off on the installed provider's switch (a provider the application installed has none: its sampler decides)"
+    if hasattr(sampler := getattr(_provider, 'sampler', None), 'dataops_on'): sampler.dataops_on = on
 
 def _exporter(o):
     if o.traces == 'console':
@@ -209,24 +214,24 @@ def configure_tracing(settings:Settings|Path|str|None=None, # default: `load_set
     o = load_settings(settings).observability if exporter is None or settings is not None else None
     if exporter is None:
         if o.traces == 'none': return None
-        if (o.traces, o.otlp_endpoint) in _exporters: _on[0] = True; return _provider
+        if (o.traces, o.otlp_endpoint) in _exporters: _switch(True); return _provider
         _exporters.add((o.traces, o.otlp_endpoint))
         exporter = _exporter(o)
-    elif id(exporter) in _exporters: _on[0] = True; return _provider
+    elif id(exporter) in _exporters: _switch(True); return _provider
     else: _exporters.add(id(exporter))
     if _provider is None:
         if isinstance(cur := trace.get_tracer_provider(), TracerProvider): _provider = cur  # the application installed its own: add to it
         else:
             _provider = TracerProvider(sampler=_switch_sampler(), resource=Resource.create({'service.name': o.service_name if o else 'dataops-lab'}))
             trace.set_tracer_provider(_provider)
-    _on[0] = True
+    _switch(True)
     batch = type(exporter).__module__.startswith('opentelemetry.exporter.otlp')
     _provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return _provider
 
 def stop_tracing()->None:
     "Record no more spans (each span start costs next to nothing again) until `configure_tracing` is called"
-    _on[0] = False
+    _switch(False)
     if _provider is not None: _provider.force_flush()
 
 def configure_observability(settings:Settings|Path|str|None=None # default: `load_settings()`
@@ -414,3 +419,11 @@ def joined_trace(carrier:dict|None # from `trace_carrier()` in the parent proces
     tok = otel_context.attach(extract(carrier or {}))
     try: yield
     finally: otel_context.detach(tok)
+
+@contextmanager
+def joined_span(carrier:dict|None, # from `trace_carrier()` in the parent process
+                name:str, # span name
+                attributes:dict|None=None # span attributes
+               ):
+    "A current span `name` whose parent is the span `carrier` was taken in; what a function shipped to another process opens"
+    with joined_trace(carrier), tracer.start_as_current_span(name, attributes=attributes) as span: yield span
