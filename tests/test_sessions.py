@@ -777,7 +777,10 @@ KILL_ZYGOTE = textwrap.dedent("""
     from dataops_lab.sessions import SessionManager
     ini, sid = sys.argv[1], sys.argv[2]
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped at once
-    print('ready', flush=True)
+    # the zygote and its writers share one stdout pipe: each line is one write(2), so lines never interleave
+    # (print writes the text and its newline separately when Python runs unbuffered)
+    say = lambda obj: os.write(1, (json.dumps(obj) + '\\n').encode())
+    say('ready')
     for line in sys.stdin:  # each line: the tag of a new writer, forked from this already-imported process
         tag = line.strip()
         pid = os.fork()
@@ -785,8 +788,8 @@ KILL_ZYGOTE = textwrap.dedent("""
             sm, i = SessionManager(Storage(load_settings(ini))), 0
             while True:
                 m = sm.add_message(sid, 'user', f'{tag} says {i} ' + 'word ' * (i % 7))
-                print(json.dumps([tag, m.message_id, m.seq]), flush=True); i += 1
-        print(json.dumps(['spawned', tag, pid]), flush=True)
+                say([tag, m.message_id, m.seq]); i += 1
+        say(['spawned', tag, pid])
 """)
 
 def test_counters_heal_after_sigkills(sm, raw, shared_ini):
@@ -795,7 +798,7 @@ def test_counters_heal_after_sigkills(sm, raw, shared_ini):
     rnd, zygote, live, kills = random.Random(11), Child(KILL_ZYGOTE, shared_ini, sid), [], 0
     def acks(tag): return sum(l.startswith(f'["{tag}"') for l in zygote.lines)
     try:
-        assert zygote.next_line() == 'ready'
+        assert zygote.next_line() == '"ready"'
         for k in range(16):
             zygote.send(f"w{k}")
             while not any(l.startswith(f'["spawned", "w{k}"') for l in zygote.lines): zygote.next_line()
