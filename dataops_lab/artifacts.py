@@ -130,7 +130,7 @@ class ArtifactStore:
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
         self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
         self._stored = OrderedDict()  # artifact_id -> expires_at (None: never) of the latest artifacts this store stored
-        self.access_flush_every,self._reads,self._reads_lock,self._reads_pid,self._flusher = float(access_flush_every),{},threading.Lock(),os.getpid(),None
+        self.access_flush_every,self._reads,self._reads_lock,self._reads_pid,self._flushed_at = float(access_flush_every),{},threading.Lock(),os.getpid(),time.monotonic()
 
     def ensure(self)->ArtifactStore:
         "Create the blob bucket/folder and the artifact tables if missing (explicit provisioning); returns self"
@@ -314,20 +314,19 @@ def _resolve(self:ArtifactStore, artifact_id, version:int|None)->dict:
 
 @patch
 def _touch(self:ArtifactStore, aid:str):
-    "Count a content read in memory — no write on the read path; a background thread writes the counts every `access_flush_every` seconds"
+    "Count a content read in memory; the counts are written at most once every `access_flush_every` seconds, by the read that finds them due"
     with self._reads_lock:
-        if self._reads_pid != os.getpid(): self._reads,self._reads_pid,self._flusher = {},os.getpid(),None  # a forked child: its parent writes its own counts
+        if self._reads_pid != os.getpid(): self._reads,self._reads_pid = {},os.getpid()  # a forked child: its parent writes its own counts
         r = self._reads.setdefault(aid, [0, 0.0])
         r[0] += 1; r[1] = time.time()  # formatted when written
-        if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(target=_flush_loop, args=(weakref.ref(self),), name='dataops-access-counts', daemon=True)
-            self._flusher.start()
-            _live_stores.add(self)
+        due = time.monotonic() - self._flushed_at >= self.access_flush_every
+        if len(self._reads) == 1: _live_stores.add(self)
+    if due: self.flush_access_counts()
 
 @patch
 def flush_access_counts(self:ArtifactStore)->int:
     "Write the access counts recorded in memory (one atomic update per artifact read); how many artifacts were updated"
-    with self._reads_lock: todo,self._reads = (self._reads if self._reads_pid == os.getpid() else {}),{}
+    with self._reads_lock: todo,self._reads,self._flushed_at = (self._reads if self._reads_pid == os.getpid() else {}),{},time.monotonic()
     n = 0
     for aid,(k,last) in todo.items():
         try: self.items.update(aid, add={'access_count': k}, set={'last_accessed': _stamp(last)}, must_exist=True); n += 1
@@ -340,17 +339,7 @@ def flush_access_counts(self:ArtifactStore)->int:
 
 def _stamp(t:float)->str: return iso(dt.datetime.fromtimestamp(t, dt.timezone.utc))
 
-_live_stores = weakref.WeakSet()  # stores with a flusher thread: their counts are written at exit too
-
-def _flush_loop(ref):
-    "Every `access_flush_every` seconds, write the counts of the store `ref` points to; stops when the store is gone"
-    while (s := ref()) is not None:
-        wait = s.access_flush_every; del s
-        time.sleep(wait)
-        if (s := ref()) is None: return
-        try: s.flush_access_counts()
-        except Exception as e: _log.warning("writing access counts failed: %s", e)
-        del s
+_live_stores = weakref.WeakSet()  # stores that counted reads: what they have not written yet is written at exit
 
 @atexit.register
 def _flush_at_exit():
