@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, PydanticBaseSett
 from .core import ConfigError, mask_url
 
 # %% auto #0
-__all__ = ['ROLE_KINDS', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
+__all__ = ['ROLE_KINDS', 'LogLevel', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
            'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'ObservabilitySettings',
            'find_settings_file', 'read_ini', 'IniSettingsSource', 'read_secret_files', 'EnvSource', 'Settings',
            'display_value', 'load_settings']
@@ -182,13 +182,17 @@ class DevkitSettings(_Section):
     author: str|None = Field(None, description="author written into new workflows (empty: git's user.name, else the login name)")
     output_dir: str = Field('workflows', description="folder of workflow packages: where `create` writes and where `test`, `validate`, ... look (relative to the settings file's folder)")
 
+LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL']
+
 class LoggingSettings(_Section):
     "`[logging]`: level, rendering and destination of every log line (the library's and its dependencies'), applied by `configure_observability`"
-    level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'] = Field('INFO', description="lowest level written")
+    level: LogLevel = Field('INFO', description="lowest level written for the library's events and the `loggers` named below")
+    dependencies: LogLevel = Field('WARNING', description="lowest level written for every other logger (boto3, papermill, urllib3, ...); their DEBUG lines can hold request bodies")
+    loggers: list[str] = Field(default_factory=list, description="more logger names treated like the library's, e.g. your workflow packages, comma-separated")
     format: Literal['text', 'json'] = Field('text', description="text: one readable line per event; json: one JSON object per line")
     file: str|None = Field(None, description="also append the lines to this file (relative to the settings file's folder); empty: standard error only")
 
-    @field_validator('level', mode='before')
+    @field_validator('level', 'dependencies', mode='before')
     @classmethod
     def _upper(cls, v): return v.upper() if isinstance(v, str) else v
 

@@ -112,7 +112,8 @@ def configure_logging(settings:Settings|Path|str|None=None, # default: `load_set
         except OSError as e: raise ConfigError(f"[logging] file = {lg.file!r} cannot be opened: {e.strerror}", "point it at a writable path, or leave it empty") from None
     for h in handlers:
         h.setFormatter(log_formatter(lg.format)); setattr(h, _HANDLER_MARK, True); root.addHandler(h)
-    root.setLevel(lg.level)
+    root.setLevel(lg.dependencies)
+    for name in ('dataops_lab', *lg.loggers): logging.getLogger(name).setLevel(lg.level)
     return handlers
 
 # %% ../nbs/03_observability.ipynb #65cb78ac

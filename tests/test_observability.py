@@ -144,8 +144,10 @@ def test_log_lines_carry_the_run_ids_and_no_secret_or_body(tmp_path):
         Orchestrator(registry_from_settings(s, False), sm).process(sid, 'how many orders are there?')
         logging.getLogger('some.dependency').warning('connecting with %s', key)
         st.close()
+        logging.getLogger('botocore.endpoint').debug('Making request with body %s', body_secret)  # a dependency's DEBUG stays out
     finally:
         for h in handlers: logging.getLogger().removeHandler(h); h.close()
+        logging.getLogger().setLevel(logging.WARNING); logging.getLogger('dataops_lab').setLevel(logging.NOTSET)
     text = (tmp_path / 'obs.log').read_text()
     lines = [json.loads(l) for l in text.splitlines()]
     for planted in (key, jwt, body_secret, art_secret):
