@@ -104,7 +104,7 @@ class _Rows:
 class _Conn(sqlite3.Connection):
     """A `sqlite3.Connection` that can be weakly referenced (so `close()` finds every thread's connection), and that
     queues this process's writers on a lock instead of SQLite's sleeping busy handler"""
-    wlock,timeout,holding,keeper = None,30.0,False,None
+    wlock,timeout,holding,keeper,retired = None,30.0,False,None,False
     def execute(self, sql:str, params=()):
         if self.holding:  # inside our BEGIN IMMEDIATE ... COMMIT/ROLLBACK
             try: return super().execute(sql, params)
@@ -140,7 +140,7 @@ class _Lease:
     def __del__(self):
         c = self.c
         try:
-            if c.in_transaction or len(self.idle) >= _IDLE_MAX: c.close()
+            if c.retired or c.in_transaction or len(self.idle) >= _IDLE_MAX: c.close()
             else: self.idle.append(c)
         except Exception: pass  # already closed by close(), or the interpreter is shutting down
 
@@ -177,13 +177,17 @@ class SQLiteBackend:
         return k
 
     def _conn(self)->sqlite3.Connection:
-        "This thread's connection: its own, else one an ended thread left, else a new one"
-        try: return self._local.lease.c
-        except AttributeError:
+        "This thread's connection: its own, else one an ended thread left, else a new one (a connection `close()` retired is closed here, by its owner)"
+        if (lease := getattr(self._local, 'lease', None)) is not None:
+            if not lease.c.retired: return lease.c
+            del self._local.lease, lease  # the lease closes its retired connection, in the thread that used it
+        while True:
             try: c = self._idle.pop()
-            except IndexError: c = self._connect()
-            self._local.lease = _Lease(c, self._idle)
-            return c
+            except IndexError: c = self._connect(); break
+            if not c.retired: break
+            c.close()
+        self._local.lease = _Lease(c, self._idle)
+        return c
 
     def _schema(self, statements:list[str]):
         "Switch the file to WAL and run `statements` in one write transaction"
@@ -208,9 +212,13 @@ class SQLiteBackend:
             raise NotFoundError(f"table(s) {', '.join(missing)} do not exist in {self.describe()}", "call ensure() to create them (or open with create=true)")
 
     def close(self)->None:
-        "Close every thread's connection, pooled ones included"
-        conns,self._conns,self._local,self._idle = list(self._conns),weakref.WeakSet(),threading.local(),deque()
-        for c in conns: c.close()
+        "Close this thread's connection and the pooled ones; another thread's connection is closed by that thread, at its next call or when it ends"
+        conns,self._conns = list(self._conns),weakref.WeakSet()
+        for c in conns: c.retired = True
+        self._local.__dict__.pop('lease', None)  # this thread's: closed now
+        while True:  # the pooled ones belong to no thread
+            try: self._idle.pop().close()
+            except IndexError: break
         if (done := getattr(self, '_keeper_done', None)) is not None: done()  # runs once
     def _after_fork(self): self._local,self._conns,self._idle = threading.local(),weakref.WeakSet(),deque()
 
