@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/store.html.md"""
 # %% ../../nbs/10_store.ipynb #ef6d4f87
 from __future__ import annotations
 import asyncio, base64, json, re, threading, time, uuid
+import orjson
 from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib.metadata import entry_points
@@ -19,9 +20,9 @@ from ..observability import instrument_storage_method
 # %% auto #0
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
            'decode_cursor', 'parse_store_url', 'Backend', 'check_metadata', 'iter_chunks', 'BlobStore', 'IndexSpec',
-           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'MetadataTable', 'as_bytes',
-           'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store', 'store_factory', 'open_blob',
-           'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
+           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'item_json', 'MetadataTable',
+           'as_bytes', 'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store', 'store_factory',
+           'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
 
 # %% ../../nbs/10_store.ipynb #195eb988
 @dataclass
@@ -239,16 +240,21 @@ def _explain(spec:TableSpec, v, path:str):
     "Raise `InvalidKeyError` naming the first value under `path` that is not JSON-able (`check_json`)"
     check_json(v, f"table {spec.name!r}: {path}", InvalidKeyError)
 
-def check_item(spec:TableSpec, item:dict)->dict:
-    "`item` if it can be stored in `spec`'s table: a dict of JSON-able values with its key attributes"
+def _check_top(spec:TableSpec, item:dict):
+    "The checks of `check_item` on the item's own attributes: a dict, its key, index attribute types, no reserved names"
     if not isinstance(item, dict): raise InvalidKeyError(f"table {spec.name!r}: an item must be a dict, got {type(item).__name__}", "pass a dict of JSON-able values")
     spec.key_of(item)
     for ix in spec.indexes:
         for a in (ix.partition_key, ix.sort_key):
             if a and item.get(a) is not None and type(item[a]) is not spec.attr_type(a):
                 raise InvalidKeyError(f"table {spec.name!r}: index attribute {a!r} must be a {spec.attr_type(a).__name__}, got {item[a]!r}", "store it with that type, or list it in TableSpec.numeric")
-    for k,v in item.items():
+    for k in item:
         if k[:1] == '_' and k != '_version': raise InvalidKeyError(f"table {spec.name!r}: attribute {k!r} starts with '_', which is reserved", "rename the attribute")
+
+def check_item(spec:TableSpec, item:dict)->dict:
+    "`item` if it can be stored in `spec`'s table: a dict of JSON-able values with its key attributes"
+    _check_top(spec, item)
+    for k,v in item.items():
         if not _json_ok(v): _explain(spec, v, k)
     return item
 
@@ -280,6 +286,23 @@ def apply_update(spec:TableSpec, item:dict, sets:dict, adds:dict, rm:tuple, ixat
         if a in ixattrs and type(item[a]) is not spec.attr_type(a): raise InvalidKeyError(f"table {spec.name!r}: index attribute {a!r} would become {item[a]!r}", "add ints to int index attributes")
     for a in rm: item.pop(a, None)
     return item
+
+# %% ../../nbs/10_store.ipynb #c92129ca
+_STRICT = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_TOO_DEEP = b'\n' + b' ' * (2*MAX_DEPTH)  # in an indented encoding: an element MAX_DEPTH levels down
+_std_json = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False).encode
+
+def item_json(spec:TableSpec, item:dict)->str:
+    "The JSON text of `item` (without `_version`) if `check_item` accepts it, else `check_item`'s error; plain items in one C pass"
+    _check_top(spec, item)
+    body = {k: v for k,v in item.items() if k != '_version'} if '_version' in item else item
+    try:
+        b = orjson.dumps(body, option=_STRICT)
+        if orjson.loads(b) == body and _TOO_DEEP not in orjson.dumps(body, option=_STRICT | orjson.OPT_INDENT_2): return b.decode()
+    except (orjson.JSONEncodeError, RecursionError): pass
+    check_item(spec, item)  # names what is wrong, or accepts what the fast path declined (tuples)
+    return _std_json(body)
+
 
 # %% ../../nbs/10_store.ipynb #6d453d7d
 class MetadataTable(Backend):

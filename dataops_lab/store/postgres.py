@@ -167,7 +167,6 @@ def _no_table(self:PostgresTable)->NotFoundError:
 
 # %% ../../nbs/16_store_postgres.ipynb #1e207fca
 _LIVE = "(_expires IS NULL OR _expires > %s)"
-_to_json = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False).encode
 
 @patch
 def _coltype(self:PostgresTable, a:str)->str: return 'bigint' if self.spec.attr_type(a) is int else 'text COLLATE "C"'
@@ -194,12 +193,11 @@ def _statements(self:PostgresTable)->dict:
 
 @patch
 def _encode(self:PostgresTable, item:dict)->tuple[tuple, tuple, str, float|None]:
-    "`(key values, index values, JSON, expiry)` of a checked item"
-    if '_version' in item: item = {k: v for k,v in item.items() if k != '_version'}
-    ta = self.spec.ttl_attribute
+    "`(key values, index values, JSON, expiry)` of `item`, checked (`item_json`)"
+    js,ta = item_json(self.spec, item),self.spec.ttl_attribute
     exp = item.get(ta) if ta else None
     if type(exp) not in (int, float): exp = None
-    return tuple(item[a] for a in self._keys), tuple(item.get(a) for a in self._ixattrs), _to_json(item), exp
+    return tuple(item[a] for a in self._keys), tuple(item.get(a) for a in self._ixattrs), js, exp
 
 @patch
 def _keyvals(self:PostgresTable, key:Any)->tuple:
@@ -341,7 +339,6 @@ def put(self:PostgresTable, item:dict, *,
         if_version:int|None=None # fail with ConflictError unless the stored _version is this
        )->dict:
     "Store `item`; the stored item with its new `_version`"
-    check_item(self.spec, item)
     if if_version is not None and if_absent: raise InvalidInputError("pass if_absent or if_version, not both", "if_version already implies that the item exists")
     kv,ix,js,exp = self._encode(item)
     now = now_ts()

@@ -246,7 +246,6 @@ if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_reset_lo
 
 # %% ../../nbs/11a_store_sqlite.ipynb #3dc0d623
 def _qi(name:str)->str: return '"'+name.replace('"', '""')+'"'
-_to_json = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False).encode  # built once: json.dumps(..., separators=) builds an encoder per call
 
 class SQLiteTable(SQLiteBackend, MetadataTable):
     "`MetadataTable` in a SQLite file: `sqlite:///path.db` (relative) or `sqlite:////abs/path.db`"
@@ -285,13 +284,13 @@ class SQLiteTable(SQLiteBackend, MetadataTable):
             purge=f"DELETE FROM {t} WHERE _expires <= ?")
 
     def _encode(self, item:dict)->tuple[tuple, str, float|None, tuple]:
-        "`(key values, JSON, expiry, index values)` of a checked item"
+        "`(key values, JSON, expiry, index values)` of `item`, checked (`item_json`)"
         s = self.spec
+        js = item_json(s, item)
         kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
-        if '_version' in item: item = dict(item); del item['_version']
         exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
         if type(exp) not in (int, float): exp = None
-        return kv, _to_json(item), exp, tuple(map(item.get, self._ixattrs))
+        return kv, js, exp, tuple(map(item.get, self._ixattrs))
 
     def _keyvals(self, key:Any)->tuple:
         "The key values of `key`, checked (a plain value of the partition key's type is the common, fast case)"
@@ -356,7 +355,6 @@ def put(self:SQLiteTable, item:dict, *,
         if_version:int|None=None # fail with ConflictError unless the stored _version is this
        )->dict:
     "Store `item`; the stored item with its new `_version`"
-    check_item(self.spec, item)
     kv,js,exp,ix = self._encode(item)
     if if_version is not None and if_absent: raise ValueError("pass if_absent or if_version, not both")
     now,c = now_ts(),self._conn()
