@@ -21,7 +21,7 @@ A section that raises is FAILED in the summary and makes the script exit 1.
 A benchmark is not a test: nothing here asserts.
 """
 from __future__ import annotations
-import argparse, gc, json, logging, os, random, shutil, sqlite3, statistics, sys, tempfile, time
+import argparse, base64, gc, json, logging, os, random, shutil, sqlite3, statistics, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ NSESS = 100  # sessions cycled over by the lookup loop
 NSMALL = [100]  # small artifacts cycled over by the read loop (quick: 20)
 # targets from the issue: (target, seed's figure)
 LOOKUP_P99_MS, SMALL_P99_MS, LARGE_RATIO, DUMP_P50_MS, DUMP_RATIO = (2.0, 10.0), (5.0, 50.0), (1.2, None), (300.0, 2000.0), (3.0, None)
+INLINE_RATIO = 2.0  # a small inline artifact read ÷ a raw indexed SELECT of the same row (issue 13 item 4)
 DUMP_TARGET_MESSAGES, LARGE_TARGET_MB = 10_000, 100  # the sizes the targets are stated for (smaller runs are shown, not judged)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ def section_add(a, tiers):
     for p in profs: profile(*p)
 
 def section_artifacts(a, tiers):
-    plan, notes, profs, large, small = {}, [], [], {}, {}
+    plan, notes, profs, large, small, inline_ids = {}, [], [], {}, {}, {}
     size = a.large_mb * MiB
     for t in tiers:
         from dataops_lab.artifacts import ArtifactStore
@@ -374,7 +375,7 @@ def section_artifacts(a, tiers):
         st = t.blob_arts = ArtifactStore(t.sm.storage, inline_threshold=0)  # every content in the blob store, so the raw side reads the same blob
         sid = t.sm.create_session('user_art').session_id
         aids = small[t.name] = [st.store_artifact(os.urandom(1024), session_id=sid, workflow_name='bench', name=f"small_{i}") for i in range(NSMALL[0])]
-        inl = [st_inline.store_artifact(os.urandom(1024), session_id=sid, workflow_name='bench', name=f"inline_{i}") for i in range(NSMALL[0])]
+        inl = inline_ids[t.name] = [st_inline.store_artifact(os.urandom(1024), session_id=sid, workflow_name='bench', name=f"inline_{i}") for i in range(NSMALL[0])]
         items = [st.items.get(x) for x in aids]
         ops = [('layer get_artifact_content (blob store)', lambda i, st=st, aids=aids: st.get_artifact_content(aids[i % NSMALL[0]]))]
         if t.s3 is None:
@@ -389,6 +390,14 @@ def section_artifacts(a, tiers):
             notes.append(f"{t.name}: botocore calls per small read: {boto_summary(lambda i: st.get_artifact_content(aids[i]))}")
         assert ops[0][1](0) == ops[1][1](0)
         ops.append(('layer get_artifact_content (default: inline in its item)', lambda i, st=st_inline, aids=inl: st.get_artifact_content(aids[i % NSMALL[0]])))
+        if t.sqlite is not None:  # the inline read's own peer: the same item rows in the raw file, one indexed SELECT + json.loads + base64 decode
+            t.sqlite.execute('CREATE TABLE IF NOT EXISTS artifacts(artifact_id TEXT PRIMARY KEY, item TEXT NOT NULL)')
+            t.sqlite.executemany('INSERT INTO artifacts VALUES(?, ?)', [(x, json.dumps(st_inline.items.get(x))) for x in inl])
+            def sel(i, c=t.sqlite, aids=inl):
+                return base64.b64decode(json.loads(c.execute('SELECT item FROM artifacts WHERE artifact_id=?', (aids[i % NSMALL[0]],)).fetchone()[0])['inline'])
+            assert sel(0) == st_inline.get_artifact_content(inl[0])
+            ops.append(('raw SELECT of its item row + json.loads + b64decode', sel))
+            notes.append(f"{t.name}: layer SQL per inline read: {sql_summary(lambda i: st_inline.get_artifact_content(inl[i]))}")
         plan[t.name] = ops
         # large: one artifact of random (incompressible) bytes
         data = os.urandom(size)
@@ -401,6 +410,10 @@ def section_artifacts(a, tiers):
         st = t.blob_arts
         ok = judge(f'small artifact read {TAIL[0]} (1 KB, in the blob store)', t.name, rows[t.name][0][1][TAIL[0]], ' ms', *SMALL_P99_MS, judged=TAIL[0] == 'p99')
         if ok is False or a.profile: profs.append((f"{t.name}: get_artifact_content 1 KB", lambda i, st=st, aids=small[t.name]: st.get_artifact_content(aids[i % NSMALL[0]]), min(a.iterations, 300)))
+        if len(rows[t.name]) > 3:  # embedded: the inline read beside a raw SELECT of the same row
+            ratio = rows[t.name][2][1]['p50'] / rows[t.name][3][1]['p50']
+            ok = judge('small inline artifact read p50 ÷ raw SELECT of its row', t.name, ratio, 'x', INLINE_RATIO, fmt='{:.2f}')
+            if ok is False or a.profile: profs.append((f"{t.name}: get_artifact_content 1 KB inline", lambda i, st=t.sm.artifacts, ids=inline_ids[t.name]: st.get_artifact_content(ids[i % NSMALL[0]]), min(a.iterations, 300)))
     notes.insert(0, f"{NSMALL[0]} artifacts of 1 KB random bytes (stored uncompressed), cycled; the layer resolves the item, reads the blob, decodes "
                  "and counts the access (an update); the raw side reads the same blob. These are stored with inline_threshold=0: by default a 1 KB "
                  "artifact lives inline in its metadata item (no blob to read), the last row")
@@ -581,6 +594,7 @@ def section_langgraph(a, tiers):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--quick', action='store_true', help='a smoke run: 100 calls per side, 500-message session, 20 MiB artifact, 200 turns (targets not judged for the smaller sizes)')
+    p.add_argument('--sections', default=None, type=lambda v: [x.strip() for x in v.split(',') if x.strip()], help='comma-separated sections to run: lookup, add, artifacts, dump (default: all; --no-langgraph skips the LangGraph one)')
     p.add_argument('--backends', default='embedded,redis,aws,postgres', help='comma-separated tiers: embedded (SQLite + files), redis (Redis hot), aws (Redis + moto DynamoDB + S3), postgres (Redis + PostgreSQL + moto S3)')
     p.add_argument('--iterations', type=int, default=None, help='timed calls per side for lookups, add_message, small reads (default 1000, quick 100)')
     p.add_argument('--messages', type=int, default=None, help='messages in the dump_context session (default 10000, quick 500)')
@@ -635,6 +649,7 @@ def main():
             for n in t.notes: print(f"   {n}")
         if tiers:
             for section in (section_lookup, section_add, section_artifacts, section_dump):
+                if a.sections and section.__name__.removeprefix('section_') not in a.sections: continue
                 t0 = time.perf_counter()
                 try: section(a, tiers); print(f"   ({section.__name__} took {time.perf_counter() - t0:.1f} s)")
                 except Exception as e:
