@@ -46,6 +46,8 @@ class SessionPolicy(BaseModel):
     recall_cited: int = Field(32, ge=0, description="most turns cited by the summary that get_context_summary also ranks (the newest cited)")
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
+from .observability import hot_lookups
+
 class HotTier:
     "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
     def __init__(self, cache:HotCache, policy:SessionPolicy,
@@ -115,8 +117,33 @@ class HotTier:
 
     def get_session(self, sid:str)->dict|None:
         "The cached item of `sid`, if the cache holds one of the current epoch"
-        raw = self.call(self.cache.get, self.session_key(sid))
-        if raw is None: return None
+        return self._parse(sid, self.call(self.cache.get, self.session_key(sid)))
+
+    def session_and_seq(self, sid:str)->tuple[dict|None, bytes|None|bool, bytes|None]:
+        "For an append, in one round trip: the cached item of `sid` (as `get_session`), the raw cached value (False if the tier could not be read) and the seq hint"
+        got = self.call(self.cache.get_many, self.session_key(sid), self.seq_key(sid))
+        if got is None: return None, False, None
+        hot_lookups.labels(type(self.cache).__name__, 'miss' if got[0] is None else 'hit').inc()  # counted as `get_session`'s read is
+        return self._parse(sid, got[0]), got[0], got[1]
+
+    def after_append(self, item:dict, token:tuple|None, prev:bytes|None|bool, seq:int, event:str)->bool|None:
+        "After an append, in one round trip: the seq hint, session `item` cached (compare-and-set on `prev`, the value `session_and_seq` read) and `event` published; True if cached, False if the copy changed meanwhile (then `put_session`), None if the tier failed"
+        sid = item['session_id']
+        ops = [('set', self.seq_key(sid), str(seq), self.policy.hot_ttl)]
+        cas = token is not None and prev is not False and token[0] == self.failures
+        if cas:
+            try: old = json.loads(prev) if prev is not None else None
+            except ValueError: old = None
+            if isinstance(old, dict) and old.get('_hot_epoch') == token[1] and old.get('_version', 0) >= item.get('_version', 0): cas = None  # as new already
+            else: ops.append(('cas', self.session_key(sid), prev, json.dumps({**item, '_hot_epoch': token[1]}, separators=(',', ':')), self.policy.hot_ttl))
+        ops.append(('publish', f"sessions/{sid}", event))
+        res = self.call(self.cache.apply, ops)
+        if res is None: return None
+        return True if cas is None else cas and res[1]
+
+    def _parse(self, sid:str, raw)->dict|None:
+        "The item in cached value `raw` if it is one of `sid` of the current epoch"
+        if raw is None or raw is False: return None
         try: it = json.loads(raw)
         except ValueError: return None
         if not isinstance(it, dict) or it.pop('_hot_epoch', None) != self.epoch() or it.get('session_id') != sid: return None
@@ -394,12 +421,13 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
     check_text(msg.content, 'message content')
     for i,a in enumerate(msg.artifact_ids): _check_id(a, f"artifact_ids[{i}]")
     _check_dict(msg.metadata, 'metadata')
-    s = self._item(session_id)
+    s,prev,hint = self.hot.session_and_seq(session_id)  # one round trip to the hot tier before the cold writes, one after
+    if s is None:
+        if (s := self.sessions.get(session_id)) is None: raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
     if s['status'] in ('archived', 'closed'):  # a cached status is confirmed in the cold tier, the source of truth
         if (s := self.sessions.get(session_id)) is None: raise NotFoundError(f"no session {session_id!r}", "a purged session is gone")
         if s['status'] in ('archived', 'closed'):
             raise InvalidInputError(f"session {session_id!r} is {s['status']}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
-    hint = self.hot.call(self.storage.cache.get, self.hot.seq_key(session_id))
     seq = int(hint)+1 if hint is not None and hint.isdigit() else None
     while True:  # the conditional write of the message itself decides: a seal (closed, archived) after the last message refuses it
         if seq is None:
@@ -409,13 +437,12 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
         msg.seq = seq
         try: self.messages.put(msg.to_item(), if_absent=True); break
         except ConflictError: seq = None
-    self.hot.call(self.storage.cache.set, self.hot.seq_key(session_id), str(seq), ttl=self.policy.hot_ttl)
     tok = self.hot.token()
     try: item = self._count(session_id, seq, s, msg)
     except NotFoundError:  # purged meanwhile: take the message back out
         self.messages.delete((session_id, seq)); raise
-    self._mirror(item, tok)
-    self.hot.call(self.storage.cache.publish, f"sessions/{session_id}", json.dumps({'event': 'message', 'seq': seq}))
+    cached = self.hot.after_append(item, tok, prev, seq, json.dumps({'event': 'message', 'seq': seq}))
+    if not cached: self._mirror(item, tok)  # the cached copy changed meanwhile (or the tier failed): the careful way
     if item.get('unsummarised_tokens', 0) > self.policy.summarise_over_tokens:
         try: self.summarise(session_id)
         except DataOpsError as e: _log.warning("summarising %s failed, will retry on the next message: %s", session_id, e)

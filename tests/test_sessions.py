@@ -851,3 +851,33 @@ def test_hot_keys_cannot_collide(sm, raw):
     assert raw.cache.get(HotTier.seq_key(victim)) == b'2' and hot.get_session(legacy)['session_id'] == legacy
     assert sm.add_message(victim, 'user', 'and again').seq == 3
     raw.cache.delete(HotTier.session_key(legacy))
+
+def test_add_message_takes_two_redis_round_trips(redis_server, tmp_path):
+    "Issue 13 item 3: on a Redis hot tier an append reads the session and its seq hint in one round trip, and writes the hint, the cached session and the event in one more — counted on the client's own connections"
+    import redis as redis_py
+    sent = []
+    class Counting(redis_py.Connection):  # a real connection that counts what it sends: one send is one round trip (a pipeline sends once)
+        def send_packed_command(self, command, check_health=True):
+            sent.append(command)
+            return super().send_packed_command(command, check_health)
+    (tmp_path / 'settings.ini').write_text(f"[storage]\nhot = {redis_server.url}?prefix=rt{uid('')}:\ncold = sqlite:///{tmp_path}/meta.db\nblob = file://{tmp_path}/blobs\n")
+    st = Storage(load_settings(tmp_path / 'settings.ini')).ensure()
+    try:
+        sm = SessionManager(st)
+        sid = sm.create_session(uid()).session_id
+        for i in range(3): sm.add_message(sid, 'user', f"warm-up {i}")
+        pool = st.cache.client.connection_pool
+        pool.disconnect(); pool.connection_class = Counting  # every later connection of this client counts
+        sub = st.cache.subscribe(f"sessions/{sid}")
+        sm.add_message(sid, 'user', 'warm-up 3')  # the new connection's hand-shake (HELLO, CLIENT SETINFO) is not an append's
+        sent.clear()
+        msgs = [sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', f"turn {i}") for i in range(10)]
+        trips = len(sent)
+        assert [m.seq for m in msgs] == list(range(5, 15)) and trips <= 2 * 10, f"{trips} round trips for 10 appends"
+        got = [json.loads(sub.get(timeout=5)[1]) for _ in range(11)][1:]  # every append still announced, in order
+        assert [g['seq'] for g in got] == list(range(5, 15))
+        fresh = SessionManager(st)  # the cached copy is current: another manager reads the new counts from the hot tier
+        assert fresh.get_session(sid).message_count == 14 and seqs(fresh.get_history(sid)) == list(range(1, 15))
+        assert int(st.cache.get(f"session-seq/{sid}")) == 14
+        sub.close()
+    finally: st.close()

@@ -66,7 +66,7 @@ def parse_store_url(url:str # e.g. 's3://bucket/prefix?region=eu-west-1'
 
 _OPS = {'blob': ('put', 'put_stream', 'get', 'head', 'exists', 'delete', 'list', 'delete_prefix'),
         'table': ('put', 'get', 'update', 'delete', 'query', 'scan'),
-        'cache': ('get', 'set', 'delete', 'exists', 'ttl', 'expire', 'incr', 'list_append', 'list_range', 'compare_and_set', 'keys', 'publish',
+        'cache': ('get', 'set', 'delete', 'exists', 'ttl', 'expire', 'incr', 'list_append', 'list_range', 'compare_and_set', 'keys', 'publish', 'get_many', 'apply',
                   'stream_add', 'stream_read', 'ping')}
 
 def _instrument(cls:type):
@@ -389,6 +389,19 @@ class HotCache(Backend):
     def list_append(self, key:str, *values:bytes|str, max_len:int|None=None, ttl:float|None=None)->int: raise NotImplementedError
     def list_range(self, key:str, start:int=0, end:int=-1)->list[bytes]: raise NotImplementedError
     def compare_and_set(self, key:str, expected:bytes|str|None, new:bytes|str|None, *, ttl:float|None=None)->bool: raise NotImplementedError
+    def get_many(self, *keys:str)->list[bytes|None]:
+        "The values at `keys` (None where missing), in one round trip where the backend can"
+        return [self.get(k) for k in keys]
+    def apply(self, ops:list[tuple])->list:
+        "Writes run in order, in one round trip where the backend can (each atomic, not all together): ('set', key, value, ttl), ('cas', key, expected, new, ttl), ('publish', channel, message); their results"
+        out = []
+        for op in ops:
+            kind,*a = op
+            if kind == 'set': out.append(self.set(a[0], a[1], ttl=a[2]))
+            elif kind == 'cas': out.append(self.compare_and_set(a[0], a[1], a[2], ttl=a[3]))
+            elif kind == 'publish': out.append(self.publish(a[0], a[1]))
+            else: raise ValueError(f"unknown cache operation {kind!r} in apply(); use 'set', 'cas' or 'publish'")
+        return out
     def keys(self, prefix:str='')->list[str]: raise NotImplementedError
     def publish(self, channel:str, message:bytes|str)->None: raise NotImplementedError
     def subscribe(self, *channels:str)->Subscription: raise NotImplementedError

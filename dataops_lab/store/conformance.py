@@ -20,8 +20,8 @@ __all__ = ['CHECKS', 'WORKERS', 'StoreTarget', 'Ctx', 'Check', 'conformance_chec
            'blob_processes', 'table_roundtrip', 'table_conditional_writes', 'table_update', 'table_query', 'table_scan',
            'table_ttl', 'table_large_item', 'table_bad_input', 'table_threads', 'table_processes', 'cache_roundtrip',
            'cache_if_absent', 'cache_ttl', 'cache_counters', 'cache_lists', 'cache_compare_and_set', 'cache_lock',
-           'cache_pubsub', 'cache_keys_and_large', 'cache_threads', 'cache_processes', 'cache_streams',
-           'cache_stream_processes', 'Result', 'run_check', 'Report', 'run_conformance']
+           'cache_pubsub', 'cache_keys_and_large', 'cache_threads', 'cache_processes', 'cache_get_many_and_apply',
+           'cache_streams', 'cache_stream_processes', 'Result', 'run_check', 'Report', 'run_conformance']
 
 # %% ../../nbs/12_store_conformance.ipynb #0b412d38
 @dataclass
@@ -599,6 +599,23 @@ def cache_processes(ctx):
     with c.subscribe(ch) as sub:
         run_processes(ctx.target, 'cache_publish', [dict(channel=ch, messages=['m1', 'm2'])])
         assert [sub.get(timeout=5) for _ in range(2)] == [(ch, b'm1'), (ch, b'm2')]
+
+# %% ../../nbs/12_store_conformance.ipynb #9acd5e8c
+@conformance_check('cache')
+def cache_get_many_and_apply(ctx):
+    "get_many reads several keys (None where missing); apply runs set / cas / publish in order and returns their results"
+    c = ctx.store()
+    a,b,m,ch = ctx.key('gm-a'),ctx.key('gm-b'),ctx.key('gm-missing'),ctx.key('gm-events')
+    c.set(a, b'1'); c.set(b, 'two')
+    assert c.get_many(a, m, b) == [b'1', None, b'two'] and c.get_many() == []
+    with c.subscribe(ch) as sub:
+        res = c.apply([('set', a, b'3', 60), ('cas', b, b'two', '2', None), ('cas', m, b'x', b'y', None), ('publish', ch, 'hi')])
+        assert res == [True, True, False, None], res
+        assert c.get_many(a, b, m) == [b'3', b'2', None] and 59 < c.ttl(a) <= 60 and c.ttl(b) is None
+        assert sub.get(timeout=5) == (ch, b'hi')
+    assert c.apply([]) == []
+    raises(ValueError, c.apply, [('incr', a)], contains="unknown cache operation 'incr'")
+
 
 # %% ../../nbs/12_store_conformance.ipynb #a1d8fc54
 def _w_cache_stream(cache, key, tag, n):

@@ -254,6 +254,10 @@ return 1
 """.encode()
 _CAS = Script(None, _CAS_LUA)  # bytes need no client to compute the SHA; each call passes its client
 
+def _cas_args(expected, new, ttl)->list:
+    return [b'' if expected is None else b'1', b'' if expected is None else as_bytes(expected),
+            b'' if new is None else b'1', b'' if new is None else as_bytes(new), b'' if ttl is None else _ms(ttl)]
+
 @patch
 def compare_and_set(self:RedisCache, key:str,
                     expected:bytes|str|None, # the current value required; None: the key must be absent
@@ -262,10 +266,36 @@ def compare_and_set(self:RedisCache, key:str,
                    )->bool:
     "Atomically replace `expected` by `new` at `key`; False (and no change) if the value was not `expected`"
     k = self.prefix+check_key(key)
-    args = [b'' if expected is None else b'1', b'' if expected is None else as_bytes(expected),
-            b'' if new is None else b'1', b'' if new is None else as_bytes(new), b'' if ttl is None else _ms(ttl)]
-    try: return _CAS(keys=[k], args=args, client=self.client) == 1
+    try: return _CAS(keys=[k], args=_cas_args(expected, new, ttl), client=self.client) == 1
     except redis.RedisError as e: raise self._error(e, f"compare_and_set({key!r})") from None
+
+# %% ../../nbs/13_store_redis.ipynb #5821323f
+@patch
+def get_many(self:RedisCache, *keys:str)->list[bytes|None]:
+    "The values at `keys` (None where missing): one `MGET`"
+    if not keys: return []
+    ks = [self.prefix+check_key(k) for k in keys]
+    try: return self.client.execute_command('MGET', *ks)
+    except redis.RedisError as e: raise self._error(e, f"get_many({keys[0]!r}, ...)") from None
+
+@patch
+def apply(self:RedisCache, ops:list[tuple])->list:
+    "Writes in order, pipelined in one round trip (each atomic, not all together): ('set', key, value, ttl), ('cas', key, expected, new, ttl), ('publish', channel, message); their results"
+    p,kinds = self.client.pipeline(transaction=False),[]
+    for op in ops:
+        kind,*a = op
+        if kind == 'set':
+            v = a[1] if type(a[1]) is bytes else as_bytes(a[1])
+            p.execute_command(*(('SET', self.prefix+check_key(a[0]), v) + (() if a[2] is None else ('PX', _ms(a[2])))))
+        elif kind == 'cas': p.execute_command('EVAL', _CAS_LUA, 1, self.prefix+check_key(a[0]), *_cas_args(a[1], a[2], a[3]))  # EVAL: no script-cache check round trip
+        elif kind == 'publish': p.execute_command('PUBLISH', self.prefix+check_key(a[0], 'channel'), as_bytes(a[1]))
+        else: raise ValueError(f"unknown cache operation {kind!r} in apply(); use 'set', 'cas' or 'publish'")
+        kinds.append(kind)
+    if not kinds: return []
+    try: res = p.execute()
+    except redis.RedisError as e: raise self._error(e, f"apply({', '.join(kinds)})") from None
+    return [bool(r) if k == 'set' else r == 1 if k == 'cas' else None for k,r in zip(kinds, res)]
+
 
 # %% ../../nbs/13_store_redis.ipynb #ad168e7b
 def _glob_escape(s:str)->str: return ''.join('\\'+ch if ch in '*?[]\\' else ch for ch in s)
