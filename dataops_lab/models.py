@@ -64,6 +64,7 @@ class Message(Record):
     workflow: str|None = None
     artifact_ids: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: str|None = Field(None, repr=False)  # the sentence vector of `content` (int8, base64), set when it is added with the `[semantic]` extra installed
 
     def _repr_markdown_(self):
         wf = f" · `{self.workflow}`" if self.workflow else ''
