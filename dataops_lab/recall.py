@@ -13,6 +13,7 @@ import bm25s, Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 from pydantic import BaseModel, Field
 from .models import Message, Role, iso
+import numpy as np
 from . import semantic
 
 # %% auto #0
@@ -78,10 +79,12 @@ MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer
 
 def _cosines(messages:list[Message], query:str)->list[float]:
     "Cosine of each message's stored vector (computed here for a message stored without one) with `query`'s"
-    missing = [i for i,m in enumerate(messages) if not getattr(m, 'vector', None)]
-    fresh = dict(zip(missing, semantic.embed([messages[i].content for i in missing]))) if missing else {}
     qv = semantic.embed([query])[0]
-    return [float((fresh[i] if i in fresh else semantic.unpack(m.vector)) @ qv) for i,m in enumerate(messages)]
+    have = [i for i,m in enumerate(messages) if m.vector]
+    out = np.zeros(len(messages), dtype=np.float32)
+    if have: out[have] = semantic.unpack_many([messages[i].vector for i in have]) @ qv
+    if missing := [i for i,m in enumerate(messages) if not m.vector]: out[missing] = semantic.embed([messages[i].content for i in missing]) @ qv
+    return out.tolist()
 
 def _ranked(messages:list[Message], query:str, half_life:float, newest_seq:int|None, sem:bool=False)->list[tuple]:
     "`(score, bm25, decay, message, matched terms, cosine)` of the candidates with a positive BM25 score (or, with `sem`, a cosine of at least `MIN_COSINE`), best first"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MODEL', 'available', 'embed', 'pack', 'unpack', 'vector_of']
+__all__ = ['MODEL', 'available', 'embed', 'pack', 'unpack', 'unpack_many', 'vector_of']
 
 # %% ../nbs/21a_semantic.ipynb #5e3a0007
 MODEL = 'wordllama l2_supercat 256-d'  # the model the vectors come from (stored vectors are only compared with vectors of the same model)
@@ -46,6 +46,13 @@ def unpack(s:str)->np.ndarray:
     v = np.frombuffer(base64.b64decode(s), dtype=np.int8).astype(np.float32)
     n = float(np.linalg.norm(v))
     return v/n if n else v
+
+def unpack_many(packed:list[str])->np.ndarray:
+    "`unpack` of each of `packed`, as the rows of one matrix (one decode and one normalisation for all)"
+    if not packed: return np.zeros((0, 256), dtype=np.float32)
+    m = np.frombuffer(b''.join(map(base64.b64decode, packed)), dtype=np.int8).reshape(len(packed), -1).astype(np.float32)
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
 
 def vector_of(text:str)->str:
     "`text`'s packed vector: what a message stores"
