@@ -61,7 +61,7 @@ def test_every_message_carries_its_vector_and_recall_uses_it_on_every_tier(fresh
     for i, c in enumerate(r['turns']): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
     hist = sm.get_history(sid)
     assert all(len(m.vector) == 344 and m.vector == semantic.vector_of(m.content) for m in hist)  # once, when added: int8 in base64
-    assert 'vector' not in repr(hist[0])
+    assert 'vector' not in repr(hist[0]) and 'vector' not in hist[0].model_dump()  # stored, never in an API reply
     def check():
         ctx = sm.get_context_summary(sid, max_tokens=150, query=r['question'])
         got = {t.message.seq: t for t in ctx.turns if t.reason == 'relevant'}
