@@ -79,6 +79,7 @@ def _payload(self:ContextManager, session_id:str, recent:int|None, include_artif
     if item is None: self.sessions.get_session(session_id)  # raises the usual error naming the bad id
     s = Session.from_item(item)  # one read of the source of truth serves both the model and the saved state
     rows = self.sessions._history_items(item, recent) if messages else []  # stored items as they are: no model per turn
+    rows = [{k: v for k,v in r.items() if k != 'vector'} if 'vector' in r else r for r in rows]  # sentence vectors ([semantic]) are derived: a snapshot stays small, and a session it seeds embeds its turns again
     refs = [a.ref for a in self.artifacts.list_artifacts(session_id, limit=1000)] if include_artifacts else []
     summary = self.artifacts.get_artifact_content(s.summary_artifact_id) if s.summary_artifact_id else None
     payload = {'session': {k: item.get(k) for k in ('session_id', 'user_id', 'global_context', 'active_workflows', 'metadata', 'hidden_ranges', 'summary_artifact_id', 'summarised_until')},

@@ -64,6 +64,12 @@ class Message(Record):
     workflow: str|None = None
     artifact_ids: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: str|None = Field(None, repr=False, exclude=True)  # the sentence vector of `content` (int8, base64), set when it is added with the `[semantic]` extra installed: stored, never in an API reply
+
+    def to_item(self)->dict:
+        d = super().to_item()
+        if self.vector is not None: d['vector'] = self.vector  # `exclude` keeps it out of model_dump (API replies), not out of storage
+        return d
 
     def _repr_markdown_(self):
         wf = f" · `{self.workflow}`" if self.workflow else ''

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/orchestrator.html.md"""
 
 # %% ../nbs/38_orchestrator.ipynb #f29c7c60
 from __future__ import annotations
-import functools, json, logging, math, re, time, traceback
+import functools, itertools, json, logging, math, re, time, traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 import bm25s, bm25s.stopwords
@@ -18,7 +18,8 @@ from .observability import tracer, logger, bound, iter_in_span, agent_attrs, rec
 from structlog.contextvars import bind_contextvars
 from .config import Settings, load_settings
 from .models import *
-from .recall import terms, _stem
+from .recall import terms, _stem, semantic_available
+from . import semantic as _semantic
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
@@ -26,8 +27,9 @@ from .llm import configured_model
 from .decorators import RunContext, run_context
 
 # %% auto #0
-__all__ = ['Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs', 'Extraction', 'extract_inputs', 'Event',
-           'OrchestratorResult', 'Rule', 'workflows_dir', 'registry_from_settings', 'Orchestrator']
+__all__ = ['SEMANTIC_WEIGHT', 'SEMANTIC_FLOOR', 'Route', 'LexicalRouter', 'LLMRouter', 'extract_from_text', 'read_inputs',
+           'Extraction', 'extract_inputs', 'Event', 'OrchestratorResult', 'Rule', 'workflows_dir',
+           'registry_from_settings', 'Orchestrator']
 
 # %% ../nbs/38_orchestrator.ipynb #c96974e7
 _log = logging.getLogger('dataops_lab.orchestrator')
@@ -66,6 +68,8 @@ def _one_edit(a:str, b:str)->bool:
 
 def _deletes(w:str)->set[str]: return {w[:i] + w[i+1:] for i in range(len(w))}
 
+SEMANTIC_WEIGHT,SEMANTIC_FLOOR = 0.5,0.4  # with the [semantic] extra; calibrated on the development set (below)
+
 class LexicalRouter:
     "BM25 over workflow metadata, tolerant of typos; routes only on a clear, sufficiently strong match, and abstains otherwise"
     def __init__(self, metadata:list[WorkflowMetadata],
@@ -74,9 +78,18 @@ class LexicalRouter:
                  model:bool=False, # is a chat model configured for the workflows that need one?
                  needs_model_score:float=1.3, # the least best score for a workflow that needs a model, when none is configured (never below `min_score`)
                  input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
-                 asking_weight:float=0.5 # the share of their weight asking words add to a workflow that matched on other words
+                 asking_weight:float=0.5, # the share of their weight asking words add to a workflow that matched on other words
+                 semantic:bool|None=None, # add closeness in meaning to the lexical scores (default: when the `[semantic]` extra is installed)
+                 semantic_weight:float=SEMANTIC_WEIGHT, # what the closest workflow example adds at cosine 1, in the lexical scores' unit
+                 semantic_floor:float=SEMANTIC_FLOOR # the cosine below which closeness adds nothing
                 ):
         self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
+        self.semantic,self.semantic_weight,self.semantic_floor = (semantic_available() if semantic is None else bool(semantic)),semantic_weight,semantic_floor
+        if self.semantic:  # each workflow's description, capabilities and example queries, embedded once
+            texts = [[m.description, *m.capabilities, *m.example_queries] for m in metadata]
+            vecs = _semantic.embed([t for ts in texts for t in ts]) if texts else None
+            bounds = list(itertools.accumulate(len(ts) for ts in texts))
+            self._vecs = [vecs[b-len(ts):b] for b,ts in zip(bounds, texts)]
         self.needs_llm = [m.needs_llm for m in metadata]
         self.takes_sql = [any(p.type == 'sql' for p in m.required_inputs) for m in metadata]
         self.patterns = [[re.compile(p.pattern) for p in m.required_inputs if p.pattern] for m in metadata]
@@ -114,7 +127,14 @@ class LexicalRouter:
             s = [v + self.asking_weight*float(a)/self.unit if v > 0 else v for v,a in zip(s, self.asking.get_scores(asked))]
         for i in range(len(self.names)):
             s[i] += self.input_bonus * ((self.takes_sql[i] and sql is not None) + sum(bool(p.search(query)) for p in self.patterns[i]))
+        if self.semantic and self.names and query.strip():
+            s = [v + c for v,c in zip(s, self.closeness(query))]
         return s, q
+
+    def closeness(self, query:str)->list[float]:
+        "What meaning adds to each workflow's score: `semantic_weight` × how far its closest description, capability or example is above `semantic_floor` (0 to 1)"
+        qv = _semantic.embed([query])[0]
+        return [self.semantic_weight * max(0.0, (float((v @ qv).max()) - self.semantic_floor)/(1 - self.semantic_floor)) if len(v) else 0.0 for v in self._vecs]
 
     def route(self, query:str)->Route:
         s,q = self.scores(query) if self.names else ([], [])
@@ -129,7 +149,7 @@ class LexicalRouter:
             why = f" ({best} needs a language model, and none is configured)" if needs and top >= self.min_score else ''
             return Route(workflow=None, confidence=conf, candidates=cands, reason=f"only a weak match (best {best}, score {top:.2f}){why}")
         if conf < self.threshold: return Route(workflow=None, confidence=conf, candidates=cands, reason=f"no clear winner between {best} and {ranked[1][0]}")
-        return Route(workflow=best, confidence=conf, candidates=cands, reason=f"matched {', '.join(repr(t) for t in dict.fromkeys(q)) or 'its inputs'} in its metadata")
+        return Route(workflow=best, confidence=conf, candidates=cands, reason=f"matched {', '.join(repr(t) for t in dict.fromkeys(q)) or ('nothing word for word; close in meaning to its examples' if self.semantic else 'its inputs')} in its metadata")
 
 # %% ../nbs/38_orchestrator.ipynb #e34dc670
 class LLMRouter:

@@ -13,10 +13,12 @@ import bm25s, Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 from pydantic import BaseModel, Field
 from .models import Message, Role, iso
+import numpy as np
+from . import semantic
 
 # %% auto #0
-__all__ = ['estimate_tokens', 'terms_of', 'terms', 'msg_tokens', 'Recalled', 'rank_messages', 'ContextSummary', 'select_context',
-           'extractive_summary', 'llm_summary']
+__all__ = ['MIN_COSINE', 'estimate_tokens', 'terms_of', 'terms', 'msg_tokens', 'Recalled', 'rank_messages', 'semantic_available',
+           'message_vector', 'ContextSummary', 'select_context', 'extractive_summary', 'llm_summary']
 
 # %% ../nbs/22_recall.ipynb #d6b72959
 def estimate_tokens(text:str)->int:
@@ -73,33 +75,62 @@ def _bm25(corpus:list[list[str]], qt:list[str])->list[float]:
     norm = [_K1*((1-_B) + _B*len(d)/avg) for d in corpus]
     return [sum(idf[t]*tfs[t][i]/(norm[i]+tfs[t][i]) for t in qt if tfs[t][i]) for i in range(n)]
 
-def _ranked(messages:list[Message], query:str, half_life:float, newest_seq:int|None)->list[tuple]:
-    "`(score, bm25, decay, message, matched terms)` of the candidates with a positive BM25 score, best first"
+MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer counts as related: the 95th percentile between unrelated turns
+
+def _cosines(messages:list[Message], query:str)->list[float]:
+    "Cosine of each message's stored vector (computed here for a message stored without one) with `query`'s"
+    qv = semantic.embed([query])[0]
+    have = [i for i,m in enumerate(messages) if m.vector]
+    out = np.zeros(len(messages), dtype=np.float32)
+    if have: out[have] = semantic.unpack_many([messages[i].vector for i in have]) @ qv
+    if missing := [i for i,m in enumerate(messages) if not m.vector]: out[missing] = semantic.embed([messages[i].content for i in missing]) @ qv
+    return out.tolist()
+
+def _ranked(messages:list[Message], query:str, half_life:float, newest_seq:int|None, sem:bool=False)->list[tuple]:
+    "`(score, bm25, decay, message, matched terms, cosine)` of the candidates with a positive BM25 score (or, with `sem`, a cosine of at least `MIN_COSINE`), best first"
     qt = terms(query)
-    if not messages or not qt: return []
+    if not messages or not (qt or (sem and query.strip())): return []
     corpus = terms_of([m.content for m in messages])
     newest = newest_seq if newest_seq is not None else messages[-1].seq
+    bm = _bm25(corpus, qt) if qt else [0.0]*len(messages)
+    cos = _cosines(messages, query) if sem else [None]*len(messages)
+    top = max(bm) or 1.0
     out = []
-    for m,words,s in zip(messages, corpus, _bm25(corpus, qt)):
-        if s <= 0: continue
+    for m,words,s,c in zip(messages, corpus, bm, cos):
+        near = max(0.0, (c - MIN_COSINE)/(1 - MIN_COSINE)) if sem else 0.0
+        if s <= 0 and near <= 0: continue
         decay = 0.5 ** ((newest - m.seq) / half_life)
-        out.append((s*decay, s, decay, m, words))
+        out.append(((s/top + near if sem else s)*decay, s, decay, m, words, c))  # hybrid: BM25 (as a share of the best) plus closeness in meaning
     out.sort(key=lambda r: (-r[0], -r[3].seq))
     return out
 
 def _recalled(r:tuple, qt:list[str])->Recalled:
-    score,s,decay,m,words = r
+    score,s,decay,m,words,c = r
     hits = sorted(set(qt) & set(words), key=qt.index)
-    return Recalled.model_construct(message=m, reason='relevant', score=float(score), why=f"matched {', '.join(repr(h) for h in hits)} (bm25 {s:.2f} × recency {decay:.2f})")
+    if c is None: why = f"matched {', '.join(repr(h) for h in hits)} (bm25 {s:.2f} × recency {decay:.2f})"
+    else:  # hybrid: say which of the two the score rests on
+        parts = [f"matched {', '.join(repr(h) for h in hits)} (bm25 {s:.2f})"]*bool(hits) + [f"close in meaning (cosine {c:.2f})"]*(c >= MIN_COSINE)
+        why = f"{' and '.join(parts)} × recency {decay:.2f}"
+    return Recalled.model_construct(message=m, reason='relevant', score=float(score), why=why)
 
 def rank_messages(messages:list[Message], # candidate turns, oldest first
                   query:str, # what the context is for
                   half_life:float=50, # turns after which recency halves a score
-                  newest_seq:int|None=None # seq of the newest turn (default: the last candidate's)
+                  newest_seq:int|None=None, # seq of the newest turn (default: the last candidate's)
+                  semantic:bool|None=None # rank by BM25 and closeness in meaning (default: when the `[semantic]` extra is installed)
                  )->list[Recalled]:
-    "Candidates with a positive BM25 score for `query`, best first, each explained"
+    "Candidates with a positive BM25 score for `query` (with `semantic`, or close in meaning), best first, each explained"
     qt = terms(query)
-    return [_recalled(r, qt) for r in _ranked(messages, query, half_life, newest_seq)]
+    return [_recalled(r, qt) for r in _ranked(messages, query, half_life, newest_seq, _sem(semantic))]
+
+def _sem(semantic:bool|None)->bool: return semantic_available() if semantic is None else bool(semantic)
+def semantic_available()->bool:
+    "Is semantic recall on (the `[semantic]` extra installed, and not switched off)?"
+    return semantic.available()
+
+def message_vector(content:str)->str|None:
+    "The packed vector a message of `content` stores when semantic recall is on; None when it is off"
+    return semantic.vector_of(content) if semantic.available() else None
 
 # %% ../nbs/22_recall.ipynb #d23b5560
 class ContextSummary(BaseModel):
@@ -134,7 +165,8 @@ def select_context(messages:list[Message], # the visible history, oldest first
                    recent_share:float=0.5, # share of the budget after the summary kept for the newest turns
                    half_life:float=50, # recency half-life in turns
                    total:int|None=None, # turns in the whole visible history, when `messages` holds only the newest (default: len(messages))
-                   earlier:list[Message]=() # older turns to rank for relevance too, never as recent (e.g. turns the summary cites), oldest first
+                   earlier:list[Message]=(), # older turns to rank for relevance too, never as recent (e.g. turns the summary cites), oldest first
+                   semantic:bool|None=None # hybrid BM25 + vector recall (default: when the `[semantic]` extra is installed)
                   )->ContextSummary:
     "Summary, recent turns and relevant older turns that fit `max_tokens`"
     if query is None: query = next((m.content for m in reversed(messages) if m.role == Role.USER), '')
@@ -152,7 +184,7 @@ def select_context(messages:list[Message], # the visible history, oldest first
         used += t; recent += t
     older = [*earlier, *(m for m in messages if m.seq not in chosen)]
     qt = terms(query)
-    for r in _ranked(older, query, half_life, newest_seq=(messages or earlier or [Message(role='user', content='')])[-1].seq):
+    for r in _ranked(older, query, half_life, (messages or earlier or [Message(role='user', content='')])[-1].seq, _sem(semantic)):
         t = msg_tokens(r[3])
         if used+t <= max_tokens: chosen[r[3].seq] = _recalled(r, qt); used += t
     turns = [chosen[k] for k in sorted(chosen)]

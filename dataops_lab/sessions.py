@@ -419,6 +419,7 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
     if len(msg.content) > self.policy.max_message_chars:
         raise InvalidInputError(f"message of {len(msg.content):,} characters is over the limit of {self.policy.max_message_chars:,}", "store large content as an artifact and reference it in artifact_ids")
     check_text(msg.content, 'message content')
+    if msg.vector is None: msg.vector = message_vector(msg.content)  # with the [semantic] extra: computed once, stored with the message on every tier
     for i,a in enumerate(msg.artifact_ids): _check_id(a, f"artifact_ids[{i}]")
     _check_dict(msg.metadata, 'metadata')
     s,prev,hint = self.hot.session_and_seq(session_id)  # one round trip to the hot tier before the cold writes, one after

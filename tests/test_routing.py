@@ -21,7 +21,7 @@ def measure(router, rows):
     return {'routed right': sum(w == r for _, w, r in ins) / len(ins), 'abstained': sum(r is None for *_, r in oos) / len(oos)}, miss
 
 @pytest.fixture(scope='module')
-def router(): return LexicalRouter(default_registry(False).metadata())
+def router(): return LexicalRouter(default_registry(False).metadata(), semantic=False)  # the lexical router alone, extra installed or not
 
 def test_the_sets_are_what_the_readme_says():
     names = set(default_registry(False).names())
@@ -83,3 +83,27 @@ def test_the_llm_router_decides_with_a_model_whatever_the_lexical_thresholds(tmp
     orch = Orchestrator(default_registry(False), SessionManager(load_settings(tmp_path/'settings.ini')), llm=FakeListChatModel(responses=['supervisor_agent']))
     assert type(orch.router) is LLMRouter and orch.router.fallback.model is True
     assert orch.route('book a meeting with the data team').workflow == 'supervisor_agent'  # the model's choice stands
+
+SEMANTIC_FLOOR = {'routed right': 0.85, 'abstained': 0.85}  # with the [semantic] extra, on the held-out set (nbs/38_orchestrator.ipynb)
+
+@pytest.fixture(scope='module')
+def semantic_router():
+    pytest.importorskip('wordllama', reason="the [semantic] extra is not installed: pip install 'dataops-lab[semantic]'")
+    return LexicalRouter(default_registry(False).metadata(), semantic=True)
+
+def test_with_the_semantic_extra(semantic_router):
+    "Closeness in meaning beside the lexical scores: the development set's figures, and the held-out set's (below the target: see the notebook)"
+    dev, _ = measure(semantic_router, DEV)
+    fig, miss = measure(semantic_router, HELD_OUT)
+    print(f"\nsemantic: development {dev}; held-out {fig}; misses: {miss}")
+    assert dev['routed right'] >= 0.89 and dev['abstained'] >= 0.88, dev
+    assert fig['routed right'] >= SEMANTIC_FLOOR['routed right'] and fig['abstained'] >= SEMANTIC_FLOOR['abstained'], (fig, miss)
+    q = 'does order_items reference products? check the foreign keys'  # no clear winner word for word; close in meaning to schema_analyzer's examples
+    assert (LexicalRouter(default_registry(False).metadata(), semantic=False).route(q).workflow, semantic_router.route(q).workflow) == (None, 'schema_analyzer')
+    for q in ['play some music', 'book a flight to rome', 'hi', 'thanks!']: assert semantic_router.route(q).workflow is None, q
+
+@pytest.mark.xfail(strict=True, reason='with the [semantic] extra the offline router reaches 85.2% routed right and 85.0% abstained on the '
+                                       'held-out set; the target is 90% each. Strict: this fails loudly once the target is met')
+def test_heldout_targets_with_the_semantic_extra(semantic_router):
+    fig, miss = measure(semantic_router, HELD_OUT)
+    assert fig['routed right'] >= TARGET and fig['abstained'] >= TARGET, (fig, miss)

@@ -1,0 +1,74 @@
+"""The [semantic] extra: a sentence-embedding model whose weights ship inside its package (WordLlama), used by recall
+(hybrid BM25 + vector, with recency) and by the offline router. Skipped only when the extra is not installed
+(`./run test` installs it with the dev tools). The recall set is tests/data/recall_paraphrase.jsonl (see its README)."""
+import datetime as dt, json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest
+
+pytest.importorskip('wordllama', reason="the [semantic] extra is not installed: pip install 'dataops-lab[semantic]'")
+from dataops_lab import semantic
+from dataops_lab.core import utcnow
+from dataops_lab.models import Message
+from dataops_lab.recall import select_context
+from dataops_lab.sessions import SessionManager
+from conftest import uid
+
+RECALL = [json.loads(l) for l in (Path(__file__).parent/'data'/'recall_paraphrase.jsonl').read_text().splitlines() if l.strip()]
+
+def test_the_weights_ship_in_the_package_and_nothing_is_fetched(tmp_path):
+    "In a fresh process with every network connection refused and an empty home: the model loads and embeds, and writes no file"
+    code = textwrap.dedent("""
+        import sys
+        def deny(event, args):
+            if event in ('socket.connect', 'socket.getaddrinfo', 'socket.gethostbyname'): raise OSError(f"network used: {event} {args!r:.80}")
+        sys.addaudithook(deny)
+        from dataops_lab import semantic
+        v = semantic.embed(['how big is the purchases data?'])
+        print(v.shape, semantic.available())
+    """)
+    home = tmp_path/'home'; home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'XDG_', 'DATAOPS_LAB_SEMANTIC'))} | {'HOME': str(home)}
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ['(1,', '256)', 'True'], out.stderr[-2000:]
+    assert not list(home.rglob('*')), list(home.rglob('*'))  # no cache, no download
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv('DATAOPS_LAB_SEMANTIC', 'off')
+    assert not semantic.available()
+    monkeypatch.delenv('DATAOPS_LAB_SEMANTIC')
+    assert semantic.available()
+
+def _conv(r):
+    return [Message(role='user' if i % 2 == 0 else 'assistant', content=c, seq=i+1) for i, c in enumerate(r['turns'] + [r['question']])]
+
+def recall_figures(sem:bool)->int:
+    "Conversations of the recall set whose answering turn is in the context chosen for the question (150 tokens)"
+    hit = 0
+    for r in RECALL:
+        ctx = select_context(_conv(r), max_tokens=150, query=r['question'], semantic=sem)
+        hit += r['relevant'] + 1 in [t.message.seq for t in ctx.turns]
+    return hit
+
+def test_hybrid_recall_finds_turns_that_share_few_words_with_the_question():
+    lexical, hybrid = recall_figures(False), recall_figures(True)
+    print(f"\nrecall set: answering turn in the context {lexical}/{len(RECALL)} lexical, {hybrid}/{len(RECALL)} hybrid")
+    assert lexical <= 3 and hybrid >= 13, (lexical, hybrid)  # what nbs/22_recall.ipynb reports
+
+def test_every_message_carries_its_vector_and_recall_uses_it_on_every_tier(fresh_storage):
+    sm = SessionManager(fresh_storage)
+    sid = sm.create_session(uid()).session_id
+    r = RECALL[1]  # 'how big is the purchases data?' — answered by 'The orders table has about 4 million rows ...'
+    for i, c in enumerate(r['turns']): sm.add_message(sid, 'user' if i % 2 == 0 else 'assistant', c)
+    hist = sm.get_history(sid)
+    assert all(len(m.vector) == 344 and m.vector == semantic.vector_of(m.content) for m in hist)  # once, when added: int8 in base64
+    assert 'vector' not in repr(hist[0]) and 'vector' not in hist[0].model_dump()  # stored, never in an API reply
+    def check():
+        ctx = sm.get_context_summary(sid, max_tokens=150, query=r['question'])
+        got = {t.message.seq: t for t in ctx.turns if t.reason == 'relevant'}
+        assert r['relevant'] + 1 in got, [(t.message.seq, t.why) for t in ctx.turns]
+        assert got[r['relevant'] + 1].why.startswith('close in meaning (cosine '), got[r['relevant'] + 1].why
+    check()
+    rep = sm.cleanup_expired_sessions(now=utcnow() + dt.timedelta(seconds=sm.policy.expire_after + 60))
+    assert rep.archived == [sid]
+    assert [m.vector for m in sm.get_history(sid)] == [m.vector for m in hist]  # the archive keeps them
+    check()
