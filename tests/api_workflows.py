@@ -32,3 +32,13 @@ def chatter(topic: str = 'anything'):
 
 def registry():
     return WorkflowRegistry(word_count, slow_job, poem, chatter)
+
+def chains(settings):
+    "The chains the API serves in the tests, on the server's storage: 'poem_then_count' (a streamed poem, then its words counted)"
+    from dataops_lab.chain import WorkflowChain
+    from dataops_lab.config import load_settings
+    from dataops_lab.sessions import SessionManager
+    from dataops_lab.store.base import Storage
+    ch = (WorkflowChain('poem_then_count', registry=registry(), session_manager=SessionManager(Storage(load_settings(settings))))
+          .add_step('poem').add_step('word_count', parameter_mapping=lambda prev: {'text': prev['summary']}))
+    return {ch.name: ch}

@@ -128,3 +128,21 @@ def test_websocket_client_keeping_up_is_not_dropped(tmp_path):
         assert _dropped_slow(srv.url) == 0
     conns = [r for r in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=1000) if r.action == 'events']
     assert [r.status for r in conns] == [101], conns  # one connection, never closed for being slow
+
+def test_streamed_tokens_of_a_chain_over_websocket(tmp_path):
+    "A chain whose step's chat model streams: the tokens reach a WebSocket client in order, named by the step, between start and end"
+    ini = write_ini(tmp_path, 'embedded')
+    add_users(ini, ('dave', 'developer'))
+    with APIServer(ini) as srv, Client(srv.url, 'dave', PW) as c:
+        sid = c.create_session()['session_id']
+        run = c.run_chain('poem_then_count', sid)
+        assert run['status'] == 'succeeded' and run['outcome']['final']['words'] == len(POEM.split()), run
+        got = list(c.events(sid, timeout=10, until=lambda m: m['type'] in ('end', 'error')))
+        types = [m['type'] for m in got]
+        toks = [m for m in got if m['type'] == 'token']
+        assert ''.join(m['data']['text'] for m in toks) == POEM and {m['node'] for m in toks} == {'poem'}, types
+        assert all(m['run_id'] == run['run_id'] for m in got) and types[-1] == 'end'
+        # the tokens come while the poem step runs: after it starts, before it finishes and before the counting starts
+        at = {(m['data'].get('event'), m['node']): k for k, m in enumerate(got) if m['type'] == 'progress'}
+        first, last = types.index('token'), len(types) - 1 - types[::-1].index('token')
+        assert at[('step_started', 'poem')] < first and last < at[('step_finished', 'poem')] < at[('step_started', 'word_count')], at
