@@ -22,7 +22,7 @@ from .models import *
 from .sessions import SessionManager
 from .artifacts import ArtifactStore
 from .workflows import *
-from .orchestrator import Event, registry_from_settings
+from .orchestrator import Event, registry_from_settings, _token_text
 from .decorators import RunContext, run_context
 from .checkpoint import DataOpsSaver
 
@@ -297,8 +297,12 @@ def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None
     E = lambda t, **kw: Event(type=t, session_id=session_id, workflow=self.name, **kw)
     state,failed,err,dur,t0 = {},None,None,self.run_durability(resume),time.perf_counter()
     try:
-        for mode,chunk in g.stream(None if resume else {'input': dict(input or {})}, cfg, stream_mode=['custom', 'values'] if _events else ['values'], durability=dur):
+        for mode,chunk in g.stream(None if resume else {'input': dict(input or {})}, cfg, stream_mode=['custom', 'values', 'messages'] if _events else ['values'], durability=dur):
             if mode == 'values': state = chunk
+            elif mode == 'messages':  # a chat model streaming inside a step: its tokens, named by the step (the first part of the task's namespace)
+                if (t := _token_text(chunk[0])):
+                    md = chunk[1] or {}
+                    yield E('token', node=(md.get('langgraph_checkpoint_ns') or '').split(':')[0] or md.get('langgraph_node'), data={'text': t})
             elif chunk.get('event') == 'step_started': yield E('step_started', node=chunk['step'])
             elif chunk.get('event') == 'retry': yield E('retry', node=chunk['step'], data=chunk)
             else:

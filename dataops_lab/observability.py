@@ -24,11 +24,12 @@ from .config import Settings, SECTIONS, load_settings
 # %% auto #0
 __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 'route_decisions', 'chain_step_duration',
            'chain_step_failures', 'storage_duration', 'storage_errors', 'hot_lookups', 'blob_bytes',
-           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'tracer', 'add_secret', 'scrub', 'redact',
-           'settings_secrets', 'log_formatter', 'configure_logging', 'bound', 'confidence_bucket', 'metrics_registry',
-           'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing', 'configure_observability', 'tracing',
-           'agent_attrs', 'fail_current', 'in_span', 'iter_in_span', 'record_workflow', 'observe_workflow',
-           'instrument_storage_method', 'node_callbacks', 'trace_carrier', 'joined_trace', 'joined_span']
+           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'tracer', 'add_secret',
+           'scrub', 'redact', 'settings_secrets', 'log_formatter', 'configure_logging', 'bound', 'confidence_bucket',
+           'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
+           'configure_observability', 'tracing', 'agent_attrs', 'fail_current', 'in_span', 'iter_in_span',
+           'record_workflow', 'observe_workflow', 'instrument_storage_method', 'node_callbacks', 'trace_carrier',
+           'joined_trace', 'joined_span']
 
 # %% ../nbs/03_observability.ipynb #71f2028b
 SECRET_KEY = re.compile(r'(?:^|_)(?:password|passwd|secret|token|api_key|apikey|authorization|cookie|credentials?|private_key)$', re.I)
@@ -147,6 +148,7 @@ blob_bytes = _metric(Counter, 'dataops_blob_bytes', 'Bytes written to and read f
 batch_run_outcomes = _metric(Counter, 'dataops_batch_runs', 'Batch runs (one notebook execution each) by outcome', ['status'])
 api_requests = _metric(Counter, 'dataops_api_requests', 'API requests by method, route template and status code', ['method', 'route', 'status'])
 api_request_duration = _metric(Histogram, 'dataops_api_request_duration_seconds', 'API request latency by method and route template', ['method', 'route'], buckets=_FAST[3:] + (10, 30))
+api_ws_closed = _metric(Counter, 'dataops_api_ws_closed', 'WebSocket event feeds the server closed: the client read too slowly (slow) or the feed failed (feed_stopped)', ['reason'])
 
 def confidence_bucket(c:float|None)->str:
     "A routing confidence as one of five labels (bounded label values)"

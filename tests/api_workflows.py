@@ -21,5 +21,24 @@ _poet = GenericFakeChatModel(messages=itertools.cycle([AIMessage(POEM)]))
 def poem(topic: str = 'roses'):
     return {'summary': _poet.invoke(f"a poem about {topic}").content}
 
+# a chat model that streams a lot: CHATTER_WORDS chunks of 32 KB (and the spaces between them), 8 MB of token events --
+# more than the kernel buffers of a loopback connection hold (tcp_wmem allows a send buffer of up to 4 MB)
+CHATTER_WORDS = 256
+_chatterbox = GenericFakeChatModel(messages=itertools.cycle([AIMessage(' '.join(c * 32768 for c in itertools.islice(itertools.cycle('abcdefgh'), CHATTER_WORDS)))]))
+
+@workflow(description="Chatter at length with a chat model", example_queries=['chatter on and on'])
+def chatter(topic: str = 'anything'):
+    return {'summary': f"{len(_chatterbox.invoke(topic).content)} characters"}
+
 def registry():
-    return WorkflowRegistry(word_count, slow_job, poem)
+    return WorkflowRegistry(word_count, slow_job, poem, chatter)
+
+def chains(settings):
+    "The chains the API serves in the tests, on the server's storage: 'poem_then_count' (a streamed poem, then its words counted)"
+    from dataops_lab.chain import WorkflowChain
+    from dataops_lab.config import load_settings
+    from dataops_lab.sessions import SessionManager
+    from dataops_lab.store.base import Storage
+    ch = (WorkflowChain('poem_then_count', registry=registry(), session_manager=SessionManager(Storage(load_settings(settings))))
+          .add_step('poem').add_step('word_count', parameter_mapping=lambda prev: {'text': prev['summary']}))
+    return {ch.name: ch}

@@ -9,7 +9,7 @@ import sys, uvicorn
 sys.path.insert(0, sys.argv[3])
 from dataops_lab.api.server import create_app
 import api_workflows
-app = create_app(sys.argv[1], registry=api_workflows.registry(), dashboard=sys.argv[4] == '1')
+app = create_app(sys.argv[1], registry=api_workflows.registry(), chains=api_workflows.chains(sys.argv[1]), dashboard=sys.argv[4] == '1')
 uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')
 """
 SECRET = 'test-signing-key-' + 'x' * 40

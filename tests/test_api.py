@@ -8,7 +8,8 @@ from dataops_lab.store.base import Storage
 from dataops_lab.client import Client
 from dataops_lab.core import NotFoundError, InvalidInputError
 from apiserver import APIServer
-from api_workflows import POEM
+from api_workflows import POEM, CHATTER_WORDS
+from dataops_lab.api.audit import AuditLog
 from conftest import write_ini
 
 PW = 'correct horse battery'
@@ -30,7 +31,7 @@ def test_endpoints_end_to_end(server, ini):
         s = c.create_session(metadata={'team': 'sales'})
         sid = s['session_id']
         assert c.get_session(sid)['metadata'] == {'team': 'sales'}
-        assert sorted(w['name'] for w in c.list_workflows()) == ['poem', 'slow_job', 'word_count']
+        assert sorted(w['name'] for w in c.list_workflows()) == ['chatter', 'poem', 'slow_job', 'word_count']
         assert c.get_workflow('word_count')['input_schema']['required'] == ['text']
         # a WebSocket client listening from the start of the session's window sees the whole run
         got = []
@@ -102,3 +103,46 @@ def test_streamed_tokens_over_websocket(tmp_path):
         assert types[0] == 'start' and types[-1] == 'end' and len(toks) > 5, types
         assert ''.join(m['data']['text'] for m in toks) == POEM and {m['node'] for m in toks} == {'poem'}
         assert types.index('token') < types.index('end') and all(m['run_id'] == run['run_id'] for m in toks)
+
+def _dropped_slow(url):
+    "How many WebSocket clients the server has closed for reading too slowly (its /metrics)"
+    line = next((l for l in httpx.get(f"{url}/metrics").text.splitlines() if l.startswith('dataops_api_ws_closed_total{reason="slow"}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+def test_websocket_client_keeping_up_is_not_dropped(tmp_path):
+    """A client that reads as fast as it can keeps its one connection through a run that streams 8 MB of tokens, even with
+    a queue of 8 ([api] ws_queue): the reader thread waits for room instead of handing over its reads in bursts (a burst
+    larger than the queue used to close a prompt client with 4408, which then reconnected)"""
+    ini = write_ini(tmp_path, 'embedded')
+    ini.write_text(ini.read_text() + "\n[api]\nws_queue = 8\nevents_keep = 5000\n")
+    add_users(ini, ('alice', 'user'))
+    with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
+        sid = c.create_session()['session_id']
+        got = []
+        t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=60, until=lambda m: m['type'] in ('end', 'error'))))
+        t.start()
+        run = c.invoke('chatter', sid, {})
+        t.join(90)
+        toks = [m for m in got if m['type'] == 'token']
+        assert run['status'] == 'succeeded' and got[-1]['type'] == 'end' and len(toks) == 2 * CHATTER_WORDS - 1, (run['status'], len(toks))
+        assert _dropped_slow(srv.url) == 0
+    conns = [r for r in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=1000) if r.action == 'events']
+    assert [r.status for r in conns] == [101], conns  # one connection, never closed for being slow
+
+def test_streamed_tokens_of_a_chain_over_websocket(tmp_path):
+    "A chain whose step's chat model streams: the tokens reach a WebSocket client in order, named by the step, between start and end"
+    ini = write_ini(tmp_path, 'embedded')
+    add_users(ini, ('dave', 'developer'))
+    with APIServer(ini) as srv, Client(srv.url, 'dave', PW) as c:
+        sid = c.create_session()['session_id']
+        run = c.run_chain('poem_then_count', sid)
+        assert run['status'] == 'succeeded' and run['outcome']['final']['words'] == len(POEM.split()), run
+        got = list(c.events(sid, timeout=10, until=lambda m: m['type'] in ('end', 'error')))
+        types = [m['type'] for m in got]
+        toks = [m for m in got if m['type'] == 'token']
+        assert ''.join(m['data']['text'] for m in toks) == POEM and {m['node'] for m in toks} == {'poem'}, types
+        assert all(m['run_id'] == run['run_id'] for m in got) and types[-1] == 'end'
+        # the tokens come while the poem step runs: after it starts, before it finishes and before the counting starts
+        at = {(m['data'].get('event'), m['node']): k for k, m in enumerate(got) if m['type'] == 'progress'}
+        first, last = types.index('token'), len(types) - 1 - types[::-1].index('token')
+        assert at[('step_started', 'poem')] < first and last < at[('step_finished', 'poem')] < at[('step_started', 'word_count')], at

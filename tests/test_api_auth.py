@@ -37,51 +37,76 @@ def test_auth_matrix(srv):
     h, p, s = good.split('.')
     def get(token, path=f'/sessions/{sid}'):
         return httpx.get(u + path, headers={'Authorization': f'Bearer {token}'} if token is not None else {})
+    def as_(c, method, path, **kw): return httpx.request(method, u + path, headers={'Authorization': f"Bearer {c.tokens['access_token']}"}, **kw)
+    # name: (response, status, the audited actor and action)
     cases = {
-        'no token': (get(None), 401),
-        'expired': (get(jwt.encode({**claims, 'exp': int(time.time()) - 30, 'iat': int(time.time()) - 90}, SECRET, 'HS256')), 401),
-        'tampered signature': (get(f"{h}.{p}.{s[:-4]}AAAA"), 401),
-        'tampered payload': (get(f"{h}.{b64({**claims, 'sub': 'mallory'})}.{s}"), 401),
-        'alg none': (get(f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."), 401),
-        'HS384 instead of HS256': (get(jwt.encode(claims, SECRET, 'HS384')), 401),
-        'wrong audience': (get(jwt.encode({**claims, 'aud': 'other-api'}, SECRET, 'HS256')), 401),
-        'refresh token as access': (get(alice.tokens['refresh_token']), 401),
-        'role escalation (user updates state)': (httpx.patch(f"{u}/sessions/{sid}", json={'metadata': {'x': 1}}, headers={'Authorization': f'Bearer {good}'}), 403),
-        'role escalation (user reads audit)': (get(good, '/audit'), 403),
-        'role escalation (user adds a user)': (httpx.post(f"{u}/users", json={'user_id': 'eve', 'role': 'admin'}, headers={'Authorization': f'Bearer {good}'}), 403),
-        'cross-user session': (get(mallory.tokens['access_token']), 404),
-        'cross-user artifact': (get(mallory.tokens['access_token'], f'/artifacts/{aid}'), 404),
-        'cross-user artifact content': (get(mallory.tokens['access_token'], f'/artifacts/{aid}/content'), 404),
-        'cross-user run': (get(mallory.tokens['access_token'], f"/runs/{run['run_id']}"), 404),
-        'cross-user snapshots': (get(mallory.tokens['access_token'], f'/sessions/{sid}/snapshots'), 404),
-        'cross-user query': (httpx.post(f"{u}/sessions/{sid}/query", json={'query': 'x'}, headers={'Authorization': f"Bearer {mallory.tokens['access_token']}"}), 404),
+        'no token': (get(None), 401, '-', 'get_session'),
+        'expired': (get(jwt.encode({**claims, 'exp': int(time.time()) - 30, 'iat': int(time.time()) - 90}, SECRET, 'HS256')), 401, '-', 'get_session'),
+        'tampered signature': (get(f"{h}.{p}.{s[:-4]}AAAA"), 401, '-', 'get_session'),
+        'tampered payload': (get(f"{h}.{b64({**claims, 'sub': 'mallory'})}.{s}"), 401, '-', 'get_session'),
+        'alg none': (get(f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."), 401, '-', 'get_session'),
+        'HS384 instead of HS256': (get(jwt.encode(claims, SECRET, 'HS384')), 401, '-', 'get_session'),
+        'wrong audience': (get(jwt.encode({**claims, 'aud': 'other-api'}, SECRET, 'HS256')), 401, '-', 'get_session'),
+        'refresh token as access': (get(alice.tokens['refresh_token']), 401, '-', 'get_session'),
+        'role escalation (user updates state)': (as_(alice, 'PATCH', f"/sessions/{sid}", json={'metadata': {'x': 1}}), 403, 'alice', 'update_session'),
+        'role escalation (user reads audit)': (get(good, '/audit'), 403, 'alice', 'read_audit'),
+        'role escalation (user adds a user)': (as_(alice, 'POST', '/users', json={'user_id': 'eve', 'role': 'admin'}), 403, 'alice', 'add_user'),
+        'cross-user session': (get(mallory.tokens['access_token']), 404, 'mallory', 'get_session'),
+        'cross-user artifact': (get(mallory.tokens['access_token'], f'/artifacts/{aid}'), 404, 'mallory', 'get_artifact'),
+        'cross-user artifact content': (get(mallory.tokens['access_token'], f'/artifacts/{aid}/content'), 404, 'mallory', 'get_artifact_content'),
+        'cross-user run': (get(mallory.tokens['access_token'], f"/runs/{run['run_id']}"), 404, 'mallory', 'get_run'),
+        'cross-user snapshots': (get(mallory.tokens['access_token'], f'/sessions/{sid}/snapshots'), 404, 'mallory', 'list_snapshots'),
+        'cross-user query': (as_(mallory, 'POST', f"/sessions/{sid}/query", json={'query': 'x'}), 404, 'mallory', 'query_session'),
     }
     # a developer loading another developer's snapshot into their own session: refused like a missing snapshot
     erin = Client(u, 'erin', PW)
-    cases["another user's snapshot into your session"] = (httpx.post(f"{u}/sessions/{erin.create_session()['session_id']}/context/load", json={'snapshot_id': dsnap},
-                                                                     headers={'Authorization': f"Bearer {erin.tokens['access_token']}"}), 404)
-    bad = {name: (r.status_code, want) for name, (r, want) in cases.items() if r.status_code != want}
+    cases["another user's snapshot into your session"] = (as_(erin, 'POST', f"/sessions/{erin.create_session()['session_id']}/context/load", json={'snapshot_id': dsnap}),
+                                                          404, 'erin', 'load_context')
+    bad = {name: (r.status_code, want) for name, (r, want, *_) in cases.items() if r.status_code != want}
     assert not bad, bad
     assert 'message' in cases['cross-user session'][0].json()['error'] and cases['cross-user session'][0].json()['error']['message'] == f"no session {sid!r}"
     # the cross-user 404 says exactly what a missing id says
     assert get(mallory.tokens['access_token'], '/sessions/sess_doesnotexist').json()['error']['message'] == "no session 'sess_doesnotexist'"
     # refresh reuse revokes the family; logout revokes
     rt = alice.tokens['refresh_token']
-    assert httpx.post(f"{u}/auth/refresh", json={'refresh_token': rt}).status_code == 200
+    r = httpx.post(f"{u}/auth/refresh", json={'refresh_token': rt})
+    assert r.status_code == 200
+    cases['refresh'] = (r, 200, 'alice', 'refresh')
     r = httpx.post(f"{u}/auth/refresh", json={'refresh_token': rt})
     assert r.status_code == 401 and 'used already' in r.json()['error']['message']
-    assert get(good).status_code == 401  # the whole sign-in is revoked
+    cases['refresh reuse'] = (r, 401, 'alice', 'refresh')  # the stolen sign-in is the token's user's: an admin finds it under their name
+    r = get(good)
+    assert r.status_code == 401  # the whole sign-in is revoked
+    cases['revoked by refresh reuse'] = (r, 401, '-', 'get_session')
     m = mallory.tokens['access_token']
-    assert httpx.post(f"{u}/auth/logout", headers={'Authorization': f'Bearer {m}'}).status_code == 204
-    assert get(m, '/workflows').status_code == 401
+    r = httpx.post(f"{u}/auth/logout", headers={'Authorization': f'Bearer {m}'})
+    assert r.status_code == 204
+    cases['logout'] = (r, 204, 'mallory', 'logout')
+    r = get(m, '/workflows')
+    assert r.status_code == 401
+    cases['revoked by logout'] = (r, 401, '-', 'list_workflows')
     # the WebSocket: refused at the handshake without a valid token, or for another user's session
     bob = Client(u, 'dave', PW).tokens['access_token']
-    for q, want in ((f'/ws/{sid}', 401), (f'/ws/{sid}?token=forged', 401), (f'/ws/{sid}?token={bob}', 404)):
+    ws_ids = {}
+    for q, want, who in ((f'/ws/{sid}', 401, '-'), (f'/ws/{sid}?token=forged', 401, '-'), (f'/ws/{sid}?token={bob}', 404, 'dave')):
         with pytest.raises(InvalidStatus) as e:
             with connect(u.replace('http', 'ws') + q): pass
         assert e.value.response.status_code == want, q
+        ws_ids[json.loads(e.value.response.body)['error']['request_id']] = (q, 4000 + want, who)
     # every refusal is audited, with who and the client address
     recs = AuditLog(Storage(load_settings(srv.ini))).query(limit=1000)
+    # exactly one record per request of the matrix, with the right actor, action, status and outcome
+    by_req = {}
+    for r in recs: by_req.setdefault(r.request_id, []).append(r)
+    outcome = {200: 'ok', 204: 'ok', 401: 'unauthenticated', 403: 'denied', 404: 'not_found'}
+    wrong = {}
+    for name, (r, want, who, action) in cases.items():
+        got = [(x.user_id, x.action, x.status, x.outcome) for x in by_req.get(r.headers['x-request-id'], [])]
+        if got != [(who, action, want, outcome[want])]: wrong[name] = got
+    for rid, (q, status, who) in ws_ids.items():
+        got = [(x.user_id, x.action, x.status, x.outcome) for x in by_req.get(rid, [])]
+        if got != [(who, 'events', status, outcome[status - 4000])]: wrong[q.split('?')[-1]] = got
+    assert not wrong, wrong
     outcomes = {(r.user_id, r.status) for r in recs}
     assert ('-', 401) in outcomes and ('alice', 403) in outcomes and ('mallory', 404) in outcomes and ('dave', 4404) in outcomes, outcomes
     assert all(r.client == '127.0.0.1' for r in recs)

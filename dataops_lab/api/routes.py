@@ -70,6 +70,8 @@ def login(body:LoginRequest, request:Request, svc:Services=Depends(get_services)
 @auth.post('/refresh', name='refresh', response_model=TokenPair, responses={c: E[c] for c in (401, 422)})
 def refresh(body:RefreshRequest, request:Request, svc:Services=Depends(get_services)):
     "A new token pair for a refresh token, which is then used up (presenting it again revokes the sign-in)"
+    c = svc.tokens.check_refresh(body.refresh_token)
+    request.state.principal = Principal(user_id=c.sub, role=c.role, family=c.fam)  # audited as the token's user, a reuse (a leaked token) included
     c = svc.tokens.rotate(body.refresh_token)
     try: u = svc.users.get_user(c.sub)
     except NotFoundError: svc.tokens.revoke(c.fam); raise AuthenticationError("the user no longer exists", "ask an admin") from None

@@ -24,7 +24,7 @@ from ..store.base import stream_id_key
 from .service import *
 from .routes import ROUTERS
 from .observe import RequestObservability, metrics_router
-from ..observability import configure_observability
+from ..observability import configure_observability, api_ws_closed
 
 # %% auto #0
 __all__ = ['COOKIE', 'API_DESCRIPTION', 'ws_events', 'DashboardGuard', 'create_app', 'TLS13Config', 'app_from_env', 'serve']
@@ -65,39 +65,60 @@ async def ws_events(ws:WebSocket, session_id:str, token:str|None=Query(None), af
         except RuntimeError: return await ws.close(code=4000+status, reason=scrub(e.message)[:120])
     await ws.accept()
     await _audit_ws(ws, svc, 101)
-    loop,q,stop = asyncio.get_running_loop(),asyncio.Queue(svc.settings.api.ws_queue),threading.Event()
-    def put(m):
-        if stop.is_set(): return False
-        try: loop.call_soon_threadsafe(_offer, q, m)
-        except RuntimeError: return False
-        return True
-    t = threading.Thread(target=_feed, args=(svc, session_id, after, put, stop), daemon=True, name=f"ws-{session_id}")
+    box = _Outbox(asyncio.get_running_loop(), svc.settings.api.ws_queue)
+    stop = box.closed
+    t = threading.Thread(target=_feed, args=(svc, session_id, after, box.put, stop), daemon=True, name=f"ws-{session_id}")
     t.start()
     async def pump():
         while True:
-            m = await q.get()
-            if m is None: return 4500
-            if m == 'overflow': return 4408
-            await ws.send_json(m)
+            if (m := await box.get()) is None: return 4500
+            await ws.send_json(m)  # waits only while the client's connection is backed up (it is not reading)
+            box.done()
     async def listen():
         while True:
             if (await ws.receive())['type'] == 'websocket.disconnect': return None
-    tasks = [asyncio.create_task(pump()), asyncio.create_task(listen())]
+    async def too_slow():
+        await box.slow.wait(); return 4408
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(listen()), asyncio.create_task(too_slow())]
     try:
         done,_ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         code = next(iter(done)).result()
-        if code is not None: await ws.close(code=code, reason='client too slow; reconnect with ?after=<last id>' if code == 4408 else 'event feed stopped')
+        stop.set()  # the reader thread stops at once, whether or not the client ever reads again
+        for x in tasks: x.cancel()  # a send waiting for a client that does not read is dropped before any byte of it is written
+        if code is not None:
+            await asyncio.wait(tasks)  # (that send is gone before the close frame is sent)
+            api_ws_closed.labels('slow' if code == 4408 else 'feed_stopped').inc()
+            # the close frame follows what the client was sent: it reads it once it reads again (or its connection is dropped by keepalive)
+            await ws.close(code=code, reason='client too slow; reconnect with ?after=<last id>' if code == 4408 else 'event feed stopped')
     except (WebSocketDisconnect, RuntimeError): pass
     finally:
         stop.set()
         for x in tasks: x.cancel()
 
-def _offer(q:asyncio.Queue, m):
-    "Queue `m` unless the queue is full; then (once) the overflow mark"
-    if q.full():
-        while not q.empty(): q.get_nowait()
-        q.put_nowait('overflow')
-    else: q.put_nowait(m)
+_STALL = 1.0  # seconds a client whose queue is full may go without taking one event before it is closed as too slow
+
+class _Outbox:
+    "A WebSocket client's bounded queue: the reader thread `put`s (waiting while it is full), the sender `get`s and calls `done` after each send"
+    def __init__(self, loop, size:int, stall:float=_STALL):
+        self.loop,self.q,self.slots,self.stall = loop,asyncio.Queue(size),threading.BoundedSemaphore(size),stall
+        self.slow,self.closed,self.sent = asyncio.Event(),threading.Event(),0
+    def put(self, m)->bool:
+        "Reader thread: queue `m` (waiting for room); False once the client is too slow — its queue full and not one event sent for `stall` s — or gone"
+        while not self.closed.is_set():
+            before = self.sent
+            if self.slots.acquire(timeout=self.stall):
+                try: self.loop.call_soon_threadsafe(self.q.put_nowait, m)
+                except RuntimeError: return False  # the server is stopping
+                return True
+            if self.sent == before:
+                self.closed.set()
+                try: self.loop.call_soon_threadsafe(self.slow.set)
+                except RuntimeError: pass
+        return False
+    async def get(self): return await self.q.get()
+    def done(self):
+        "Sender: one event went out; its room is free"
+        self.sent += 1; self.slots.release()
 
 async def _audit_ws(ws:WebSocket, svc:Services, status:int):
     p = ws.scope['state'].get('principal')

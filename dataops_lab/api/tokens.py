@@ -99,6 +99,10 @@ class TokenService:
         "The claims of a valid, unrevoked access token; `AuthenticationError` naming what is wrong otherwise"
         return self._decode(token, 'access')
 
+    def check_refresh(self, refresh_token:str)->Claims:
+        "The claims of a valid, unrevoked refresh token, without using it up (who is refreshing, for the audit record)"
+        return self._decode(refresh_token, 'refresh')
+
     def rotate(self, refresh_token:str)->Claims:
         "Consume a refresh token (once); its claims. A second use revokes the whole family"
         c = self._decode(refresh_token, 'refresh')
