@@ -26,6 +26,7 @@ from .display import (Markup, esc, html_table, too_large, pre, short, lineage_sv
                                  visible_count, SessionFacts, session_facts, session_card)
 from .panel_notebook import panel_mimebundle
 from .batch import list_batches, batch_runs
+from .observability import serve_metrics
 
 # %% auto #0
 __all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'Dashboard', 'batch_status', 'PortInUseError',
@@ -642,7 +643,9 @@ def dashboard_cli(settings_path:str|Path|None=None, # settings.ini (default: fou
                   out=print # where to write the URL and errors
                  )->int:
     "Serve the dashboard until Ctrl-C; the exit code"
-    try: h = serve_dashboard(settings_path, host=host, port=port, threaded=True)
+    try:
+        serve_metrics(load_settings(settings_path).observability.metrics_port)  # this process's /metrics, when [observability] metrics_port is set
+        h = serve_dashboard(settings_path, host=host, port=port, threaded=True)
     except (PortInUseError, InvalidInputError, ConfigError) as e:
         out(f"error: {e}"); return 1
     out(f"dataops-lab dashboard at {h.url} (Ctrl-C to stop)")
