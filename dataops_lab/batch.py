@@ -88,7 +88,7 @@ def local_cluster(n_workers:int=2, # worker processes
             return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=':0', silence_logs=logging.ERROR)
     from distributed.deploy.subprocess import SubprocessWorker
     opts = {'worker_class': 'distributed.Nanny', 'worker_kwargs': {'host': '127.0.0.1', 'nthreads': threads_per_worker, 'silence_logs': logging.ERROR, 'dashboard': False}}
-    return SpecCluster(scheduler={'cls': Scheduler, 'options': sched}, workers={i: {'cls': SubprocessWorker, 'options': opts} for i in range(n_workers)},
+    return SpecCluster(scheduler={'cls': Scheduler, 'options': sched}, workers={i: {'cls': SubprocessWorker, 'options': {**opts, 'worker_kwargs': {**opts['worker_kwargs'], 'name': i}}} for i in range(n_workers)},  # named 0, 1, ... like LocalCluster's (each serves metrics on its own port)
                        silence_logs=logging.ERROR, name='dataops-lab')
 
 def connect(scheduler:str|None, # 'tcp://host:8786', None for a local cluster, or 'synchronous'

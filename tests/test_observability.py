@@ -301,6 +301,12 @@ def test_a_redis_outage_counts_once_and_sessions_fall_back_to_the_cold_tier(tmp_
     finally:
         redis.stop()
 
+def _free(port):
+    import socket
+    with socket.socket() as s:
+        try: s.bind(('127.0.0.1', port)); return True
+        except OSError: return False
+
 def listen_port() -> int:
     "A free port below the ephemeral range: unlike one from bind(0), no outgoing connection (Dask's, the kernel's) can take it as its local port meanwhile"
     import random, socket
@@ -312,10 +318,11 @@ def listen_port() -> int:
     raise RuntimeError('no free port between 20000 and the ephemeral range')
 
 def test_a_batch_worker_serves_its_metrics_on_metrics_port(tmp_path):
-    "A local cluster's worker 0 serves /metrics on [observability] metrics_port; the notebook it runs scrapes it over HTTP"
+    "Each worker of a 2-worker local cluster serves /metrics on [observability] metrics_port + its number; two runs scrape one port each over HTTP"
     import sys, nbformat
     sys.path.insert(0, str(Path(__file__).parent))
     port = listen_port()
+    while not all(_free(p) for p in (port, port + 1)): port = listen_port()
     (tmp_path / 'settings.ini').write_text(f'[storage]\n[observability]\nmetrics_port = {port}\n')
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('port = 0', metadata={'tags': ['parameters']}),
@@ -324,11 +331,12 @@ def test_a_batch_worker_serves_its_metrics_on_metrics_port(tmp_path):
                                   "record('families', sorted(f.name for f in text_string_to_metric_families(text) if f.name.startswith('dataops_')))")])
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
     nbformat.write(nb, tmp_path / 'scrape.ipynb')
-    res = run_batch(tmp_path / 'scrape.ipynb', {'port': [port]}, settings=tmp_path / 'settings.ini', n_workers=1, progress=False)
-    assert res.status == 'succeeded', res.runs[['status', 'error']].to_dict('records')
+    res = run_batch(tmp_path / 'scrape.ipynb', {'port': [port, port + 1]}, settings=tmp_path / 'settings.ini', n_workers=2, progress=False)
+    assert res.status == 'succeeded', res.runs[['status', 'error']].to_dict('records')  # neither worker's port clashed with the other's
     from dataops_lab.runner import read_records
-    fams = read_records(res.runs['output_path'][0])['families']
-    assert {'dataops_storage_operation_duration_seconds', 'dataops_batch_runs'} <= set(fams), fams
+    for out in res.runs['output_path']:
+        fams = read_records(out)['families']
+        assert {'dataops_storage_operation_duration_seconds', 'dataops_batch_runs'} <= set(fams), fams
 
 def test_the_dashboard_process_serves_metrics_and_a_taken_port_is_named(tmp_path):
     import subprocess, sys, httpx
