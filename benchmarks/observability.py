@@ -1,6 +1,6 @@
-"""Observability benchmark: what logging, metrics and tracing cost a trivial chain run.
+"""Observability benchmark: what logging, metrics and tracing cost a trivial chain run and `GET /sessions/{id}`.
 
-    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--baseline-ref REF]
+    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--baseline-ref REF] [--section all|chain|api]
 
 Three sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
 embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
@@ -14,7 +14,15 @@ every side alike:
 - in-memory: this checkout with OpenTelemetry's in-memory span exporter installed (every span recorded).
 
 Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over the
-baseline's. A benchmark is not a test: nothing here asserts on timings; a worker that fails makes the script exit 1.
+baseline's.
+
+Section `api`: `GET /sessions/{id}` on two real uvicorn servers (one worker each, the embedded default in a folder
+of their own, the same settings): `off` (traces = none) and `in-memory` (OpenTelemetry's in-memory span exporter
+installed before the app is built: the request span and every storage span recorded). One client per server, one
+keep-alive connection, requests back to back, in batches that alternate which server goes first; the figures are
+the latency the client saw (send to last byte), p50 / p99 / mean and in-memory over off.
+
+A benchmark is not a test: nothing here asserts on timings; a worker that fails makes the script exit 1.
 """
 from __future__ import annotations
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -74,18 +82,85 @@ def ask(p: subprocess.Popen, k: int | None = None) -> dict:
     if not line: raise RuntimeError(f'worker exited with {p.wait()}')
     return json.loads(line)
 
+_API_SERVER = r'''
+import sys, uvicorn
+mode = sys.argv[3]
+if mode == 'in-memory':
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from dataops_lab.observability import configure_tracing
+    configure_tracing(exporter=InMemorySpanExporter())
+from dataops_lab.api.server import create_app
+uvicorn.run(create_app(sys.argv[1], dashboard=False), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')
+'''
+
+def api_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
+    "GET /sessions/{id}: tracing off vs the in-memory exporter, on two uvicorn servers, interleaved"
+    import httpx
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from servers import free_port, wait_for
+    env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
+    env['DATAOPS_API__JWT_SECRET'] = 'bench-signing-key-' + 'x' * 40
+    procs, clients, sids = {}, {}, {}
+    try:
+        for mode in ('off', 'in-memory'):
+            d = tmp / f'api-{mode}'; d.mkdir()
+            (d / 'settings.ini').write_text('[storage]\n[api]\nrate_limit = 1000000/minute\ndashboard = false\n')
+            subprocess.run([sys.executable, '-c', 'import sys; from dataops_lab.config import load_settings; from dataops_lab.store.base import Storage; '
+                            'from dataops_lab.api.users import UserStore, USER_TABLES; st = Storage(load_settings(sys.argv[1])).ensure(USER_TABLES); '
+                            'UserStore(st).add_user("bench", "developer", "correct horse battery"); st.close()', str(d / 'settings.ini')], env=env, check=True, cwd=d)
+            port = free_port()
+            procs[mode] = subprocess.Popen([sys.executable, '-c', _API_SERVER, str(d / 'settings.ini'), str(port), mode], env=env, cwd=d,
+                                           stdout=open(d / 'server.log', 'wb'), stderr=subprocess.STDOUT)
+            url = f'http://127.0.0.1:{port}'
+            def up(p=procs[mode], url=url):
+                if p.poll() is not None: raise RuntimeError(f'the {mode} API server exited with {p.returncode}: {(d / "server.log").read_text()[-2000:]}')
+                try: return httpx.get(f'{url}/health', timeout=0.5).status_code == 200
+                except httpx.HTTPError: return False
+            wait_for(up, 120, f'the {mode} API server')
+            c = clients[mode] = httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=1, keepalive_expiry=2.0))
+            tok = c.post('/auth/token', json={'username': 'bench', 'password': 'correct horse battery'}).raise_for_status().json()['access_token']
+            c.headers['Authorization'] = f'Bearer {tok}'
+            sids[mode] = c.post('/sessions', json={}).raise_for_status().json()['session_id']
+            for _ in range(20): c.get(f'/sessions/{sids[mode]}').raise_for_status()  # warm up
+        lat, order, rnd = {m: [] for m in clients}, list(clients), 0
+        while len(lat['off']) < runs:
+            k = min(batch, runs - len(lat['off']))
+            for m in (order if rnd % 2 == 0 else order[::-1]):
+                c, path = clients[m], f'/sessions/{sids[m]}'
+                for _ in range(k):
+                    t = time.perf_counter_ns(); r = c.get(path); lat[m].append((time.perf_counter_ns() - t) / 1e6)
+                    if r.status_code != 200: raise RuntimeError(f'{m}: GET {path} answered {r.status_code} {r.text[:200]}')
+            rnd += 1
+        o50, omean = pct(lat['off'], 50), statistics.fmean(lat['off'])
+        print(f"\nGET /sessions/{{id}} over HTTP, tracing off vs on: {runs} requests per side, batches of {batch}, one client per server")
+        print(f"{'side':<11} {'p50 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/off':>8} {'mean/off':>9}")
+        for m, xs in lat.items():
+            print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if tail == 'p95' else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/o50:8.3f} {statistics.fmean(xs)/omean:9.3f}")
+        print(f"\ntracing on (in-memory exporter) costs GET /sessions/{{id}} {100*(pct(lat['in-memory'], 50)/o50-1):+.1f}% at p50, "
+              f"{100*(pct(lat['in-memory'], 95 if tail == 'p95' else 99)/pct(lat['off'], 95 if tail == 'p95' else 99)-1):+.1f}% at {tail}")
+    finally:
+        for c in clients.values(): c.close()
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try: p.wait(15)
+                except subprocess.TimeoutExpired: p.kill(); p.wait()
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='smoke run: 40 runs per side in batches of 10')
     ap.add_argument('--runs', type=int, default=None, help='timed runs per side (default 400; --quick 40)')
     ap.add_argument('--batch', type=int, default=None, help='runs per batch (default 20; --quick 10)')
     ap.add_argument('--baseline-ref', default=None, help='git ref of the library without observability (default: before observability.py was added)')
+    ap.add_argument('--section', choices=('all', 'chain', 'api'), default='all', help='the chain run, GET /sessions/{id} over HTTP, or both (default)')
     a = ap.parse_args()
     runs, batch = a.runs or (40 if a.quick else 400), a.batch or (10 if a.quick else 20)
     tail = 'p95' if a.quick else 'p99'
     tmp = Path(tempfile.mkdtemp(prefix='obs-bench-'))
     procs = {}
     try:
+        if a.section == 'api':
+            api_section(runs, batch, tail, tmp); return
         ref = a.baseline_ref or baseline_ref()
         base = tmp / 'code-baseline'; base.mkdir()
         arc = subprocess.run(['git', 'archive', ref, 'dataops_lab'], cwd=ROOT, capture_output=True, check=True).stdout
@@ -108,6 +183,8 @@ def main():
             print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if a.quick else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/b50:9.3f} {statistics.fmean(xs)/bmean:10.3f} {spans.get(m, 0):10d}")
         print(f"\noverhead with exporters off: {100*(pct(lat['off'], 50)/b50-1):+.1f}% at p50 (target < 5%); "
               f"with the in-memory exporter: {100*(pct(lat['in-memory'], 50)/b50-1):+.1f}%")
+        for p in procs.values(): p.stdin.close(); p.wait(30)
+        if a.section == 'all': api_section(runs, batch, tail, tmp)
     except Exception as e:
         print(f'error: {type(e).__name__}: {e}', file=sys.stderr); sys.exit(1)
     finally:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 from .core import *
-from .observability import bound, in_span, trace_carrier, joined_span, batch_run_outcomes, configure_observability
+from .observability import bound, in_span, trace_carrier, joined_span, batch_run_outcomes, configure_observability, serve_metrics
 from .config import Settings, load_settings
 from .models import iso
 from .store.base import *
@@ -88,7 +88,7 @@ def local_cluster(n_workers:int=2, # worker processes
             return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=':0', silence_logs=logging.ERROR)
     from distributed.deploy.subprocess import SubprocessWorker
     opts = {'worker_class': 'distributed.Nanny', 'worker_kwargs': {'host': '127.0.0.1', 'nthreads': threads_per_worker, 'silence_logs': logging.ERROR, 'dashboard': False}}
-    return SpecCluster(scheduler={'cls': Scheduler, 'options': sched}, workers={i: {'cls': SubprocessWorker, 'options': opts} for i in range(n_workers)},
+    return SpecCluster(scheduler={'cls': Scheduler, 'options': sched}, workers={i: {'cls': SubprocessWorker, 'options': {**opts, 'worker_kwargs': {**opts['worker_kwargs'], 'name': i}}} for i in range(n_workers)},  # named 0, 1, ... like LocalCluster's (each serves metrics on its own port)
                        silence_logs=logging.ERROR, name='dataops-lab')
 
 def connect(scheduler:str|None, # 'tcp://host:8786', None for a local cluster, or 'synchronous'
@@ -117,7 +117,9 @@ _STORAGES:dict[str, Storage] = {}
 def _worker_storage(settings_path:str)->Storage:
     if settings_path not in _STORAGES:
         s = load_settings(settings_path)
-        if _in_worker(): configure_observability(s)  # a Dask worker process applies [logging] and [observability] itself
+        if _in_worker():  # a Dask worker process applies [logging] and [observability] itself, and serves its metrics if asked
+            configure_observability(s)
+            serve_metrics(_worker_metrics_port(s.observability.metrics_port))
         _STORAGES[settings_path] = Storage(s)
     return _STORAGES[settings_path]
 
@@ -128,6 +130,12 @@ def scalar_records(records:dict)->dict:
     return {k: v for k,v in (records or {}).items() if v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 200)}
 
 _OUTCOME = ('status', 'attempts', 'started_at', 'finished_at', 'duration_s', 'session_id', 'artifact_ids', 'error', 'output_path', 'records')
+
+def _worker_metrics_port(port:int)->int:
+    "Where this Dask worker serves `/metrics`: `port` + its number in a local cluster (workers named 0, 1, ...), else `port`; 0: off"
+    from distributed import get_worker
+    name = get_worker().name
+    return port + name if port and isinstance(name, int) and not isinstance(name, bool) else port
 
 def _in_worker()->bool:
     try: from distributed import get_worker; get_worker(); return True

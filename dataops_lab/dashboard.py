@@ -21,11 +21,12 @@ from .store.base import Storage
 from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .operations import operations_report
+from .operations import operations_report, storage_health
 from .display import (Markup, esc, html_table, too_large, pre, short, lineage_svg, json_tree, markdown_html, sql_html, looks_like_sql,
                                  visible_count, SessionFacts, session_facts, session_card)
 from .panel_notebook import panel_mimebundle
 from .batch import list_batches, batch_runs
+from .observability import serve_metrics
 
 # %% auto #0
 __all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'Dashboard', 'batch_status', 'PortInUseError',
@@ -294,9 +295,10 @@ def _build(self:Dashboard):
                              self.header, self.detail, sizing_mode='stretch_width')
     batches_tab = pn.Column(pn.Row(self.bprev, self.bnext), self.batch_table, self.charts, self.run_header, self.runs, sizing_mode='stretch_width')
     # operations: figures per workflow and chain step, batch outcomes (`operations_report`)
-    self.ops_workflows,self.ops_steps,self.ops_batches = [_table(pd.DataFrame(), selectable=False, css_classes=[c]) for c in ('ops-workflows', 'ops-steps', 'ops-batches')]
+    self.ops_workflows,self.ops_steps,self.ops_batches,self.ops_health = [_table(pd.DataFrame(), selectable=False, css_classes=[c]) for c in ('ops-workflows', 'ops-steps', 'ops-batches', 'ops-health')]
     self.ops_note = pn.pane.HTML('', css_classes=['ops-note'], sizing_mode='stretch_width')
-    ops_tab = pn.Column(self.ops_note, '### Workflows', self.ops_workflows, '### Slowest chain steps', self.ops_steps, '### Batch outcomes', self.ops_batches, sizing_mode='stretch_width')
+    ops_tab = pn.Column(self.ops_note, '### Workflows', self.ops_workflows, '### Slowest chain steps', self.ops_steps, '### Batch outcomes', self.ops_batches,
+                        '### Storage health', self.ops_health, sizing_mode='stretch_width')
     self.tabs = pn.Tabs(('Sessions', sessions_tab), ('Batches', batches_tab), ('Operations', ops_tab), sizing_mode='stretch_width')
     self.tabs.param.watch(lambda e: self.show_batches() if e.new == 1 else self.show_operations() if e.new == 2 else None, 'active')  # read when their tab opens
     self.layout = pn.Column('# dataops-lab dashboard', self.status_line, self.tabs, sizing_mode='stretch_width')
@@ -494,6 +496,7 @@ def show_operations(self:Dashboard, limit:int=5000 # newest records read
     "Fill the Operations tab from the stored runs; the `OperationsReport`"
     rep = operations_report(self.artifacts, self.storage, limit=limit)
     self.ops_workflows.value,self.ops_steps.value,self.ops_batches.value = rep.workflows,rep.steps.head(20),rep.batches
+    self.ops_health.value = storage_health(self.storage)  # each tier reachable, and how long it took to answer
     n = int(rep.workflows['invocations'].sum()) + int(rep.steps['invocations'].sum()) if len(rep.workflows) or len(rep.steps) else 0
     self.ops_note.object = f"<i>{n:,} recorded runs (the newest {limit:,} records)</i>" if n else "<i>No recorded runs yet.</i>"
     return rep
@@ -642,7 +645,9 @@ def dashboard_cli(settings_path:str|Path|None=None, # settings.ini (default: fou
                   out=print # where to write the URL and errors
                  )->int:
     "Serve the dashboard until Ctrl-C; the exit code"
-    try: h = serve_dashboard(settings_path, host=host, port=port, threaded=True)
+    try:
+        serve_metrics(load_settings(settings_path).observability.metrics_port)  # this process's /metrics, when [observability] metrics_port is set
+        h = serve_dashboard(settings_path, host=host, port=port, threaded=True)
     except (PortInUseError, InvalidInputError, ConfigError) as e:
         out(f"error: {e}"); return 1
     out(f"dataops-lab dashboard at {h.url} (Ctrl-C to stop)")

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, unquote
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars, get_contextvars, merge_contextvars
-from prometheus_client import Counter, Histogram, CollectorRegistry, REGISTRY, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client import Counter, Gauge, Histogram, CollectorRegistry, REGISTRY, generate_latest, CONTENT_TYPE_LATEST
 from opentelemetry import trace, context as otel_context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.propagate import inject, extract
@@ -24,12 +24,12 @@ from .config import Settings, SECTIONS, load_settings
 # %% auto #0
 __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 'route_decisions', 'chain_step_duration',
            'chain_step_failures', 'storage_duration', 'storage_errors', 'hot_lookups', 'blob_bytes',
-           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'tracer', 'add_secret',
-           'scrub', 'redact', 'settings_secrets', 'log_formatter', 'configure_logging', 'bound', 'confidence_bucket',
-           'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
-           'configure_observability', 'tracing', 'agent_attrs', 'fail_current', 'in_span', 'iter_in_span',
-           'record_workflow', 'observe_workflow', 'instrument_storage_method', 'node_callbacks', 'trace_carrier',
-           'joined_trace', 'joined_span']
+           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'active_sessions',
+           'hot_outages', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
+           'configure_logging', 'bound', 'confidence_bucket', 'metrics_registry', 'metrics_text', 'serve_metrics',
+           'configure_tracing', 'stop_tracing', 'configure_observability', 'tracing', 'agent_attrs', 'fail_current',
+           'in_span', 'iter_in_span', 'record_workflow', 'observe_workflow', 'instrument_storage_method',
+           'node_callbacks', 'trace_carrier', 'joined_trace', 'joined_span', 'trace_env', 'join_env_trace']
 
 # %% ../nbs/03_observability.ipynb #71f2028b
 SECRET_KEY = re.compile(r'(?:^|_)(?:password|passwd|secret|token|api_key|apikey|authorization|cookie|credentials?|private_key)$', re.I)
@@ -149,6 +149,8 @@ batch_run_outcomes = _metric(Counter, 'dataops_batch_runs', 'Batch runs (one not
 api_requests = _metric(Counter, 'dataops_api_requests', 'API requests by method, route template and status code', ['method', 'route', 'status'])
 api_request_duration = _metric(Histogram, 'dataops_api_request_duration_seconds', 'API request latency by method and route template', ['method', 'route'], buckets=_FAST[3:] + (10, 30))
 api_ws_closed = _metric(Counter, 'dataops_api_ws_closed', 'WebSocket event feeds the server closed: the client read too slowly (slow) or the feed failed (feed_stopped)', ['reason'])
+active_sessions = _metric(Gauge, 'dataops_active_sessions', 'Sessions this process used within the idle threshold (`[sessions] idle_after`); summed over live processes', [], multiprocess_mode='livesum')
+hot_outages = _metric(Counter, 'dataops_hot_tier_outages', 'Hot-tier outages: times the hot tier became unreachable and sessions fell back to the cold tier', ['backend'])
 
 def confidence_bucket(c:float|None)->str:
     "A routing confidence as one of five labels (bounded label values)"
@@ -169,12 +171,19 @@ def metrics_text(registry:CollectorRegistry|None=None # default: `metrics_regist
     "The Prometheus text exposition of `registry` and its content type"
     return generate_latest(registry or metrics_registry()), CONTENT_TYPE_LATEST
 
+_serving:set[tuple] = set()
+
 def serve_metrics(port:int, # TCP port; 0 does nothing
                   host:str='127.0.0.1')->int:
-    "Serve `/metrics` from this process (batch workers, the dashboard) on `port`; the port, 0 if off"
+    "Serve `/metrics` from this process (batch workers, the dashboard) on `port` (once: asking again is a no-op); the port, 0 if off"
     if not port: return 0
+    if (host, port) in _serving: return port
     from prometheus_client import start_http_server
-    start_http_server(port, addr=host, registry=metrics_registry())
+    try: start_http_server(port, addr=host, registry=metrics_registry())
+    except OSError as e:
+        raise ConfigError(f"[observability] metrics_port = {port}: cannot serve metrics on {host}:{port} ({e.strerror or e})",
+                          "another process (another batch worker or dashboard?) holds that port: pick a free one, or 0 to turn it off") from None
+    _serving.add((host, port))
     return port
 
 # %% ../nbs/03_observability.ipynb #f36665a7
@@ -430,3 +439,21 @@ def joined_span(carrier:dict|None, # from `trace_carrier()` in the parent proces
                ):
     "A current span `name` whose parent is the span `carrier` was taken in; what a function shipped to another process opens"
     with joined_trace(carrier), tracer.start_as_current_span(name, attributes=attributes) as span: yield span
+
+# %% ../nbs/03_observability.ipynb #ba9a1c41
+_ENV_CARRIER = {'traceparent': 'TRACEPARENT', 'tracestate': 'TRACESTATE'}
+
+def trace_env(carrier:dict|None=None # default: `trace_carrier()`
+             )->dict[str, str]:
+    "The trace context as environment variables (`TRACEPARENT`, `TRACESTATE`) for a child process such as a kernel"
+    c = trace_carrier() if carrier is None else carrier
+    return {env: c[k] for k,env in _ENV_CARRIER.items() if c.get(k)}
+
+def join_env_trace(environ:dict|None=None # default: `os.environ`
+                  )->bool:
+    "Make the trace context in `TRACEPARENT` the current one for the rest of this context (a kernel's cells); whether there was one"
+    e = os.environ if environ is None else environ
+    carrier = {k: e[env] for k,env in _ENV_CARRIER.items() if e.get(env)}
+    if 'traceparent' not in carrier: return False
+    otel_context.attach(extract(carrier))
+    return True

@@ -6,14 +6,17 @@ Docs: https://dataops-lab.github.io/dataops-lab/operations.html.md"""
 
 # %% ../nbs/51c_operations.ipynb #09c274d9
 from __future__ import annotations
+import time
 from dataclasses import dataclass
 import pandas as pd
 from .models import ArtifactType
 from .artifacts import ArtifactStore
-from .store.base import Storage
+from .store.base import Storage, SESSIONS_TABLE
+from .core import DataOpsError
+from .observability import scrub
 
 # %% auto #0
-__all__ = ['OperationsReport', 'operations_report']
+__all__ = ['OperationsReport', 'operations_report', 'storage_health']
 
 # %% ../nbs/51c_operations.ipynb #450c3aab
 def _runs(artifacts:ArtifactStore, limit:int)->pd.DataFrame:
@@ -67,3 +70,17 @@ def operations_report(artifacts:ArtifactStore, # the store runs recorded their r
     batches = (bs.groupby('status').agg(batches=('batch_id', 'size'), runs=('n_runs', 'sum'), succeeded=('n_succeeded', 'sum'), failed=('n_failed', 'sum')).reset_index()
                if len(bs) else pd.DataFrame(columns=['status', 'batches', 'runs', 'succeeded', 'failed']))
     return OperationsReport(_per(wf, ['workflow']), steps, daily, batches)
+
+# %% ../nbs/51c_operations.ipynb #0b758618
+def storage_health(storage:Storage # the storage whose tiers to check
+                  )->pd.DataFrame:
+    "One row per tier (hot, cold, blob): backend, status (ok, unreachable), the check's latency in ms, the error"
+    rows = []
+    for tier,backend in (('hot', storage.cache), ('cold', storage.table(SESSIONS_TABLE)), ('blob', storage.blob)):
+        t0,err = time.perf_counter(),None
+        try: backend.check()
+        except DataOpsError as e: err = scrub(e.message)
+        except OSError as e: err = scrub(f"{type(e).__name__}: {e}")
+        rows.append({'tier': tier, 'backend': scrub(backend.describe()), 'status': 'ok' if err is None else 'unreachable',
+                     'latency_ms': round((time.perf_counter()-t0)*1000, 2), 'error': err or ''})
+    return pd.DataFrame(rows, columns=['tier', 'backend', 'status', 'latency_ms', 'error'])

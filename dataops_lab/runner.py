@@ -17,6 +17,7 @@ from .models import ArtifactType, iso
 from .store.base import Storage
 from .sessions import SessionManager
 from .nbparams import *
+from .observability import tracer, trace_env, join_env_trace, configure_tracing
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError', 'KernelStartError',
@@ -162,8 +163,18 @@ def check_kernel(name:str # a Jupyter kernel name
                                 "set [batch] kernel_name in settings.ini, pass kernel_name=..., or install one with `python -m ipykernel install --user --name NAME`") from None
     return name
 
-def kernel_manager_class():
-    "The kernel manager runs use: kernels on Unix sockets (IPC) where the OS has them, else TCP"
+def kernel_manager_class(env:dict|None=None # environment variables the kernels get on top of this process's (e.g. `trace_env()`)
+                        ):
+    "The kernel manager runs use: kernels on Unix sockets (IPC) where the OS has them, else TCP; with `env`, a subclass whose kernels get it"
+    base = _kernel_manager_base()
+    if not env: return base
+    class KernelManagerWithEnv(base):
+        async def _async_pre_start_kernel(self, **kw):  # jupyter_client passes `env` on to the kernel's Popen (and keeps it for restarts)
+            kw['env'] = {**kw.get('env', os.environ), **env}
+            return await super()._async_pre_start_kernel(**kw)
+    return KernelManagerWithEnv
+
+def _kernel_manager_base():
     from jupyter_client.manager import AsyncKernelManager
     if os.name == 'nt': return AsyncKernelManager
     global _IPCKernelManager
@@ -264,8 +275,10 @@ def run_notebook(path:str|Path, # the notebook, with a cell tagged `parameters`
         res = RunResult('succeeded', str(path), str(out), sid, run_id, params)
         err = None
         try:
-            pm.execute_notebook(str(path), str(out), parameters=injected, kernel_name=kernel, cwd=str(wd), progress_bar=False, kernel_manager_class=kernel_manager_class(),
-                                log_output=False, start_timeout=start_timeout, execution_timeout=execution_timeout)
+            # the kernel's spans are children of this one: its context goes to the kernel as TRACEPARENT, which `open_run` joins
+            with tracer.start_as_current_span(f"execute_notebook {path.name}", attributes={'dataops.run_id': run_id, 'gen_ai.conversation.id': sid}):
+                pm.execute_notebook(str(path), str(out), parameters=injected, kernel_name=kernel, cwd=str(wd), progress_bar=False, kernel_manager_class=kernel_manager_class(trace_env()),
+                                    log_output=False, start_timeout=start_timeout, execution_timeout=execution_timeout)
         except PapermillExecutionError as e:
             ci = _input_index(out, e.cell_index)
             err = NotebookRunError(f"{path.name}: cell {ci} raised {e.ename}: {e.evalue}\n--- cell source ---\n{_excerpt(e.source)}",
@@ -336,8 +349,10 @@ def open_run(session_id:str|None=None, # `dataops_session_id` as injected by the
              settings:str|Path|Settings|None=None, # `dataops_settings` as injected, or None
              user_id:str='notebook' # owner of a new session
             )->NotebookRun:
-    "The storage and session a notebook should use, whether run by `run_notebook`, plain papermill or by hand"
+    "The storage and session a notebook should use, whether run by `run_notebook`, plain papermill or by hand; applies `[observability]` tracing"
     s = load_settings(settings)
+    configure_tracing(s)
+    join_env_trace()  # under `run_notebook`: the notebook's spans join the run's trace
     sm = SessionManager(Storage(s))
     sid = sm.get_session(session_id).session_id if session_id else sm.create_session(user_id, metadata={'started_by': 'notebook'}).session_id
     return NotebookRun(s, sm, sid)

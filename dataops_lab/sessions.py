@@ -18,6 +18,7 @@ from .store.base import *
 from .artifacts import ArtifactStore
 from .artifact_content import corrupt_error, decompress_chunks
 from .recall import *
+from .observability import active_sessions, hot_outages
 
 # %% auto #0
 __all__ = ['MESSAGES_TABLE', 'PREFERENCES_TABLE', 'SNAPSHOTS_TABLE', 'HOT_STATE_TABLE', 'SESSION_TABLES', 'PURGE_HOOKS',
@@ -81,7 +82,9 @@ class HotTier:
 
     def _failed(self, e):
         with self._lock:
-            if not self._was_down: _log.warning("hot tier %s unavailable, serving from the cold tier: %s", self.cache.describe(), e.message if isinstance(e, DataOpsError) else e)
+            if not self._was_down:
+                _log.warning("hot tier %s unavailable, serving from the cold tier: %s", self.cache.describe(), e.message if isinstance(e, DataOpsError) else e)
+                hot_outages.labels(type(self.cache).__name__).inc()
             self._was_down,self.down_until,self.failures = True,time.monotonic()+self.policy.hot_retry_after,self.failures+1
 
     def _recovered(self):
@@ -168,7 +171,29 @@ class HotTier:
         return self.call(self.cache.delete, self.session_key(sid)) is not None
     def forget(self, sid:str)->bool:
         "Remove everything cached for `sid`; False if the cache could not be reached"
+        _live.forget(sid)  # archived or purged: no longer active
         return self.call(self.cache.delete, self.session_key(sid), self.seq_key(sid)) is not None
+
+# %% ../nbs/23_sessions.ipynb #65013b61
+from collections import OrderedDict
+
+class _LiveSessions:
+    "The sessions this process used lately, oldest use first, behind the `active_sessions` gauge"
+    def __init__(self): self.last,self.lock = OrderedDict(),threading.Lock()
+    def _set(self, idle_after:float|None):
+        if idle_after is not None:
+            old = time.monotonic() - idle_after
+            while self.last and next(iter(self.last.values())) < old: self.last.popitem(last=False)
+        active_sessions.set(len(self.last))
+    def touch(self, sid:str, idle_after:float):
+        with self.lock:
+            self.last[sid] = time.monotonic(); self.last.move_to_end(sid)
+            self._set(idle_after)
+    def forget(self, sid:str):
+        with self.lock:
+            if self.last.pop(sid, None) is not None: self._set(None)
+
+_live = _LiveSessions()
 
 # %% ../nbs/23_sessions.ipynb #fc010970
 _UPDATABLE = {'status', 'metadata', 'global_context', 'active_workflows', 'summary_artifact_id', 'hidden_ranges'}
@@ -236,6 +261,7 @@ def create_session(self:SessionManager, user_id:str, # who the session belongs t
     try: item = self.sessions.put(s.to_item(), if_absent=True)
     except ConflictError: raise ConflictError(f"session {s.session_id!r} exists already", "omit session_id to get a new one") from None
     self.hot.put_session(item, tok)
+    _live.touch(s.session_id, self.policy.idle_after)
     return s
 
 def _session(item:dict)->Session:
@@ -246,11 +272,14 @@ def _session(item:dict)->Session:
 @patch
 def _item(self:SessionManager, session_id:str)->dict:
     _check_id(session_id, 'session_id')
-    if (it := self.hot.get_session(session_id)) is not None: return it
+    if (it := self.hot.get_session(session_id)) is not None:
+        _live.touch(session_id, self.policy.idle_after)
+        return it
     tok = self.hot.token()
     it = self.sessions.get(session_id)
     if it is None: raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
     self.hot.put_session(it, tok)
+    _live.touch(session_id, self.policy.idle_after)
     return it
 
 @patch
@@ -334,7 +363,9 @@ def update_session(self:SessionManager, session_id:str, updates:dict)->Session:
 @patch
 def close_session(self:SessionManager, session_id:str)->Session:
     "Mark the session closed (kept, readable; no message is accepted once this returns)"
-    return self.update_session(session_id, {'status': SessionStatus.CLOSED})
+    s = self.update_session(session_id, {'status': SessionStatus.CLOSED})
+    _live.forget(session_id)
+    return s
 
 # %% ../nbs/23_sessions.ipynb #3889a5ca
 def _is_seal(it:dict)->bool: return 'sealed' in it

@@ -387,6 +387,43 @@ def test_operations_tab_in_a_browser(tmp_path):
                 for step in ('first_step', 'second_step'): expect(cell(row(steps, step), 'invocations')).to_have_text('2')
                 expect(cell(row(page.locator('.ops-batches .tabulator'), 'succeeded'), 'batches')).to_have_text('1')
                 expect(page.get_by_text('7 recorded runs')).to_be_visible()  # 3 orchestrator runs + 2 x 2 chain steps
+                health = page.locator('.ops-health .tabulator')
+                for tier in ('hot', 'cold', 'blob'):
+                    expect(cell(row(health, tier), 'status')).to_have_text('ok')
+                    assert float(cell(row(health, tier), 'latency_ms').inner_text()) >= 0
             finally: browser.close()
     finally: srv.stop()
     assert outside == []
+
+
+def test_operations_tab_shows_an_unreachable_hot_tier(tmp_path):
+    "Redis (a real redis-server) stopped while the dashboard runs: the storage health panel shows the hot tier unreachable, the others ok"
+    from playwright.sync_api import sync_playwright, expect
+    from servers import RedisServer
+    redis = RedisServer().start()
+    srv = None
+    try:
+        ini = tmp_path / 'settings.ini'
+        ini.write_text(f"[storage]\nhot = {redis.url}\ncold = sqlite:///.dataops/meta.db\nblob = file://.dataops/blobs\n")
+        s = load_settings(ini)
+        srv = serve_dashboard(s, port=0)
+        redis.stop()
+        outside = []
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            _local_only(page, outside)
+            try:
+                page.goto(srv.url, timeout=30_000)
+                tab(page, 'Operations').click()
+                health = page.locator('.ops-health .tabulator')
+                row = lambda text: health.locator('.tabulator-row').filter(has_text=text)
+                cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
+                expect(cell(row('hot'), 'status')).to_have_text('unreachable', timeout=30_000)
+                expect(cell(row('hot'), 'error')).to_contain_text(str(redis.port))
+                for tier in ('cold', 'blob'): expect(cell(row(tier), 'status')).to_have_text('ok')
+            finally: browser.close()
+        assert outside == []
+    finally:
+        if srv is not None: srv.stop()
+        redis.stop()

@@ -194,3 +194,167 @@ def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path
         proc.terminate()
         try: proc.wait(20)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
+
+def _console_spans(nb_path):
+    "The spans a kernel's console exporter printed into the executed notebook's stderr outputs"
+    import nbformat
+    text = ''.join(o.get('text', '') for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == 'code'
+                   for o in c.get('outputs', []) if o.get('name') == 'stderr')
+    dec, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find('{', i)) >= 0:
+        obj, i = dec.raw_decode(text, i)
+        out.append(obj)
+    return {s['name']: s for s in out}
+
+def test_the_notebook_a_batch_runs_traces_under_the_batch_run_span(tmp_path, spans):
+    "The kernel is another process: it gets the run's context as TRACEPARENT, `open_run` joins it; its spans (console exporter, in its output) are children"
+    import nbformat
+    (tmp_path / 'settings.ini').write_text('[storage]\n[observability]\ntraces = console\n')
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('x = 1\ndataops_session_id = None\ndataops_settings = None', metadata={'tags': ['parameters']}),
+        nbformat.v4.new_code_cell("from dataops_lab import open_run, tracer\nrun = open_run(dataops_session_id, dataops_settings)\n"
+                                  "with tracer.start_as_current_span('first cell'): y = x * 2"),
+        nbformat.v4.new_code_cell("with tracer.start_as_current_span('later cell'): z = y + 1")])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, tmp_path / 'traced.ipynb')
+    res = run_batch(tmp_path / 'traced.ipynb', {'x': [3]}, settings=tmp_path / 'settings.ini', scheduler='synchronous', progress=False)
+    assert res.status == 'succeeded', res.runs.to_dict('records')
+    fin = spans.get_finished_spans()
+    (run,) = [s for s in fin if s.name == 'batch_run']
+    (ex,) = [s for s in fin if s.name == 'execute_notebook traced.ipynb']
+    assert (ex.parent.span_id, ex.context.trace_id) == (run.context.span_id, run.context.trace_id)
+    kernel = _console_spans(res.runs['output_path'][0])
+    assert {'first cell', 'later cell'} <= set(kernel), sorted(kernel)
+    for name in ('first cell', 'later cell'):  # every cell after open_run, not only the one that joined
+        assert kernel[name]['context']['trace_id'] == f'0x{run.context.trace_id:032x}', kernel[name]
+        assert kernel[name]['parent_id'] == f'0x{ex.context.span_id:016x}', kernel[name]
+
+def test_a_run_started_with_wait_false_traces_under_the_request_span(tmp_path, spans, monkeypatch):
+    "The run executes on the runner's pool thread after the response is sent; its spans still belong to the request's trace"
+    import sys
+    from starlette.testclient import TestClient
+    sys.path.insert(0, str(Path(__file__).parent))
+    import api_workflows
+    from servers import wait_for
+    from dataops_lab.api.server import create_app
+    from dataops_lab.api.users import UserStore, USER_TABLES
+    from dataops_lab.client import Client
+    monkeypatch.setenv('DATAOPS_API__JWT_SECRET', 'k' * 48)
+    (tmp_path / 'settings.ini').write_text('[storage]\n[api]\ndashboard = false\n')
+    st = Storage(load_settings(tmp_path / 'settings.ini')).ensure(USER_TABLES)
+    UserStore(st).add_user('alice', 'developer', 'correct horse battery'); st.close()
+    app = create_app(tmp_path / 'settings.ini', registry=api_workflows.registry(), dashboard=False)
+    with TestClient(app) as http:
+        c = Client('http://testserver')  # the client over the app in this process (the in-memory exporter is here)
+        c.http.close(); c.http = http
+        c._login = {'username': 'alice', 'password': 'correct horse battery'}; c.sign_in()
+        sid = c.create_session()['session_id']
+        run_id = c.invoke('word_count', sid, {'text': 'one two three'}, wait=False)['run_id']
+        wait_for(lambda: c.get_run(run_id)['status'] in ('succeeded', 'failed'), 60, 'the background run')
+        assert c.get_run(run_id)['status'] == 'succeeded', c.get_run(run_id)
+        wait_for(lambda: any(s.name == 'run invoke' for s in spans.get_finished_spans()), 30, 'the run span to end')
+    fin = spans.get_finished_spans()
+    by_id = {s.context.span_id: s for s in fin}
+    (req,) = [s for s in fin if s.attributes.get('http.route') == '/workflows/{name}/invoke']
+    (run,) = [s for s in fin if s.name == 'run invoke']
+    up, s = [], run
+    while s.parent is not None and s.parent.span_id in by_id: s = by_id[s.parent.span_id]; up.append(s.name)
+    assert s is req and run.context.trace_id == req.context.trace_id, up  # the run's span descends from the request's (through FastAPI's endpoint span)
+    assert run.attributes['dataops.run.id'] == run_id and run.attributes['dataops.run.status'] == 'succeeded'
+    def under_run(s):
+        while s.parent is not None and s.parent.span_id in by_id:
+            s = by_id[s.parent.span_id]
+            if s is run: return True
+        return False
+    inner = {s.name for s in fin if under_run(s)}
+    assert 'execute_tool word_count' in inner and any(n.startswith('cold ') for n in inner), sorted(inner)  # the workflow's node and its storage calls
+
+def test_active_sessions_gauge_follows_use_close_and_purge(sm):
+    live = lambda: REGISTRY.get_sample_value('dataops_active_sessions')
+    assert live() is not None, 'no dataops_active_sessions gauge'
+    n0 = live()
+    a, b = sm.create_session('user_obs').session_id, sm.create_session('user_obs').session_id
+    assert live() - n0 == 2
+    sm.get_session(a); sm.add_message(b, 'user', 'hello')  # using a session again does not count it twice
+    assert live() - n0 == 2
+    sm.close_session(a)
+    assert live() - n0 == 1
+    sm.purge_session(b)
+    assert live() - n0 == 0
+
+def test_a_redis_outage_counts_once_and_sessions_fall_back_to_the_cold_tier(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers import RedisServer
+    redis = RedisServer().start()  # our own server, stopped by this test
+    try:
+        (tmp_path / 'settings.ini').write_text(f'[storage]\nhot = {redis.url}\n')
+        st = Storage(load_settings(tmp_path / 'settings.ini')).ensure()
+        sm = SessionManager(st)
+        backend = type(st.cache).__name__
+        outages = lambda: sample('dataops_hot_tier_outages_total', {'backend': backend})
+        sid = sm.create_session('user_obs').session_id
+        o0 = outages()
+        assert sm.get_session(sid).session_id == sid and outages() == o0  # Redis up: no outage
+        redis.stop()
+        for _ in range(3): assert sm.get_session(sid).session_id == sid  # served from the cold tier
+        assert outages() - o0 == 1  # one outage, however many calls fell back during it
+        st.close()
+    finally:
+        redis.stop()
+
+def _free(port):
+    import socket
+    with socket.socket() as s:
+        try: s.bind(('127.0.0.1', port)); return True
+        except OSError: return False
+
+def listen_port() -> int:
+    "A free port below the ephemeral range: unlike one from bind(0), no outgoing connection (Dask's, the kernel's) can take it as its local port meanwhile"
+    import random, socket
+    lo = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0]) if Path('/proc/sys/net/ipv4/ip_local_port_range').exists() else 32768
+    for port in random.sample(range(20000, min(lo, 32000)), 200):
+        with socket.socket() as s:
+            try: s.bind(('127.0.0.1', port)); return port
+            except OSError: continue
+    raise RuntimeError('no free port between 20000 and the ephemeral range')
+
+def test_a_batch_worker_serves_its_metrics_on_metrics_port(tmp_path):
+    "Each worker of a 2-worker local cluster serves /metrics on [observability] metrics_port + its number; two runs scrape one port each over HTTP"
+    import sys, nbformat
+    sys.path.insert(0, str(Path(__file__).parent))
+    port = listen_port()
+    while not all(_free(p) for p in (port, port + 1)): port = listen_port()
+    (tmp_path / 'settings.ini').write_text(f'[storage]\n[observability]\nmetrics_port = {port}\n')
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('port = 0', metadata={'tags': ['parameters']}),
+        nbformat.v4.new_code_cell("import urllib.request\nfrom prometheus_client.parser import text_string_to_metric_families\nfrom dataops_lab import record\n"
+                                  "text = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=30).read().decode()\n"
+                                  "record('families', sorted(f.name for f in text_string_to_metric_families(text) if f.name.startswith('dataops_')))")])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, tmp_path / 'scrape.ipynb')
+    res = run_batch(tmp_path / 'scrape.ipynb', {'port': [port, port + 1]}, settings=tmp_path / 'settings.ini', n_workers=2, progress=False)
+    assert res.status == 'succeeded', res.runs[['status', 'error']].to_dict('records')  # neither worker's port clashed with the other's
+    from dataops_lab.runner import read_records
+    for out in res.runs['output_path']:
+        fams = read_records(out)['families']
+        assert {'dataops_storage_operation_duration_seconds', 'dataops_batch_runs'} <= set(fams), fams
+
+def test_the_dashboard_process_serves_metrics_and_a_taken_port_is_named(tmp_path):
+    import subprocess, sys, httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    sys.path.insert(0, str(Path(__file__).parent))
+    mport = listen_port()
+    (tmp_path / 'settings.ini').write_text(f'[storage]\n[observability]\nmetrics_port = {mport}\n')
+    code = "import sys; from dataops_lab.dashboard import dashboard_cli; sys.exit(dashboard_cli(sys.argv[1], port=0))"
+    cmd = [sys.executable, '-c', code, str(tmp_path / 'settings.ini')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith('dataops-lab dashboard at '), (line, proc.stderr.read() if proc.poll() is not None else '')
+        fams = {f.name for f in text_string_to_metric_families(httpx.get(f'http://127.0.0.1:{mport}/metrics', timeout=30).text)}
+        assert {'dataops_storage_operation_duration_seconds', 'dataops_active_sessions'} <= fams, sorted(fams)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # a second dashboard asking for the same metrics port
+        assert second.returncode == 1 and f'metrics_port = {mport}' in second.stdout and 'in use' in second.stdout, (second.stdout, second.stderr[-2000:])
+    finally:
+        proc.terminate(); proc.wait(30)

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_runs.html.md"""
 
 # %% ../../nbs/87_api_runs.ipynb #bbdc7813
 from __future__ import annotations
-import datetime as dt, logging, threading
+import contextvars, datetime as dt, logging, threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Literal
 from pydantic import BaseModel, Field
@@ -14,6 +14,8 @@ from ..core import *
 from ..models import iso
 from ..store.base import *
 from ..orchestrator import Event
+from opentelemetry.trace import Status, StatusCode
+from ..observability import tracer
 from .events import EventLog, WSMessage, ws_message
 
 # %% auto #0
@@ -83,7 +85,8 @@ class Runner:
         "Record `run` and execute `work()` — here (`wait`) or on the pool; the run (finished when `wait`)"
         self._save(run)
         if wait: return self._execute(run, work)
-        self.pool.submit(self._execute, run, work)
+        # the pool thread runs in a copy of this context: the run's spans are children of the request's span, its log lines carry the request id
+        self.pool.submit(contextvars.copy_context().run, self._execute, run, work)
         return run
 
     def cancel(self, run_id:str)->Run:
@@ -93,6 +96,16 @@ class Runner:
         return run
 
     def _execute(self, run:Run, work)->Run:
+        "`_run` inside a span of its own: the run's spans hang under it, in the request's trace, even once the request has been answered"
+        with tracer.start_as_current_span(f"run {run.kind}", attributes={'dataops.run.id': run.run_id, 'dataops.run.kind': run.kind, 'gen_ai.conversation.id': run.session_id,
+                                                                         **({'dataops.run.target': run.target} if run.target else {})}) as span:
+            run = self._run(run, work)
+            if span.is_recording():
+                span.set_attribute('dataops.run.status', run.status)
+                if run.status == 'failed': span.set_status(Status(StatusCode.ERROR, 'run failed'))
+            return run
+
+    def _run(self, run:Run, work)->Run:
         if self.cache.get(f"runs/{run.run_id}/cancel") is not None: return self._finish(run, 'cancelled', None, 'cancelled before it started')
         run.status,run.started_at = 'running',iso(utcnow())
         self._save(run)
