@@ -2,6 +2,7 @@
 a free port and driven by headless Chromium (Playwright) — no CDN request may leave the machine. The same dashboard displayed
 in a notebook in JupyterLab, also driven by Chromium. Plus the CLI entry point under Ctrl-C and a port that is taken."""
 import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 import pandas as pd, pytest
 from conftest import write_ini
@@ -88,6 +89,19 @@ def _browser(p):
     return p.chromium.launch(executable_path=CHROMIUM, args=['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'])
 
 
+@contextmanager
+def _local_page(outside):
+    "A page of a headless Chromium that lets only local requests through (others are refused and recorded in `outside`)"
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            _local_only(page, outside)
+            yield page
+        finally: browser.close()
+
+
 def tab(page, name):
     "The Bokeh tab header called `name`"
     return page.locator('.bk-tab').filter(has_text=re.compile(f'^{name}$'))
@@ -110,14 +124,11 @@ def _shot(page, request):
 
 
 def test_dashboard_in_a_browser(seeded, request):
-    from playwright.sync_api import sync_playwright, expect
+    from playwright.sync_api import expect
     srv = serve_dashboard(seeded['settings'], port=0)
     outside = []
     try:
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            _local_only(page, outside)
+        with _local_page(outside) as page:
             errors = []
             page.on('pageerror', lambda e: errors.append(str(e)))
             try:
@@ -227,7 +238,6 @@ def test_dashboard_in_a_browser(seeded, request):
             except BaseException:
                 _shot(page, request)
                 raise
-            finally: browser.close()
     finally: srv.stop()
     assert not srv.thread.is_alive()  # the server's thread ended
     with pytest.raises(OSError): socket.create_connection(('127.0.0.1', srv.port), timeout=2).close()  # and its port no longer answers
@@ -253,17 +263,14 @@ def _jupyterlab(root:Path):
 def test_dashboard_in_jupyterlab(seeded, tmp_path, request):
     "Dashboard(...) as a cell's value in JupyterLab: the live app with no pn.extension() first, every file from the Jupyter server, a small saved notebook"
     import nbformat
-    from playwright.sync_api import sync_playwright, expect
+    from playwright.sync_api import expect
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"from dataops_lab.dashboard import Dashboard\ndash = Dashboard({str(seeded['ini'])!r})\ndash")],
                                   metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
     nbformat.write(nb, tmp_path/'review.ipynb')
     lab, url, token = _jupyterlab(tmp_path)
     outside = []
     try:
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            _local_only(page, outside)
+        with _local_page(outside) as page:
             try:
                 page.goto(f'{url}/lab/tree/review.ipynb?token={token}', timeout=60_000)
                 kernel = 'window.jupyterapp.shell.currentWidget.sessionContext.session.kernel'
@@ -284,7 +291,6 @@ def test_dashboard_in_jupyterlab(seeded, tmp_path, request):
             except BaseException:
                 _shot(page, request)
                 raise
-            finally: browser.close()
     finally:
         lab.terminate()
         try: lab.wait(30)
@@ -343,7 +349,7 @@ def test_dashboard_reads_the_aws_tier(request, tmp_path):
 
 def test_operations_tab_in_a_browser(tmp_path):
     "Orchestrator runs (one failing), a two-step chain run twice and a batch on the embedded default; the Operations tab shows their figures"
-    from playwright.sync_api import sync_playwright, expect
+    from playwright.sync_api import expect
     from dataops_lab.workflows import WorkflowRegistry, workflow
     from dataops_lab.orchestrator import Orchestrator
     from dataops_lab.chain import WorkflowChain
@@ -369,36 +375,31 @@ def test_operations_tab_in_a_browser(tmp_path):
     srv = serve_dashboard(s, port=0)
     outside = []
     try:
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            _local_only(page, outside)
-            try:
-                page.goto(srv.url, timeout=30_000)
-                tab(page, 'Operations').click()
-                wf = page.locator('.ops-workflows .tabulator')
-                row = lambda table, text: table.locator('.tabulator-row').filter(has_text=text)
-                cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
-                expect(row(wf, 'count_rows')).to_have_count(1, timeout=30_000)
-                expect(cell(row(wf, 'count_rows'), 'invocations')).to_have_text('2')
-                expect(cell(row(wf, 'explode'), 'failed')).to_have_text('1')
-                expect(cell(row(wf, 'explode'), 'success_rate')).to_have_text('0.0')
-                steps = page.locator('.ops-steps .tabulator')
-                for step in ('first_step', 'second_step'): expect(cell(row(steps, step), 'invocations')).to_have_text('2')
-                expect(cell(row(page.locator('.ops-batches .tabulator'), 'succeeded'), 'batches')).to_have_text('1')
-                expect(page.get_by_text('7 recorded runs')).to_be_visible()  # 3 orchestrator runs + 2 x 2 chain steps
-                health = page.locator('.ops-health .tabulator')
-                for tier in ('hot', 'cold', 'blob'):
-                    expect(cell(row(health, tier), 'status')).to_have_text('ok')
-                    assert float(cell(row(health, tier), 'latency_ms').inner_text()) >= 0
-            finally: browser.close()
+        with _local_page(outside) as page:
+            page.goto(srv.url, timeout=30_000)
+            tab(page, 'Operations').click()
+            wf = page.locator('.ops-workflows .tabulator')
+            row = lambda table, text: table.locator('.tabulator-row').filter(has_text=text)
+            cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
+            expect(row(wf, 'count_rows')).to_have_count(1, timeout=30_000)
+            expect(cell(row(wf, 'count_rows'), 'invocations')).to_have_text('2')
+            expect(cell(row(wf, 'explode'), 'failed')).to_have_text('1')
+            expect(cell(row(wf, 'explode'), 'success_rate')).to_have_text('0.0')
+            steps = page.locator('.ops-steps .tabulator')
+            for step in ('first_step', 'second_step'): expect(cell(row(steps, step), 'invocations')).to_have_text('2')
+            expect(cell(row(page.locator('.ops-batches .tabulator'), 'succeeded'), 'batches')).to_have_text('1')
+            expect(page.get_by_text('7 recorded runs')).to_be_visible()  # 3 orchestrator runs + 2 x 2 chain steps
+            health = page.locator('.ops-health .tabulator')
+            for tier in ('hot', 'cold', 'blob'):
+                expect(cell(row(health, tier), 'status')).to_have_text('ok')
+                assert float(cell(row(health, tier), 'latency_ms').inner_text()) >= 0
     finally: srv.stop()
     assert outside == []
 
 
 def test_operations_tab_shows_an_unreachable_hot_tier(tmp_path):
     "Redis (a real redis-server) stopped while the dashboard runs: the storage health panel shows the hot tier unreachable, the others ok"
-    from playwright.sync_api import sync_playwright, expect
+    from playwright.sync_api import expect
     from servers import RedisServer
     redis = RedisServer().start()
     srv = None
@@ -409,20 +410,15 @@ def test_operations_tab_shows_an_unreachable_hot_tier(tmp_path):
         srv = serve_dashboard(s, port=0)
         redis.stop()
         outside = []
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            _local_only(page, outside)
-            try:
-                page.goto(srv.url, timeout=30_000)
-                tab(page, 'Operations').click()
-                health = page.locator('.ops-health .tabulator')
-                row = lambda text: health.locator('.tabulator-row').filter(has_text=text)
-                cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
-                expect(cell(row('hot'), 'status')).to_have_text('unreachable', timeout=30_000)
-                expect(cell(row('hot'), 'error')).to_contain_text(str(redis.port))
-                for tier in ('cold', 'blob'): expect(cell(row(tier), 'status')).to_have_text('ok')
-            finally: browser.close()
+        with _local_page(outside) as page:
+            page.goto(srv.url, timeout=30_000)
+            tab(page, 'Operations').click()
+            health = page.locator('.ops-health .tabulator')
+            row = lambda text: health.locator('.tabulator-row').filter(has_text=text)
+            cell = lambda r, field: r.locator(f'.tabulator-cell[tabulator-field="{field}"]')
+            expect(cell(row('hot'), 'status')).to_have_text('unreachable', timeout=30_000)
+            expect(cell(row('hot'), 'error')).to_contain_text(str(redis.port))
+            for tier in ('cold', 'blob'): expect(cell(row(tier), 'status')).to_have_text('ok')
         assert outside == []
     finally:
         if srv is not None: srv.stop()
