@@ -79,12 +79,12 @@ class LexicalRouter:
                  needs_model_score:float=1.3, # the least best score for a workflow that needs a model, when none is configured (never below `min_score`)
                  input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
                  asking_weight:float=0.5, # the share of their weight asking words add to a workflow that matched on other words
-                 semantic:bool|None=None, # add closeness in meaning to the lexical scores (default: when the `[semantic]` extra is installed)
+                 semantic:bool|None=None, # add closeness in meaning to the lexical scores (needs the `[semantic]` extra); default: off — opt in with True
                  semantic_weight:float=SEMANTIC_WEIGHT, # what the closest workflow example adds at cosine 1, in the lexical scores' unit
                  semantic_floor:float=SEMANTIC_FLOOR # the cosine below which closeness adds nothing
                 ):
         self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
-        self.semantic,self.semantic_weight,self.semantic_floor = (semantic_available() if semantic is None else bool(semantic)),semantic_weight,semantic_floor
+        self.semantic,self.semantic_weight,self.semantic_floor = bool(semantic),semantic_weight,semantic_floor
         if self.semantic:  # each workflow's description, capabilities and example queries, embedded once
             texts = [[m.description, *m.capabilities, *m.example_queries] for m in metadata]
             vecs = _semantic.embed([t for ts in texts for t in ts]) if texts else None
