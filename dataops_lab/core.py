@@ -15,7 +15,8 @@ from urllib.parse import urlsplit, parse_qsl, urlencode
 __all__ = ['ID_PATTERN', 'ID_RULE', 'MAX_DEPTH', 'DataOpsError', 'ConfigError', 'InvalidKeyError', 'InvalidInputError',
            'StorageError', 'NotFoundError', 'ConflictError', 'ExpiredError', 'BackendUnavailableError',
            'InvalidIdError', 'CorruptDataError', 'mask_url', 'private_dir', 'write_private', 'new_id', 'utcnow',
-           'now_ts', 'check_id', 'is_id', 'jsonable', 'check_text', 'check_json', 'check_key', 'check_prefix']
+           'now_ts', 'check_id', 'is_id', 'jsonable', 'check_text', 'check_json', 'check_key', 'check_prefix',
+           'LazyModule']
 
 # %% ../nbs/00_core.ipynb #9786b522
 class DataOpsError(Exception):
@@ -208,3 +209,12 @@ def check_prefix(prefix:str # '' or a key prefix such as 'reports/' or 'reports/
     if prefix == '': return prefix
     check_key(prefix.rstrip('/') or '/', 'prefix')
     return prefix
+
+# %% ../nbs/00_core.ipynb #fa2e31bb
+import importlib
+
+class LazyModule:
+    "Module `name`, imported on first attribute access (`nbformat = LazyModule('nbformat')`)"
+    def __init__(self, name:str): self.__dict__['_name'] = name
+    def __getattr__(self, attr:str): return getattr(importlib.import_module(self._name), attr)
+    def __repr__(self): return f"LazyModule({self._name!r})"

@@ -10,13 +10,14 @@ import ast, datetime, difflib, io, json, tokenize, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Annotated, Literal, Optional, Union
-import nbformat
 from pydantic import Field, TypeAdapter, ValidationError
 from fastcore.basics import patch
 from .core import *
 
+nbformat = LazyModule('nbformat')  # imported when a notebook is first read or written (see `LazyModule`)
+
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'RESERVED', 'load_notebook', 'parameters_cell', 'annotation_type', 'NotebookParameter',
+__all__ = ['nbformat', 'PARAMETERS_TAG', 'RESERVED', 'load_notebook', 'parameters_cell', 'annotation_type', 'NotebookParameter',
            'parse_parameters', 'ParameterSpec', 'inspect_notebook', 'write_notebook', 'validate_parameters',
            'check_parameters']
 

@@ -10,7 +10,6 @@ import datetime as dt, io, json, logging, os, re, time, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-import nbformat
 from .core import *
 from .config import Settings, load_settings
 from .models import ArtifactType, iso
@@ -19,11 +18,13 @@ from .sessions import SessionManager
 from .nbparams import *
 from .observability import tracer, trace_env, join_env_trace, configure_tracing
 
+nbformat = LazyModule('nbformat')  # imported when a notebook is first read or written
+
 # %% auto #0
-__all__ = ['RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError', 'KernelStartError',
-           'RunResult', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root', 'artifact_name',
-           'run_notebook', 'NotebookRun', 'open_run', 'templates_dir', 'list_templates', 'template_path',
-           'executed_completely', 'store_executed_run']
+__all__ = ['nbformat', 'RECORD_MIME', 'encode_record', 'decode_record', 'record', 'read_records', 'NotebookRunError',
+           'KernelStartError', 'RunResult', 'settings_file', 'check_kernel', 'kernel_manager_class', 'output_root',
+           'artifact_name', 'run_notebook', 'NotebookRun', 'open_run', 'templates_dir', 'list_templates',
+           'template_path', 'executed_completely', 'store_executed_run']
 
 # %% ../nbs/41_runner.ipynb #3171e0d3
 _log = logging.getLogger('dataops_lab.runner')

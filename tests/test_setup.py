@@ -48,3 +48,16 @@ def test_notebooks_are_stored_without_outputs():
     nbs = sorted((ROOT/'nbs').rglob('*.ipynb')) + sorted((ROOT/'dataops_lab'/'templates').glob('*.ipynb'))
     with_outputs = [p.relative_to(ROOT).as_posix() for p in nbs if any(c.get('outputs') for c in nbformat.read(p, 4).cells if c.cell_type == 'code')]
     assert len(nbs) > 30 and with_outputs == [], with_outputs
+
+
+def test_importing_the_package_leaves_notebook_dependencies_unloaded():
+    # every CLI call, batch worker and kernel imports dataops_lab; nbformat (and the jsonschema format grammar it pulls
+    # in, seconds of start-up) load only when a notebook is read or written
+    code = ("import sys, dataops_lab, dataops_lab.cli, dataops_lab.devkit.templates\n"
+            "heavy = sorted(m for m in ('nbformat', 'jsonschema', 'papermill', 'panel', 'bokeh') if m in sys.modules)\n"
+            "print(heavy)\n"
+            "from dataops_lab.nbparams import nbformat\n"
+            "nbformat.v4.new_notebook()\n"
+            "print('nbformat' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split('\n')
+    assert out[:2] == ['[]', 'True'], out

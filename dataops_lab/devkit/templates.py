@@ -9,15 +9,16 @@ from __future__ import annotations
 import keyword, re, shutil, sys, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from ..core import *
 from ..config import Settings, load_settings
 from ..orchestrator import workflows_dir
 from .workspace import default_author
 
+nbformat, nbv4 = LazyModule('nbformat'), LazyModule('nbformat.v4')  # imported when a notebook is first written
+
 # %% auto #0
-__all__ = ['COMMON', 'TEMPLATES', 'Template', 'render', 'dev_notebook', 'check_workflow_name', 'Created', 'create_workflow']
+__all__ = ['nbformat', 'nbv4', 'COMMON', 'TEMPLATES', 'Template', 'render', 'dev_notebook', 'check_workflow_name', 'Created',
+           'create_workflow']
 
 # %% ../../nbs/63_devkit_templates.ipynb #cb19648e
 @dataclass
@@ -1028,7 +1029,7 @@ def test_one_branch_runs(request_, kind):
 # %% ../../nbs/63_devkit_templates.ipynb #9dd0d1dc
 def dev_notebook(name:str, title:str)->nbformat.NotebookNode:
     "The notebook `create` writes to develop workflow `name` in JupyterLab"
-    md,code = new_markdown_cell,new_code_cell
+    md,code = nbv4.new_markdown_cell,nbv4.new_code_cell
     cells = [
         md(f"# {title}\n\nDevelop `{name}` here: edit `nodes.py` (and `state.py`, `workflow.py`), then run the cells again — "
            "each harness loads the package afresh. Runs use a throwaway session; no model is needed."),
@@ -1046,7 +1047,7 @@ def dev_notebook(name:str, title:str)->nbformat.NotebookNode:
         md("## Docs\n\nWhat `dataops-workflow docs --include-diagrams` writes:"),
         code("Markdown(workflow_docs(HERE, include_diagrams=True))"),
     ]
-    nb = new_notebook(cells=cells)
+    nb = nbv4.new_notebook(cells=cells)
     nb.metadata.update({'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}, 'language_info': {'name': 'python'}})
     return nb
 
