@@ -1,6 +1,7 @@
 """The API against a real uvicorn server on a loopback port, on the embedded default and on Redis + moto's S3/DynamoDB:
 the proposal's endpoints through `dataops_lab.client`, runs, artifact content, context, and the WebSocket feed."""
 import threading, uuid
+from pathlib import Path
 import httpx, pytest
 from dataops_lab.config import load_settings
 from dataops_lab.api.users import UserStore, USER_TABLES
@@ -8,7 +9,7 @@ from dataops_lab.store.base import Storage
 from dataops_lab.client import Client
 from dataops_lab.core import NotFoundError, InvalidInputError
 from apiserver import APIServer
-from api_workflows import POEM, CHATTER_WORDS
+from api_workflows import POEM, CHATTER_WORDS, LEAK
 from dataops_lab.api.audit import AuditLog
 from conftest import write_ini
 
@@ -31,7 +32,7 @@ def test_endpoints_end_to_end(server, ini):
         s = c.create_session(metadata={'team': 'sales'})
         sid = s['session_id']
         assert c.get_session(sid)['metadata'] == {'team': 'sales'}
-        assert sorted(w['name'] for w in c.list_workflows()) == ['chatter', 'poem', 'slow_job', 'word_count']
+        assert sorted(w['name'] for w in c.list_workflows()) == ['brittle', 'chatter', 'poem', 'slow_job', 'word_count']
         assert c.get_workflow('word_count')['input_schema']['required'] == ['text']
         # a WebSocket client listening from the start of the session's window sees the whole run
         got = []
@@ -88,6 +89,24 @@ def test_ready_and_errors(server):
                  '/artifacts/{artifact_id}', '/sessions/{session_id}/artifacts', '/sessions/{session_id}/context/dump', '/sessions/{session_id}/context/load'):
         assert path in spec['paths'], path
     assert 'ErrorBody' in spec['components']['schemas'] and 'HTTPBearer' in spec['components']['securitySchemes']
+
+def test_unexpected_error_is_audited(tmp_path):
+    """A request that fails with an error nobody expected (a served workflow's own input check has a bug) answers 500 in the
+    one error shape and leaves its audit record, outcome 'error', like any other request; neither holds the error's text"""
+    ini = write_ini(tmp_path, 'embedded')
+    add_users(ini, ('alice', 'developer'))
+    with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
+        sid = c.create_session()['session_id']
+        r = c.http.post('/workflows/brittle/invoke', json={'session_id': sid}, headers={'Authorization': f"Bearer {c.tokens['access_token']}"})
+        err = r.json()['error']
+        assert r.status_code == 500 and err['code'] == 'internal' and err['request_id'], r.text
+        assert 'region' not in r.text and 's3cr3t' not in r.text and 'LookupError' not in r.text, r.text
+        assert c.get_session(sid)['session_id'] == sid  # the server goes on serving
+    log = Path(srv.log.name).read_text()
+    assert err['request_id'] in log and 'LookupError' in log and 's3cr3t' not in log  # the operator's log has the traceback, the URL scrubbed
+    recs = [x for x in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=100) if x.action == 'invoke_workflow']
+    assert [(x.status, x.outcome, x.request_id, x.resource) for x in recs] == [(500, 'error', err['request_id'], 'name=brittle')], recs
+    assert 's3cr3t' not in recs[0].model_dump_json() and 'region' not in recs[0].model_dump_json()
 
 def test_streamed_tokens_over_websocket(tmp_path):
     "A workflow whose chat model streams (LangChain's fake one): its tokens reach a WebSocket client in order, between start and end"

@@ -117,10 +117,11 @@ class APIMiddleware:
         if scope['type'] == 'websocket': return await self.app(scope, receive, send)
         limit = self.api.max_upload_bytes if scope['method'] == 'POST' and _UPLOAD.match(path) else self.api.max_body_bytes
         cl = next((v for k,v in scope['headers'] if k == b'content-length'), None)
-        status = {'code': 500}
+        started = False
         async def send_(msg):
+            nonlocal started
             if msg['type'] == 'http.response.start':
-                status['code'] = msg['status']
+                started = True
                 h = list(msg.get('headers', []))
                 h += [(b'x-request-id', rid.encode()), (b'x-content-type-options', b'nosniff')]
                 if self.tls: h.append((b'strict-transport-security', f"max-age={self.api.hsts_max_age}; includeSubDomains".encode()))
@@ -139,6 +140,11 @@ class APIMiddleware:
             return msg
         try: await self.app(scope, receive_, send_)
         except _TooLarge: await self._reject(scope, send_, limit)
+        except Exception as e:
+            # an error nobody expected: Starlette would answer it outside this middleware, with no audit record -- answer it here
+            if started: raise  # the response is under way (its record written): only dropping the connection is left
+            from starlette.requests import Request as R
+            await internal_error(R(scope), e)(scope, receive, send_)
 
     async def _reject(self, scope, send, limit):
         from starlette.requests import Request as R
