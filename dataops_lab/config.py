@@ -124,6 +124,7 @@ class APISettings(_Section):
     events_keep: int = Field(1000, ge=10, description="newest progress events kept per session for clients that reconnect")
     events_ttl: float = Field(3600, gt=0, description="seconds a session's events are kept after its newest one")
     ws_queue: int = Field(256, ge=8, description="events buffered per WebSocket client; one further behind is closed and resumes from its last event id")
+    ws_send_timeout: float = Field(10.0, gt=0, le=3600, description="seconds one event may wait to be written to a WebSocket client that has stopped reading before the client is closed (4408)")
     dashboard: bool = Field(True, description="serve the review dashboard under /dashboard, behind the same login (admins)")
 
     @field_validator('cors_origins')

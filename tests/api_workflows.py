@@ -2,7 +2,7 @@
 import itertools, time
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
-from dataops_lab.workflows import WorkflowRegistry, workflow
+from dataops_lab.workflows import FunctionWorkflow, WorkflowRegistry, workflow
 
 @workflow(description="Count the words of a text", example_queries=['count the words of a text'])
 def word_count(text: str):
@@ -30,8 +30,21 @@ _chatterbox = GenericFakeChatModel(messages=itertools.cycle([AIMessage(' '.join(
 def chatter(topic: str = 'anything'):
     return {'summary': f"{len(_chatterbox.invoke(topic).content)} characters"}
 
+# a workflow whose own input check has a bug: it fails, in the request, with an error type nobody expects, whose text holds
+# something secret -- neither may reach the client or the audit log
+LEAK = 'postgresql://ops:s3cr3t-pw@db.internal/prod'
+
+class _Brittle(FunctionWorkflow):
+    def validate_inputs(self, inputs=None, strict=True):
+        raise LookupError(f"no column 'region' in {LEAK}")
+
+@workflow(name='brittle', description="Tally the regions of a sales ledger", example_queries=['tally the ledger regions'])
+def _tally(region: str = 'all'):
+    return {'summary': region}
+brittle = _Brittle(_tally.fn, _tally.metadata)
+
 def registry():
-    return WorkflowRegistry(word_count, slow_job, poem, chatter)
+    return WorkflowRegistry(word_count, slow_job, poem, chatter, brittle)
 
 def chains(settings):
     "The chains the API serves in the tests, on the server's storage: 'poem_then_count' (a streamed poem, then its words counted)"

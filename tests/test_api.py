@@ -1,6 +1,7 @@
 """The API against a real uvicorn server on a loopback port, on the embedded default and on Redis + moto's S3/DynamoDB:
 the proposal's endpoints through `dataops_lab.client`, runs, artifact content, context, and the WebSocket feed."""
-import threading, uuid
+import base64, os, socket, threading, uuid
+from pathlib import Path
 import httpx, pytest
 from dataops_lab.config import load_settings
 from dataops_lab.api.users import UserStore, USER_TABLES
@@ -8,7 +9,8 @@ from dataops_lab.store.base import Storage
 from dataops_lab.client import Client
 from dataops_lab.core import NotFoundError, InvalidInputError
 from apiserver import APIServer
-from api_workflows import POEM, CHATTER_WORDS
+from servers import wait_for
+from api_workflows import POEM, CHATTER_WORDS, LEAK
 from dataops_lab.api.audit import AuditLog
 from conftest import write_ini
 
@@ -31,7 +33,7 @@ def test_endpoints_end_to_end(server, ini):
         s = c.create_session(metadata={'team': 'sales'})
         sid = s['session_id']
         assert c.get_session(sid)['metadata'] == {'team': 'sales'}
-        assert sorted(w['name'] for w in c.list_workflows()) == ['chatter', 'poem', 'slow_job', 'word_count']
+        assert sorted(w['name'] for w in c.list_workflows()) == ['brittle', 'chatter', 'poem', 'slow_job', 'word_count']
         assert c.get_workflow('word_count')['input_schema']['required'] == ['text']
         # a WebSocket client listening from the start of the session's window sees the whole run
         got = []
@@ -89,6 +91,24 @@ def test_ready_and_errors(server):
         assert path in spec['paths'], path
     assert 'ErrorBody' in spec['components']['schemas'] and 'HTTPBearer' in spec['components']['securitySchemes']
 
+def test_unexpected_error_is_audited(tmp_path):
+    """A request that fails with an error nobody expected (a served workflow's own input check has a bug) answers 500 in the
+    one error shape and leaves its audit record, outcome 'error', like any other request; neither holds the error's text"""
+    ini = write_ini(tmp_path, 'embedded')
+    add_users(ini, ('alice', 'developer'))
+    with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
+        sid = c.create_session()['session_id']
+        r = c.http.post('/workflows/brittle/invoke', json={'session_id': sid}, headers={'Authorization': f"Bearer {c.tokens['access_token']}"})
+        err = r.json()['error']
+        assert r.status_code == 500 and err['code'] == 'internal' and err['request_id'], r.text
+        assert 'region' not in r.text and 's3cr3t' not in r.text and 'LookupError' not in r.text, r.text
+        assert c.get_session(sid)['session_id'] == sid  # the server goes on serving
+    log = Path(srv.log.name).read_text()
+    assert err['request_id'] in log and 'LookupError' in log and 's3cr3t' not in log  # the operator's log has the traceback, the URL scrubbed
+    recs = [x for x in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=100) if x.action == 'invoke_workflow']
+    assert [(x.status, x.outcome, x.request_id, x.resource) for x in recs] == [(500, 'error', err['request_id'], 'name=brittle')], recs
+    assert 's3cr3t' not in recs[0].model_dump_json() and 'region' not in recs[0].model_dump_json()
+
 def test_streamed_tokens_over_websocket(tmp_path):
     "A workflow whose chat model streams (LangChain's fake one): its tokens reach a WebSocket client in order, between start and end"
     ini = write_ini(tmp_path, 'embedded')
@@ -128,6 +148,47 @@ def test_websocket_client_keeping_up_is_not_dropped(tmp_path):
         assert _dropped_slow(srv.url) == 0
     conns = [r for r in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=1000) if r.action == 'events']
     assert [r.status for r in conns] == [101], conns  # one connection, never closed for being slow
+
+def _stalled_ws(port, path, token):
+    "A WebSocket client that completes the handshake, then never reads: a 4 KB receive buffer, set before it connects"
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(('127.0.0.1', port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n").encode())
+    head = b''
+    while not head.endswith(b'\r\n\r\n'): head += s.recv(1)  # a byte at a time: nothing past the handshake is read
+    assert head.startswith(b'HTTP/1.1 101'), head
+    return s
+
+def test_websocket_client_not_reading_is_closed(tmp_path):
+    """A client that connects and never reads again is closed once one send to it has waited [api] ws_send_timeout, even
+    when its queue is far from full (ws_queue = 4096 here: 511 token events, 8 MB, never fill it; the kernel buffers take ~4 MB and
+    the send then waits on the backed-up connection); a client on the same session that reads gets everything"""
+    ini = write_ini(tmp_path, 'embedded')
+    ini.write_text(ini.read_text() + "\n[api]\nws_queue = 4096\nws_send_timeout = 2\nevents_keep = 5000\n")
+    add_users(ini, ('alice', 'user'))
+    with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
+        sid = c.create_session()['session_id']
+        stalled = _stalled_ws(srv.port, f"/ws/{sid}", c.tokens['access_token'])
+        got = []
+        t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=60, until=lambda m: m['type'] in ('end', 'error'))))
+        t.start()
+        run = c.invoke('chatter', sid, {})
+        t.join(90)
+        toks = [m for m in got if m['type'] == 'token']
+        assert run['status'] == 'succeeded' and got[-1]['type'] == 'end' and len(toks) == 2 * CHATTER_WORDS - 1, (run['status'], len(toks))
+        wait_for(lambda: _dropped_slow(srv.url) >= 1, 60, 'the server closing the client that does not read')
+        assert _dropped_slow(srv.url) == 1  # that one only: the client that reads kept its connection
+        # once the stalled client reads, it finds what the kernel buffers held and then the end of the connection
+        stalled.settimeout(30)
+        n = 0
+        try:
+            while b := stalled.recv(1 << 20): n += len(b)
+        except ConnectionResetError: pass
+        stalled.close()
+        assert 0 < n < 6 * 2**20, n  # a part of the 8 MB stream: the server held no more than the connection's buffers
 
 def test_streamed_tokens_of_a_chain_over_websocket(tmp_path):
     "A chain whose step's chat model streams: the tokens reach a WebSocket client in order, named by the step, between start and end"

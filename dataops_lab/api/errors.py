@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_errors.html.md"""
 
 # %% ../../nbs/80_api_errors.ipynb #1ac25feb
 from __future__ import annotations
-import logging, re
+import logging, re, traceback
 from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +18,7 @@ from ..core import *
 # %% auto #0
 __all__ = ['STATUS', 'ERROR_RESPONSES', 'ID_REGEX', 'AuthenticationError', 'PermissionDeniedError', 'RateLimitedError',
            'PayloadTooLargeError', 'status_for', 'ErrorDetail', 'ErrorBody', 'scrub', 'error_body', 'error_response',
-           'install_error_handlers']
+           'internal_error', 'install_error_handlers']
 
 # %% ../../nbs/80_api_errors.ipynb #7d8171ed
 class AuthenticationError(DataOpsError):
@@ -127,9 +127,12 @@ async def _http_error(request:Request, e:StarletteHTTPException):
     else: hint = None
     return error_response(request, e.status_code, code, detail, hint, headers=getattr(e, 'headers', None))
 
-async def _unexpected(request:Request, e:Exception):
-    _log.error("request %s failed unexpectedly", _rid(request), exc_info=e)
+def internal_error(request:Request, e:BaseException)->JSONResponse:
+    "The 500 answer to an exception nobody expected: logged with its traceback (URLs scrubbed) under the request id; the client sees neither its text nor its type"
+    _log.error("request %s failed unexpectedly: %s", _rid(request), scrub(''.join(traceback.format_exception(e))).rstrip())
     return error_response(request, 500, 'internal', "the server could not complete the request", f"quote request id {_rid(request)} to the operator")
+
+async def _unexpected(request:Request, e:Exception): return internal_error(request, e)
 
 def install_error_handlers(app:FastAPI)->FastAPI:
     "Make every error `app` reports use the one JSON shape; returns `app`"

@@ -174,7 +174,8 @@ def list_sessions(user_id:str|None=Query(None, pattern=ID, description="whose (a
 @sessions.get('/{session_id}', name='get_session', response_model=Session, responses=_e(404, 422))
 def get_session(session_id:str=SID, p:Principal=Depends(current_user), svc:Services=Depends(get_services)):
     "A session's state (without its history)"
-    authorize(p, 'session:read', session_resource(svc, session_id)); return svc.sessions.get_session(session_id)
+    s,res = session_and_resource(svc, session_id)  # one read serves the ownership check and the answer
+    authorize(p, 'session:read', res); return s
 
 @sessions.patch('/{session_id}', name='update_session', response_model=Session, responses=_e(403, 404, 422))
 def update_session(body:UpdateSession, session_id:str=SID, p:Principal=Depends(current_user), svc:Services=Depends(get_services)):

@@ -69,10 +69,11 @@ async def ws_events(ws:WebSocket, session_id:str, token:str|None=Query(None), af
     stop = box.closed
     t = threading.Thread(target=_feed, args=(svc, session_id, after, box.put, stop), daemon=True, name=f"ws-{session_id}")
     t.start()
+    wait = svc.settings.api.ws_send_timeout
     async def pump():
         while True:
             if (m := await box.get()) is None: return 4500
-            await ws.send_json(m)  # waits only while the client's connection is backed up (it is not reading)
+            if not await _send_within(ws.send_json, m, wait): return 4408
             box.done()
     async def listen():
         while True:
@@ -88,12 +89,20 @@ async def ws_events(ws:WebSocket, session_id:str, token:str|None=Query(None), af
         if code is not None:
             await asyncio.wait(tasks)  # (that send is gone before the close frame is sent)
             api_ws_closed.labels('slow' if code == 4408 else 'feed_stopped').inc()
-            # the close frame follows what the client was sent: it reads it once it reads again (or its connection is dropped by keepalive)
-            await ws.close(code=code, reason='client too slow; reconnect with ?after=<last id>' if code == 4408 else 'event feed stopped')
+            # the close frame follows what the client was sent: it reads it once it reads again. It too waits for room on the
+            # connection, for ws_send_timeout at most; then the handler ends and the server closes the connection once what
+            # it holds is flushed, without the close frame -- either way nothing of ours waits on the client any more
+            try: await asyncio.wait_for(ws.close(code=code, reason='client too slow; reconnect with ?after=<last id>' if code == 4408 else 'event feed stopped'), wait)
+            except TimeoutError: _log.info("WebSocket client of %s not reading; closed without the close frame", session_id)
     except (WebSocketDisconnect, RuntimeError): pass
     finally:
         stop.set()
         for x in tasks: x.cancel()
+
+async def _send_within(send, m, timeout:float)->bool:
+    "`await send(m)`, for `timeout` seconds at most: False if it was abandoned (a send waits only while the client's connection is backed up: it is not reading)"
+    try: await asyncio.wait_for(send(m), timeout); return True
+    except TimeoutError: return False
 
 _STALL = 1.0  # seconds a client whose queue is full may go without taking one event before it is closed as too slow
 

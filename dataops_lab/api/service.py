@@ -13,7 +13,7 @@ from fastapi import Depends, Request, WebSocket
 from fastapi.security import HTTPBearer, HTTPAuthorizationCredentials
 from ..core import *
 from ..config import Settings, load_settings
-from ..models import Scope
+from ..models import Scope, Session
 from ..store.base import Storage
 from ..sessions import SessionManager
 from ..context import ContextManager
@@ -29,8 +29,8 @@ from .events import EventLog
 from .runs import Runner
 
 # %% auto #0
-__all__ = ['bearer', 'Services', 'get_services', 'principal_from', 'current_user', 'session_resource', 'artifact_resource',
-           'snapshot_resource', 'run_resource', 'APIMiddleware']
+__all__ = ['bearer', 'Services', 'get_services', 'principal_from', 'current_user', 'session_and_resource', 'session_resource',
+           'artifact_resource', 'snapshot_resource', 'run_resource', 'APIMiddleware']
 
 # %% ../../nbs/88_api_service.ipynb #e9c24f25
 _log = logging.getLogger('dataops_lab.api')
@@ -71,9 +71,14 @@ def current_user(request:Request, creds:HTTPAuthorizationCredentials|None=Depend
     return p
 
 # %% ../../nbs/88_api_service.ipynb #16a85872
+def session_and_resource(svc:Services, session_id:str)->tuple[Session, Resource]:
+    "The session `session_id` and it as a `Resource` owned by its user, from one read (`NotFoundError` if there is none)"
+    s = svc.sessions.get_session(session_id)
+    return s, Resource('session', session_id, s.user_id)
+
 def session_resource(svc:Services, session_id:str)->Resource:
     "The session `session_id` as a `Resource` owned by its user (`NotFoundError` if there is none)"
-    return Resource('session', session_id, svc.sessions.get_session(session_id).user_id)
+    return session_and_resource(svc, session_id)[1]
 
 def artifact_resource(svc:Services, artifact_id:str)->Resource:
     "The artifact as a `Resource`: owned by its session's user, readable where it is shared"
@@ -117,10 +122,11 @@ class APIMiddleware:
         if scope['type'] == 'websocket': return await self.app(scope, receive, send)
         limit = self.api.max_upload_bytes if scope['method'] == 'POST' and _UPLOAD.match(path) else self.api.max_body_bytes
         cl = next((v for k,v in scope['headers'] if k == b'content-length'), None)
-        status = {'code': 500}
+        started = False
         async def send_(msg):
+            nonlocal started
             if msg['type'] == 'http.response.start':
-                status['code'] = msg['status']
+                started = True
                 h = list(msg.get('headers', []))
                 h += [(b'x-request-id', rid.encode()), (b'x-content-type-options', b'nosniff')]
                 if self.tls: h.append((b'strict-transport-security', f"max-age={self.api.hsts_max_age}; includeSubDomains".encode()))
@@ -139,6 +145,11 @@ class APIMiddleware:
             return msg
         try: await self.app(scope, receive_, send_)
         except _TooLarge: await self._reject(scope, send_, limit)
+        except Exception as e:
+            # an error nobody expected: Starlette would answer it outside this middleware, with no audit record -- answer it here
+            if started: raise  # the response is under way (its record written): only dropping the connection is left
+            from starlette.requests import Request as R
+            await internal_error(R(scope), e)(scope, receive, send_)
 
     async def _reject(self, scope, send, limit):
         from starlette.requests import Request as R

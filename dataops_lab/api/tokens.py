@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_tokens.html.md"""
 
 # %% ../../nbs/82_api_tokens.ipynb #cc49b230
 from __future__ import annotations
-import os, secrets, time
+import os, secrets, threading, time
 from pathlib import Path
 from typing import Literal
 import jwt
@@ -65,8 +65,10 @@ _REQUIRED = ['exp', 'iat', 'nbf', 'iss', 'aud', 'jti', 'sub', 'typ', 'fam', 'rol
 
 class TokenService:
     "Issues, checks, rotates and revokes tokens; revocations and live refresh ids live in `cache`"
-    def __init__(self, api:APISettings, secret:bytes, cache:HotCache):
+    def __init__(self, api:APISettings, secret:bytes, cache:HotCache,
+                 remember:int=4096): # signatures verified once are remembered for this many tokens (the newest)
         self.api,self._key,self.cache = api,secret,cache
+        self._seen,self._seen_max,self._seen_lock = {},remember,threading.Lock()
     def _sign(self, claims:dict)->str: return jwt.encode(claims, self._key, algorithm=self.api.jwt_algorithm)
 
     def issue(self, user_id:str, role:str, family:str|None=None)->TokenPair:
@@ -81,6 +83,14 @@ class TokenService:
 
     def _decode(self, token:str, typ:str)->Claims:
         if not isinstance(token, str) or not token: raise AuthenticationError("no token given", "send `Authorization: Bearer <access token>` from POST /auth/token")
+        claims = self._seen.get(token)  # the exact token string verified before: its signature and claims need no second look
+        if claims is None or claims.exp + 5 < time.time(): claims = self._verify(token, typ)  # (an expired one is refused by PyJWT, as ever)
+        if claims.typ != typ: raise AuthenticationError(f"a {claims.typ} token was given where a {typ} token is needed", "send the access token on requests; the refresh token only to POST /auth/refresh")
+        if self.cache.get(f"auth/revoked/{claims.fam}") is not None: raise AuthenticationError(f"the {typ} token was revoked (logout, or a reused refresh token)", "sign in again")  # every time
+        return claims
+
+    def _verify(self, token:str, typ:str)->Claims:
+        "PyJWT's check of the signature and every claim; the claims, remembered for the next time the same token comes"
         try: c = jwt.decode(token, self._key, algorithms=[self.api.jwt_algorithm], audience=self.api.jwt_audience, issuer=self.api.jwt_issuer,
                             options={'require': _REQUIRED}, leeway=5)
         except jwt.ExpiredSignatureError: raise AuthenticationError(f"the {typ} token has expired", "refresh it with POST /auth/refresh, or sign in again") from None
@@ -91,8 +101,9 @@ class TokenService:
         except jwt.PyJWTError: raise AuthenticationError("the token is malformed or its signature does not match", "use a token issued by this server, unchanged") from None
         try: claims = Claims(**c)
         except ValueError: raise AuthenticationError("the token's claims are malformed", "use a token issued by this server") from None
-        if claims.typ != typ: raise AuthenticationError(f"a {claims.typ} token was given where a {typ} token is needed", "send the access token on requests; the refresh token only to POST /auth/refresh")
-        if self.cache.get(f"auth/revoked/{claims.fam}") is not None: raise AuthenticationError(f"the {typ} token was revoked (logout, or a reused refresh token)", "sign in again")
+        with self._seen_lock:
+            if len(self._seen) >= self._seen_max: del self._seen[next(iter(self._seen))]  # the oldest
+            self._seen[token] = claims
         return claims
 
     def verify(self, token:str)->Claims:
