@@ -413,11 +413,13 @@ def _matcher(self:ArtifactStore, artifact_type=None, workflow_name=None, name=No
 def list_artifacts(self:ArtifactStore, session_id:str, artifact_type:ArtifactType|None=None, workflow_name:str|None=None, name:str|None=None,
                    since:dt.datetime|None=None, until:dt.datetime|None=None, # bounds on created_at (inclusive)
                    include_shared:bool=True, # also shared-in, user- and global-scoped artifacts visible to the session
-                   limit:int=100, user_id:str|None=None # the session's user, if the sessions table does not know it
+                   limit:int=100, user_id:str|None=None, # the session's user, if the sessions table does not know it
+                   skip=None # a predicate on stored items: those it is true for are left out before any model is built
                   )->ArtifactList:
     "The artifacts `session_id` can see, newest first"
     sid,n,start,end = check_id(session_id, 'session_id'),_limit(limit),_when(since, 'since'),_when(until, 'until')
     keep = self._matcher(artifact_type, workflow_name, name, start=start, end=end)
+    if skip is not None: keep = (lambda k: lambda it: not skip(it) and k(it))(keep)
     q = dict(start=start, end=end, descending=True, limit=min(n, 100))
     found = _take(self.items.query_all(sid, index='session_id-created_at', **q), keep, n)
     if include_shared:

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/checkpoint.html.md"""
 
 # %% ../nbs/34_checkpoint.ipynb #84972f50
 from __future__ import annotations
-import asyncio, base64, copy, hashlib, itertools, json, re, threading, warnings
+import asyncio, base64, binascii, copy, functools, hashlib, itertools, json, re, threading, warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ WRITES_TABLE = TableSpec('dataops_lg_writes', 'thread_id', 'wk', ttl_attribute=N
 GRAPHS_TABLE = TableSpec('dataops_lg_graphs', 'fingerprint', ttl_attribute=None)
 CHECKPOINT_TABLES = register_tables(CHECKPOINTS_TABLE, WRITES_TABLE, GRAPHS_TABLE)
 
+@functools.lru_cache(maxsize=8192)  # thread and checkpoint ids recur on every put, put_writes and get_tuple of a thread
 def _seg(s:str)->str:
     "`s` as one storage-key segment: percent-encoded but for ':' and '|', no '/', never '.'/'..'; '~' for the empty string"
     if s == '': return '~'
@@ -142,6 +143,7 @@ class DataOpsSaver(BaseCheckpointSaver):
         self.checkpoints,self.writes,self.graphs = (self.storage.table(s) for s in CHECKPOINT_TABLES)
         self.shape:GraphShape|None = None  # set on the copy `attach` makes
         self._known,self._recorded,self._lock = OrderedDict(),set(),threading.Lock()  # blob keys known to exist; graph shapes stored
+        self._big = False  # the last checkpoint was too big to store in one piece: the next one tries value by value first
 
     def ensure(self)->DataOpsSaver:
         "Create the blob bucket/folder and the checkpoint tables if missing (explicit provisioning); returns self"
@@ -157,6 +159,7 @@ class DataOpsSaver(BaseCheckpointSaver):
 
 # %% ../nbs/34_checkpoint.ipynb #39150613
 _ZLEVEL = 3
+def _b64(b:bytes)->str: return binascii.b2a_base64(b, newline=False).decode('ascii')
 
 @patch
 def _dump(self:DataOpsSaver, value:Any)->tuple[str, bytes]:
@@ -172,12 +175,12 @@ def _load(self:DataOpsSaver, t:str, b:bytes)->Any:
 @patch
 def _inline(self:DataOpsSaver, value:Any)->str:
     t,b = self._dump(value)
-    return f"{t}:{base64.b64encode(b).decode()}"
+    return f"{t}:{_b64(b)}"
 
 @patch
 def _from_inline(self:DataOpsSaver, s:str)->Any:
     t,_,b = s.partition(':')
-    return self._load(t, base64.b64decode(b))
+    return self._load(t, binascii.a2b_base64(b))  # the codec's core: base64.b64decode adds type checks costing more than the decoding of a small value
 
 def _blob_prefix(thread_id:str)->str: return f"langgraph/{_seg(thread_id)}/"
 
@@ -205,7 +208,7 @@ def _encode_values(self:DataOpsSaver, thread_id:str, values:dict)->dict:
     for k in sorted((k for k in enc if k not in big), key=lambda k: -len(enc[k][1])):
         if size <= ITEM_BUDGET: break
         big.add(k); size -= 4*len(enc[k][1])//3
-    return {k: self._offload(thread_id, t, b) if k in big else f"{t}:{base64.b64encode(b).decode()}" for k,(t,b) in enc.items()}
+    return {k: self._offload(thread_id, t, b) if k in big else f"{t}:{_b64(b)}" for k,(t,b) in enc.items()}
 
 @patch
 def _decode_value(self:DataOpsSaver, thread_id:str, stored:str|dict)->Any:
@@ -241,9 +244,17 @@ def put(self:DataOpsSaver, config:RunnableConfig, checkpoint:Checkpoint, metadat
     if self.shape is not None and ns == '':
         md['graph_fingerprint'] = self.shape.fingerprint
         self._record_shape()
+    vals = {k: v for k,v in values.items() if k in versions}
+    whole,stored = None,{}
+    if not self._big:  # one serde pass over the checkpoint with its values, as SqliteSaver makes, when that stays small
+        t,b = self._dump({**c, 'channel_values': vals})
+        if len(b) <= self.offload_threshold and 4*len(b)//3 <= ITEM_BUDGET: whole = f"{t}:{_b64(b)}"
+    if whole is None:  # a larger one: its values one by one, the large ones offloaded
+        whole,stored = self._inline(c),self._encode_values(tid, vals)
+        # the next checkpoint of a graph with large state skips the whole-checkpoint try (it would be serialised twice)
+        self._big = any(isinstance(v, dict) for v in stored.values()) or 3*sum(len(v) for v in stored.values() if isinstance(v, str))//4 > self.offload_threshold
     item = {'thread_id': tid, 'ck': _ck(ns, cid), 'checkpoint_ns': ns, 'checkpoint_id': cid, 'parent_checkpoint_id': conf.get('checkpoint_id'),
-            'checkpoint': self._inline(c), 'metadata': self._inline(md), 'values': self._encode_values(tid, {k: v for k,v in values.items() if k in versions}),
-            'ts': c.get('ts')}
+            'checkpoint': whole, 'metadata': self._inline(md), 'values': stored, 'ts': c.get('ts')}
     if isinstance(md.get('run_id'), str) and md['run_id']: item['run_id'] = md['run_id']
     for k in ('source', 'graph_fingerprint'):
         if isinstance(md.get(k), str): item[k] = md[k]
@@ -303,8 +314,10 @@ def _writes_of(self:DataOpsSaver, tid:str, ns:str, cids:Iterable[str])->dict[str
 def _tuple(self:DataOpsSaver, item:dict, writes:list, metadata:dict|None=None)->CheckpointTuple:
     "The `CheckpointTuple` of a stored checkpoint item"
     tid,ns,cid,parent = item['thread_id'],item['checkpoint_ns'],item['checkpoint_id'],item.get('parent_checkpoint_id')
-    values = {k: self._decode_value(tid, v) for k,v in item['values'].items()}
-    return CheckpointTuple(config=_cfg(tid, ns, cid), checkpoint={**self._from_inline(item['checkpoint']), 'channel_values': values},
+    ck = self._from_inline(item['checkpoint'])
+    values = ck.pop('channel_values', None) or {}  # a small checkpoint holds its values; a larger one keeps them in 'values', inline or offloaded
+    values.update({k: self._decode_value(tid, v) for k,v in item['values'].items()})
+    return CheckpointTuple(config=_cfg(tid, ns, cid), checkpoint={**ck, 'channel_values': values},
                            metadata=metadata if metadata is not None else self._from_inline(item['metadata']),
                            parent_config=_cfg(tid, ns, parent) if parent else None, pending_writes=writes)
 

@@ -72,15 +72,22 @@ def _save(self:ContextManager, snap:ContextSnapshot, payload:dict)->ContextSnaps
         raise ConflictError(f"session {snap.session_id!r} already has a checkpoint labelled {snap.label!r}", "choose another label, or restore/list the existing one") from None
     return snap
 
+def _superseded(current:str|None):
+    "A predicate on stored artifact items: a conversation summary other than the session's `current` one"
+    return lambda it: it.get('name') == 'conversation_summary' and it.get('workflow_name') == 'session' and it.get('artifact_id') != current
+
 @patch
-def _payload(self:ContextManager, session_id:str, recent:int|None, include_artifacts:bool, messages:bool=True)->tuple[dict, dict, list]:
+def _payload(self:ContextManager, session_id:str, recent:int|None, include_artifacts:bool, messages:bool=True,
+             latest_summary:bool=False # refs leave out superseded versions of the conversation summary (a checkpoint's)
+            )->tuple[dict, dict, list]:
     "What a snapshot or checkpoint saves of the session; the session item; the artifact refs. `messages=False`: no turn is read"
     item = self.sessions.sessions.get(session_id) if isinstance(session_id, str) and session_id.strip() else None
     if item is None: self.sessions.get_session(session_id)  # raises the usual error naming the bad id
     s = Session.from_item(item)  # one read of the source of truth serves both the model and the saved state
     rows = self.sessions._history_items(item, recent) if messages else []  # stored items as they are: no model per turn
     rows = [{k: v for k,v in r.items() if k != 'vector'} if 'vector' in r else r for r in rows]  # sentence vectors ([semantic]) are derived: a snapshot stays small, and a session it seeds embeds its turns again
-    refs = [a.ref for a in self.artifacts.list_artifacts(session_id, limit=1000)] if include_artifacts else []
+    skip = _superseded(item.get('summary_artifact_id')) if latest_summary else None
+    refs = [a.ref for a in self.artifacts.list_artifacts(session_id, limit=1000, skip=skip)] if include_artifacts else []
     summary = self.artifacts.get_artifact_content(s.summary_artifact_id) if s.summary_artifact_id else None
     payload = {'session': {k: item.get(k) for k in ('session_id', 'user_id', 'global_context', 'active_workflows', 'metadata', 'hidden_ranges', 'summary_artifact_id', 'summarised_until')},
                'orchestrator_state': s.metadata.get('orchestrator_state', {}), 'workflow_states': s.metadata.get('workflow_states', {}),
@@ -142,7 +149,9 @@ def list_snapshots(self:ContextManager, session_id:str, kind:str|None=None)->lis
 def create_checkpoint(self:ContextManager, session_id:str, label:str)->Checkpoint:
     "A labelled checkpoint of the session's whole conversation and state"
     self._check_label(label)
-    payload,item,refs = self._payload(session_id, None, True, messages=False)  # the turns stay in the table: the checkpoint references them
+    # the turns stay in the table: the checkpoint references them; of the summary it keeps the current version
+    # (each version points at the one it extends), so its record does not grow with the number of summaries
+    payload,item,refs = self._payload(session_id, None, True, messages=False, latest_summary=True)
     first,last = self.sessions._visible_ends(item)
     cp = Checkpoint(snapshot_id=f"cp_{label}", session_id=session_id, label=label, orchestrator_state=payload['orchestrator_state'],
                     workflow_states=payload['workflow_states'], artifact_refs=refs, first_seq=first, last_seq=last or 0, summary=payload['summary'])
@@ -209,7 +218,19 @@ def state_at(self:ContextManager, session_id:str,
         return (_visible(self.sessions._last_seq(session_id), it.get('hidden_ranges')), it.get('global_context') or {},
                 {a.artifact_id for a in self.artifacts.list_artifacts(session_id, limit=1000)})
     s = self._read(cp)['session']
-    return _visible(cp.last_seq, s.get('hidden_ranges')), s['global_context'] or {}, {r.artifact_id for r in cp.artifact_refs}
+    return _visible(cp.last_seq, s.get('hidden_ranges')), s['global_context'] or {}, {r.artifact_id for r in cp.artifact_refs} | self._summary_versions(session_id, s.get('summary_artifact_id'))
+
+@patch
+def _summary_versions(self:ContextManager, session_id:str, aid:str|None)->set[str]:
+    "Ids of summary `aid` and of the versions of `session_id` it extends (a checkpoint keeps the newest; a diff compares them all, as the session lists them)"
+    out = set()
+    while aid and aid not in out:
+        try: a = self.artifacts.get_artifact(aid)
+        except (NotFoundError, ExpiredError): break
+        out.add(aid)
+        if a.session_id != session_id: break  # an inherited summary is shared with the session; the versions before it are not
+        aid = a.metadata.get('previous')
+    return out
 
 @patch
 def diff_checkpoints(self:ContextManager, session_id:str, a:str, b:str|None=None)->ContextDiff:

@@ -124,6 +124,21 @@ def test_many_medium_values_stay_under_the_item_budget(saver):
     assert min(len(values[k]) for k in offloaded) >= max(len(base64.b64decode(v.partition(':')[2])) for v in inline)  # largest first
     assert saver.get_tuple(cfg(t)).checkpoint['channel_values'] == values
 
+def test_small_checkpoint_is_stored_whole_and_the_value_form_still_reads(saver):
+    "A small checkpoint is one serde pass, values included (as SqliteSaver stores it); items with values stored one by one read the same"
+    t, values = tid(), {'table': 'orders', 'rows': [1, 2, 3], 'when': 0.5}
+    put_values(saver, t, values)
+    [item] = saver.checkpoints.query(t).items
+    assert item['values'] == {} and item['checkpoint'].startswith('msgpack:')
+    assert saver.get_tuple(cfg(t)).checkpoint['channel_values'] == values
+    # the form a larger checkpoint (or an earlier release) stores: the checkpoint without its values, each value apart
+    ck = saver._from_inline(item['checkpoint'])
+    kept = {k: v for k, v in item.items() if k != '_version'}
+    saver.checkpoints.put({**kept, 'checkpoint': saver._inline({k: v for k, v in ck.items() if k != 'channel_values'}),
+                           'values': saver._encode_values(t, ck['channel_values'])})
+    [again] = saver.checkpoints.query(t).items
+    assert sorted(again['values']) == sorted(values) and saver.get_tuple(cfg(t)).checkpoint['channel_values'] == values
+
 def test_threshold_is_configurable(storage):
     t, value = tid(), 'x' * 2000
     put_values(DataOpsSaver(storage, offload_threshold=1000), t, {'v': value})

@@ -172,6 +172,28 @@ def test_checkpoints_restore_exactly(manager_storage, raw):
     with pytest.raises(ConflictError, match=f"session '{sid}' already has a checkpoint labelled 'alpha'"): cm.create_checkpoint(sid, 'alpha')
     assert [c.label for c in cm.list_checkpoints(sid)] == ['zeta', 'alpha', 'cp_release']
 
+def test_checkpoint_references_only_the_current_summary(manager_storage):
+    "A checkpoint's record does not grow with the number of summary versions: it keeps the current one, and diffs still see them all"
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=40, keep_recent=1))
+    cm = ContextManager(sm)
+    sid = sm.create_session(uid()).session_id
+    kept = sm.artifacts.store_artifact({'v': 1}, session_id=sid, workflow_name='profile', name='profile')
+    sizes, summaries = [], []
+    for part in range(4):
+        talk(sm, sid, [f"part {part}, turn {i}: orders has {i} nulls in the total column of the warehouse" for i in range(4)])
+        summaries.append(sm.get_session(sid).summary_artifact_id)
+        cp = cm.create_checkpoint(sid, f"part{part}")
+        assert sorted(r.artifact_id for r in cp.artifact_refs) == sorted([kept, summaries[-1]])
+        sizes.append(len(json.dumps({k: v for k, v in cm._checkpoint(sid, f"part{part}").to_item().items() if k != "summary"})))  # the summary text is bounded by its budget
+    versions = sm.artifacts.list_versions(summaries[-1])
+    assert len(versions) >= 4 and len(set(summaries)) == 4  # four summary versions by the last checkpoint ...
+    assert max(sizes) - min(sizes) < 16  # ... and, but for the summary text, a record the same size (ids and timestamps are fixed-width)
+    d = cm.diff_checkpoints(sid, 'part0', 'part3')  # the diff compares every version, as the session lists them
+    assert d.artifacts_removed == [] and set(summaries[1:]) <= set(d.artifacts_added)
+    assert cm.diff_checkpoints(sid, 'part3').artifacts_added == cm.diff_checkpoints(sid, 'part3').artifacts_removed == []
+    cm.restore_checkpoint(sid, 'part1')
+    assert sm.get_session(sid).summary_artifact_id == summaries[1] and cm.diff_checkpoints(sid, 'part1').artifacts_removed == []
+
 RESTORER = textwrap.dedent("""
     import sys
     from dataops_lab.config import load_settings
