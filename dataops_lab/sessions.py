@@ -47,7 +47,7 @@ class SessionPolicy(BaseModel):
     recall_cited: int = Field(32, ge=0, description="most turns cited by the summary that get_context_summary also ranks (the newest cited)")
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
-from .observability import hot_lookups
+from .observability import count_hot_lookup
 
 class HotTier:
     "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
@@ -126,7 +126,7 @@ class HotTier:
         "For an append, in one round trip: the cached item of `sid` (as `get_session`), the raw cached value (False if the tier could not be read) and the seq hint"
         got = self.call(self.cache.get_many, self.session_key(sid), self.seq_key(sid))
         if got is None: return None, False, None
-        hot_lookups.labels(type(self.cache).__name__, 'miss' if got[0] is None else 'hit').inc()  # counted as `get_session`'s read is
+        count_hot_lookup(type(self.cache).__name__, got[0] is not None)  # counted as `get_session`'s read is
         return self._parse(sid, got[0]), got[0], got[1]
 
     def after_append(self, item:dict, token:tuple|None, prev:bytes|None|bool, seq:int, event:str)->bool|None:
