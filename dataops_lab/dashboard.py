@@ -26,7 +26,7 @@ from .display import (Markup, esc, html_table, too_large, pre, short, lineage_sv
                                  visible_count, SessionFacts, session_facts, session_card)
 from .panel_notebook import panel_mimebundle
 from .batch import list_batches, batch_runs
-from .observability import serve_metrics
+from .observability import serve_metrics, active_sessions
 
 # %% auto #0
 __all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'over_time_charts', 'Dashboard', 'batch_status',
@@ -254,6 +254,7 @@ class Dashboard:
         self._own = storage is None
         self.storage = storage or Storage(self.settings)
         self.sessions = SessionManager(self.storage)
+        active_sessions.watch(self.sessions.count_active_sessions)  # `dataops_active_sessions` on this process's metrics_port counts this store
         self.artifacts,self.context = self.sessions.artifacts,ContextManager(self.sessions)
         self.index = index or SessionIndex(self.sessions).rebuild()
         self.page_size,self.refresh_seconds = self.settings.dashboard.page_size,self.settings.dashboard.refresh_seconds

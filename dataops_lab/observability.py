@@ -6,17 +6,18 @@ Docs: https://dataops-lab.github.io/dataops-lab/observability.html.md"""
 
 # %% ../nbs/03_observability.ipynb #06245dbc
 from __future__ import annotations
-import atexit, contextvars, functools, logging, os, re, sys, threading, time
+import atexit, contextvars, functools, logging, math, os, re, sys, threading, time, weakref
 from bisect import bisect_left
 from collections import deque
 from time import perf_counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit, unquote
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars, get_contextvars, merge_contextvars
 from prometheus_client import Counter, Gauge, Histogram, CollectorRegistry, REGISTRY, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
 from opentelemetry import trace, context as otel_context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.propagate import inject, extract
@@ -27,13 +28,13 @@ from .config import Settings, SECTIONS, load_settings
 # %% auto #0
 __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 'route_decisions', 'chain_step_duration',
            'chain_step_failures', 'storage_duration', 'storage_errors', 'hot_lookups', 'blob_bytes',
-           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'active_sessions',
-           'hot_outages', 'FLUSH_EVERY', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
-           'configure_logging', 'bound', 'confidence_bucket', 'flush_metrics', 'count_hot_lookup', 'metrics_registry',
-           'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing', 'configure_observability', 'tracing',
-           'agent_attrs', 'fail_current', 'in_span', 'iter_in_span', 'record_workflow', 'observe_workflow',
-           'instrument_storage_method', 'node_callbacks', 'trace_carrier', 'joined_trace', 'joined_span', 'trace_env',
-           'join_env_trace']
+           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'hot_outages', 'FLUSH_EVERY',
+           'active_sessions', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
+           'configure_logging', 'bound', 'confidence_bucket', 'flush_metrics', 'count_hot_lookup', 'ActiveSessions',
+           'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
+           'configure_observability', 'tracing', 'agent_attrs', 'fail_current', 'in_span', 'iter_in_span',
+           'record_workflow', 'observe_workflow', 'instrument_storage_method', 'node_callbacks', 'trace_carrier',
+           'joined_trace', 'joined_span', 'trace_env', 'join_env_trace']
 
 # %% ../nbs/03_observability.ipynb #71f2028b
 SECRET_KEY = re.compile(r'(?:^|_)(?:password|passwd|secret|token|api_key|apikey|authorization|cookie|credentials?|private_key)$', re.I)
@@ -153,7 +154,6 @@ batch_run_outcomes = _metric(Counter, 'dataops_batch_runs', 'Batch runs (one not
 api_requests = _metric(Counter, 'dataops_api_requests', 'API requests by method, route template and status code', ['method', 'route', 'status'])
 api_request_duration = _metric(Histogram, 'dataops_api_request_duration_seconds', 'API request latency by method and route template', ['method', 'route'], buckets=_FAST[3:] + (10, 30))
 api_ws_closed = _metric(Counter, 'dataops_api_ws_closed', 'WebSocket event feeds the server closed: the client read too slowly (slow) or the feed failed (feed_stopped)', ['reason'])
-active_sessions = _metric(Gauge, 'dataops_active_sessions', 'Sessions this process used within the idle threshold (`[sessions] idle_after`); summed over live processes', [], multiprocess_mode='livesum')
 hot_outages = _metric(Counter, 'dataops_hot_tier_outages', 'Hot-tier outages: times the hot tier became unreachable and sessions fell back to the cold tier', ['backend'])
 
 def confidence_bucket(c:float|None)->str:
@@ -233,12 +233,72 @@ def count_hot_lookup(backend:str, # the cache backend's class name
     if (q := _hot_sinks.get((backend, hit))) is None: q = _hot_sinks[(backend, hit)] = _sink(hot_lookups.labels(backend, 'hit' if hit else 'miss'), False)
     q.append(1)
 
+# %% ../nbs/03_observability.ipynb #ac71e502
+class ActiveSessions:
+    "Collector of `dataops_active_sessions`: counted from the session store when scraped (cached `max_age` s), the same number whichever process answers"
+    name = 'dataops_active_sessions'
+    doc = 'Sessions in the store that are active and were used within [sessions] idle_after (counted from the store when scraped)'
+    def __init__(self, max_age:float=15.0, # seconds a count is reused
+                 min_age:float=1.0): # after `changed()`, seconds a count is still reused
+        self.max_age,self.min_age = max_age,min_age
+        self._counts,self._lock = [],threading.Lock()  # weak references to counting functions, the one asked last
+        self.value,self.at,self.dirty = None,-math.inf,False
+
+    def _source(self):
+        "The newest watched counting function still alive"
+        while self._counts:
+            if (f := self._counts[-1]()) is not None: return f
+            self._counts.pop()
+        return None
+
+    def watch(self, count:Callable[[], int], # e.g. `SessionManager.count_active_sessions` (a bound method is held weakly)
+              replace:bool=True): # False: a fallback, asked only when nothing watched later is alive
+        "Count with `count()` from now on"
+        ref = weakref.WeakMethod(count) if hasattr(count, '__self__') else (lambda: count)
+        with self._lock:
+            if replace: self._counts.append(ref)
+            else: self._counts.insert(0, ref)
+            self.value,self.at = None,-math.inf
+
+    def unwatch(self, owner)->None:
+        "Stop asking `owner` (a closed `SessionManager`)"
+        with self._lock:
+            self._counts = [r for r in self._counts if getattr(r(), '__self__', None) is not owner]
+            self.value,self.at = None,-math.inf
+
+    def changed(self)->None:
+        "This process created, closed or purged a session: recount at the next scrape (once `min_age` has passed)"
+        self.dirty = True
+
+    def current(self)->float|None:
+        "The count, from the cache or counted now; None when nothing is watched"
+        with self._lock:
+            if (f := self._source()) is None: return None
+            age = time.monotonic() - self.at
+            if age >= self.max_age or (self.dirty and age >= self.min_age):
+                self.dirty = False
+                try: self.value,self.at = float(f()),time.monotonic()
+                except Exception as e:  # the store is down: keep the last count (or none), say so once per attempt
+                    self.at = time.monotonic()
+                    logger.warning('active_sessions_count_failed', error=type(e).__name__, detail=str(e)[:200])
+            return self.value
+
+    def describe(self): return [GaugeMetricFamily(self.name, self.doc)]
+    def collect(self):
+        g = GaugeMetricFamily(self.name, self.doc)
+        if (v := self.current()) is not None: g.add_metric([], v)
+        yield g
+
+active_sessions = REGISTRY._names_to_collectors.get(ActiveSessions.name)  # once per process (a re-run notebook finds the registered one)
+if not hasattr(active_sessions, 'watch'): REGISTRY.register(active_sessions := ActiveSessions())
+
 # %% ../nbs/03_observability.ipynb #77de76d2
 def metrics_registry()->CollectorRegistry:
     "The registry to scrape: every process's metrics when `PROMETHEUS_MULTIPROC_DIR` is set (several API workers), else this process's"
     if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
         from prometheus_client import multiprocess
         r = CollectorRegistry(); multiprocess.MultiProcessCollector(r)
+        r.register(active_sessions)  # counted from the shared store by the process answering, not summed over processes
         return r
     return REGISTRY
 
