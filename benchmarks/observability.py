@@ -1,6 +1,6 @@
 """Observability benchmark: what logging, metrics and tracing cost a trivial chain run and `GET /sessions/{id}`.
 
-    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--baseline-ref REF] [--section all|chain|api]
+    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--baseline-ref REF] [--section all|chain|api|instr]
 
 Three sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
 embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
@@ -21,6 +21,14 @@ of their own, the same settings): `off` (traces = none) and `in-memory` (OpenTel
 installed before the app is built: the request span and every storage span recorded). One client per server, one
 keep-alive connection, requests back to back, in batches that alternate which server goes first; the figures are
 the latency the client saw (send to last byte), p50 / p99 / mean and in-memory over off.
+
+Section `instr`: the storage instrumentation (latency histogram, hit/miss and byte counters, nested-call guard)
+on vs off, exporters off on both sides. Two long-lived worker processes of this checkout on the embedded default:
+`on` as shipped, `off` with the storage layer's `_instrument` replaced before any backend exists, so no backend
+method is wrapped — the same library minus the wrapper. Each worker times three operations: a small get and a small
+put (~60-byte item) on the SQLite cold tier (`dataops_sessions`), and the trivial 3-step chain run; the parent asks
+the two workers in turn for a batch of each operation, alternating which goes first every round. The `api` section
+also runs a third server, `uninstrumented` (the same `_instrument` replacement), beside `off` and `in-memory`.
 
 A benchmark is not a test: nothing here asserts on timings; a worker that fails makes the script exit 1.
 """
@@ -66,15 +74,88 @@ for line in sys.stdin:
     print(json.dumps({'ms': out, 'spans_per_run': spans}), flush=True)
 '''
 
+INSTR_WORKER = r'''
+import json, os, sys, tempfile, time
+from pathlib import Path
+mode = sys.argv[1]
+if mode == 'off':  # no backend method wrapped: the library minus the storage instrumentation
+    import dataops_lab.store.base as _base
+    _base._instrument = lambda cls: setattr(cls, '_instrumented', True)
+work = Path(tempfile.mkdtemp(prefix='obs-instr-'))
+(work / 'settings.ini').write_text('[storage]\n')
+os.environ['DATAOPS_SETTINGS'] = str(work / 'settings.ini')
+from dataops_lab import SessionManager, WorkflowChain, WorkflowRegistry, workflow
+from dataops_lab.store.base import SESSIONS_TABLE
+@workflow()
+def inc(x: int = 0): return {'x': x + 1}
+reg = WorkflowRegistry()
+reg.register(inc)
+sm = SessionManager()
+sid = sm.create_session('bench').session_id
+chain = WorkflowChain('trivial', registry=reg, session_manager=sm)
+for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
+table = sm.storage.table(SESSIONS_TABLE)
+assert hasattr(type(table).get, '__wrapped__') == (mode == 'on'), 'instrumentation switch did not take'
+item = {'session_id': 'bench-item', 'user_id': 'bench', 'created_at': '2026-01-01T00:00:00Z', 'n': 0}
+table.put(item)
+def run_chain():
+    r = chain.execute(sid, {'x': 0})
+    if r.status != 'completed': raise SystemExit(f'run failed: {r.error}')
+ops = {'get': lambda: table.get('bench-item'), 'put': lambda: table.put(item), 'chain': run_chain}
+for f in ops.values():
+    for _ in range(5): f()
+print(json.dumps({'ready': True}), flush=True)
+for line in sys.stdin:
+    op, k = line.split(); f = ops[op]
+    out = []
+    for _ in range(int(k)):
+        t = time.perf_counter_ns(); f(); out.append((time.perf_counter_ns() - t) / 1e3)
+    print(json.dumps({'us': out}), flush=True)
+'''
+
+INSTR_OPS = {'get': 'SQLite get (cold tier, ~60-byte item)', 'put': 'SQLite put (same item)', 'chain': 'trivial 3-step chain run'}
+
+def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
+    "Storage instrumentation on vs off (exporters off): SQLite get/put and a trivial chain run, two workers, interleaved"
+    procs = {}
+    mult = {'get': 10, 'put': 2, 'chain': 1}  # more samples of the fast operations, for the same wall time
+    try:
+        for mode in ('off', 'on'):
+            (tmp / f'instr-{mode}').mkdir(); procs[mode] = start(mode, ROOT, tmp / f'instr-{mode}', INSTR_WORKER)
+        for p in procs.values(): ask(p)
+        lat = {op: {m: [] for m in procs} for op in INSTR_OPS}
+        order, rnd = list(procs), 0
+        while len(lat['chain']['off']) < runs:
+            k = min(batch, runs - len(lat['chain']['off']))
+            for op in INSTR_OPS:
+                for m in (order if rnd % 2 == 0 else order[::-1]):
+                    procs[m].stdin.write(f'{op} {k * mult[op]}\n'); procs[m].stdin.flush()
+                    lat[op][m] += ask(procs[m])['us']
+            rnd += 1
+        q = 95 if tail == 'p95' else 99
+        print(f"\nstorage instrumentation on vs off (exporters off), interleaved: {runs} chain runs per side, x{mult['get']} gets, x{mult['put']} puts; batches of {batch}")
+        print(f"{'operation':<38} {'side':<4} {'n':>6} {'p50 us':>9} {'p95 us':>9} {tail + ' us':>9} {'p50 on/off':>11} {tail + ' on/off':>11}")
+        for op, name in INSTR_OPS.items():
+            off = lat[op]['off']
+            for m in ('off', 'on'):
+                xs = lat[op][m]
+                print(f"{name:<38} {m:<4} {len(xs):6d} {pct(xs, 50):9.1f} {pct(xs, 95):9.1f} {pct(xs, q):9.1f} {pct(xs, 50)/pct(off, 50):11.3f} {pct(xs, q)/pct(off, q):11.3f}")
+        print('\n' + '; '.join(f"{op}: {100*(pct(lat[op]['on'], 50)/pct(lat[op]['off'], 50)-1):+.1f}% at p50" for op in INSTR_OPS)
+              + ' (instrumentation on over off; target < 5% with exporters off)')
+        for p in procs.values(): p.stdin.close(); p.wait(30)
+    finally:
+        for p in procs.values():
+            if p.poll() is None: p.stdin.close(); p.wait(30)
+
 def baseline_ref() -> str:
     added = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'dataops_lab/observability.py'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     if not added: raise SystemExit('error: dataops_lab/observability.py is not in git history; pass --baseline-ref')
     return added[-1] + '^'
 
-def start(mode: str, pythonpath: Path, tmp: Path) -> subprocess.Popen:
+def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
     env['PYTHONPATH'] = str(pythonpath)
-    return subprocess.Popen([sys.executable, '-c', WORKER, mode], cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, '-c', code, mode], cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 def ask(p: subprocess.Popen, k: int | None = None) -> dict:
     if k is not None: p.stdin.write(f'{k}\n'); p.stdin.flush()
@@ -85,6 +166,9 @@ def ask(p: subprocess.Popen, k: int | None = None) -> dict:
 _API_SERVER = r'''
 import sys, uvicorn
 mode = sys.argv[3]
+if mode == 'uninstrumented':  # no storage backend method wrapped
+    import dataops_lab.store.base as _base
+    _base._instrument = lambda cls: setattr(cls, '_instrumented', True)
 if mode == 'in-memory':
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from dataops_lab.observability import configure_tracing
@@ -102,7 +186,7 @@ def api_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
     env['DATAOPS_API__JWT_SECRET'] = 'bench-signing-key-' + 'x' * 40
     procs, clients, sids = {}, {}, {}
     try:
-        for mode in ('off', 'in-memory'):
+        for mode in ('uninstrumented', 'off', 'in-memory'):
             d = tmp / f'api-{mode}'; d.mkdir()
             (d / 'settings.ini').write_text('[storage]\n[api]\nrate_limit = 1000000/minute\ndashboard = false\n')
             subprocess.run([sys.executable, '-c', 'import sys; from dataops_lab.config import load_settings; from dataops_lab.store.base import Storage; '
@@ -125,17 +209,20 @@ def api_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
         lat, order, rnd = {m: [] for m in clients}, list(clients), 0
         while len(lat['off']) < runs:
             k = min(batch, runs - len(lat['off']))
-            for m in (order if rnd % 2 == 0 else order[::-1]):
+            for m in order[rnd % 3:] + order[:rnd % 3]:
                 c, path = clients[m], f'/sessions/{sids[m]}'
                 for _ in range(k):
                     t = time.perf_counter_ns(); r = c.get(path); lat[m].append((time.perf_counter_ns() - t) / 1e6)
                     if r.status_code != 200: raise RuntimeError(f'{m}: GET {path} answered {r.status_code} {r.text[:200]}')
             rnd += 1
         o50, omean = pct(lat['off'], 50), statistics.fmean(lat['off'])
-        print(f"\nGET /sessions/{{id}} over HTTP, tracing off vs on: {runs} requests per side, batches of {batch}, one client per server")
-        print(f"{'side':<11} {'p50 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/off':>8} {'mean/off':>9}")
+        u50, uq = pct(lat['uninstrumented'], 50), pct(lat['uninstrumented'], 95 if tail == 'p95' else 99)
+        print(f"\nGET /sessions/{{id}} over HTTP, storage uninstrumented vs tracing off vs on: {runs} requests per side, batches of {batch}, one client per server")
+        print(f"{'side':<15} {'p50 ms':>8} {'p95 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/off':>8} {'mean/off':>9} {'p50/uninstr':>12} {tail + '/uninstr':>12}")
         for m, xs in lat.items():
-            print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if tail == 'p95' else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/o50:8.3f} {statistics.fmean(xs)/omean:9.3f}")
+            print(f"{m:<15} {pct(xs, 50):8.2f} {pct(xs, 95):8.2f} {pct(xs, 95 if tail == 'p95' else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/o50:8.3f} {statistics.fmean(xs)/omean:9.3f} "
+                  f"{pct(xs, 50)/u50:12.3f} {pct(xs, 95 if tail == 'p95' else 99)/uq:12.3f}")
+        print(f"\nstorage instrumentation (exporters off) costs GET /sessions/{{id}} {100*(o50/u50-1):+.1f}% at p50 (target < 5%)")
         print(f"\ntracing on (in-memory exporter) costs GET /sessions/{{id}} {100*(pct(lat['in-memory'], 50)/o50-1):+.1f}% at p50, "
               f"{100*(pct(lat['in-memory'], 95 if tail == 'p95' else 99)/pct(lat['off'], 95 if tail == 'p95' else 99)-1):+.1f}% at {tail}")
     finally:
@@ -152,7 +239,7 @@ def main():
     ap.add_argument('--runs', type=int, default=None, help='timed runs per side (default 400; --quick 40)')
     ap.add_argument('--batch', type=int, default=None, help='runs per batch (default 20; --quick 10)')
     ap.add_argument('--baseline-ref', default=None, help='git ref of the library without observability (default: before observability.py was added)')
-    ap.add_argument('--section', choices=('all', 'chain', 'api'), default='all', help='the chain run, GET /sessions/{id} over HTTP, or both (default)')
+    ap.add_argument('--section', choices=('all', 'chain', 'api', 'instr'), default='all', help='the chain run, GET /sessions/{id} over HTTP, storage instrumentation on vs off, or all (default)')
     a = ap.parse_args()
     runs, batch = a.runs or (40 if a.quick else 400), a.batch or (10 if a.quick else 20)
     tail = 'p95' if a.quick else 'p99'
@@ -161,6 +248,8 @@ def main():
     try:
         if a.section == 'api':
             api_section(runs, batch, tail, tmp); return
+        if a.section == 'instr':
+            instr_section(runs, batch, tail, tmp); return
         ref = a.baseline_ref or baseline_ref()
         base = tmp / 'code-baseline'; base.mkdir()
         arc = subprocess.run(['git', 'archive', ref, 'dataops_lab'], cwd=ROOT, capture_output=True, check=True).stdout
@@ -184,7 +273,7 @@ def main():
         print(f"\noverhead with exporters off: {100*(pct(lat['off'], 50)/b50-1):+.1f}% at p50 (target < 5%); "
               f"with the in-memory exporter: {100*(pct(lat['in-memory'], 50)/b50-1):+.1f}%")
         for p in procs.values(): p.stdin.close(); p.wait(30)
-        if a.section == 'all': api_section(runs, batch, tail, tmp)
+        if a.section == 'all': api_section(runs, batch, tail, tmp); instr_section(runs, batch, tail, tmp)
     except Exception as e:
         print(f'error: {type(e).__name__}: {e}', file=sys.stderr); sys.exit(1)
     finally:

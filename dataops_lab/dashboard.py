@@ -21,16 +21,16 @@ from .store.base import Storage
 from .artifacts import ArtifactStore
 from .sessions import SessionManager
 from .context import ContextManager
-from .operations import operations_report, storage_health
+from .operations import operations_report, storage_health, over_time
 from .display import (Markup, esc, html_table, too_large, pre, short, lineage_svg, json_tree, markdown_html, sql_html, looks_like_sql,
                                  visible_count, SessionFacts, session_facts, session_card)
 from .panel_notebook import panel_mimebundle
 from .batch import list_batches, batch_runs
-from .observability import serve_metrics
+from .observability import serve_metrics, active_sessions
 
 # %% auto #0
-__all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'Dashboard', 'batch_status', 'PortInUseError',
-           'DashboardServer', 'serve_dashboard', 'dashboard_cli']
+__all__ = ['SessionPage', 'SessionIndex', 'artifact_preview', 'batch_charts', 'over_time_charts', 'Dashboard', 'batch_status',
+           'PortInUseError', 'DashboardServer', 'serve_dashboard', 'dashboard_cli']
 
 # %% ../nbs/52_dashboard.ipynb #093564bb
 _INDEX_COLS = ['session_id', 'user_id', 'status', 'created_at', 'last_active', 'message_count', 'visible', 'hidden', 'meta']
@@ -205,6 +205,38 @@ def batch_charts(rows:list[dict], # `list_batches(...).items` or `batch_runs(...
     f2.xaxis.major_label_orientation = 0.8
     return pn.Row(pn.pane.Bokeh(f1), pn.pane.Bokeh(f2))
 
+# %% ../nbs/52_dashboard.ipynb #0be71e02
+_PALETTE = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf')
+_BUCKET_NAMES = {'5min': '5 minutes', 'h': 'hour', 'D': 'day', 'W': 'week'}
+
+def over_time_charts(series:pd.DataFrame, # `over_time(...)` / `OperationsReport.series`
+                     max_workflows:int=10 # the busiest this many workflows get a line
+                    )->pn.viewable.Viewable:
+    "Invocations, success rate and p50/p95 duration per workflow and time bucket, as three charts"
+    from bokeh.plotting import figure
+    from bokeh.models import ColumnDataSource, Legend
+    if series is None or series.empty: return pn.pane.HTML('<i>No recorded runs to chart yet.</i>', css_classes=['ops-over-time-empty'])
+    per = _BUCKET_NAMES.get(series.attrs.get('bucket', ''), 'bucket')
+    top = series.groupby('workflow')['invocations'].sum().sort_values(ascending=False, kind='stable').index[:max_workflows]
+    kw = dict(x_axis_type='datetime', height=230, sizing_mode='stretch_width', toolbar_location=None, tools='hover')
+    f1 = figure(title=f"invocations per {per}", tooltips=[('workflow', '@workflow'), ('runs', '@invocations')], **kw)
+    f2 = figure(title='success rate', x_range=f1.x_range, y_range=(-0.05, 1.05), tooltips=[('workflow', '@workflow'), ('success', '@success_rate')], **kw)
+    f3 = figure(title='duration (s): p95 solid, p50 dashed', x_range=f1.x_range, tooltips=[('workflow', '@workflow'), ('p50', '@p50_s'), ('p95', '@p95_s')], **kw)
+    items = []
+    for i,wf in enumerate(top):
+        d = series[series.workflow == wf].sort_values('bucket')
+        src = ColumnDataSource({'bucket': d['bucket'].dt.tz_localize(None).tolist(), 'workflow': [str(wf)]*len(d), 'invocations': d['invocations'].tolist(),
+                                **{c: [None if pd.isna(v) else float(v) for v in d[c]] for c in ('success_rate', 'p50_s', 'p95_s')}}, name=f"ops-series-{wf}")
+        c = _PALETTE[i % len(_PALETTE)]
+        r = f1.line('bucket', 'invocations', source=src, color=c, line_width=2); f1.scatter('bucket', 'invocations', source=src, color=c, size=5)
+        f2.line('bucket', 'success_rate', source=src, color=c, line_width=2); f2.scatter('bucket', 'success_rate', source=src, color=c, size=5)
+        f3.line('bucket', 'p95_s', source=src, color=c, line_width=2); f3.line('bucket', 'p50_s', source=src, color=c, line_dash='dashed')
+        items.append((str(wf), [r]))
+    f1.y_range.start = 0; f3.y_range.start = 0
+    f1.add_layout(Legend(items=items, location='top_left', label_text_font_size='8pt'), 'right')
+    return pn.Column(pn.pane.Bokeh(f1, sizing_mode='stretch_width'), pn.pane.Bokeh(f2, sizing_mode='stretch_width'), pn.pane.Bokeh(f3, sizing_mode='stretch_width'),
+                     sizing_mode='stretch_width', css_classes=['ops-over-time-charts'])
+
 # %% ../nbs/52_dashboard.ipynb #b7720f70
 def _fmt(t)->str:
     "A time as 'YYYY-mm-dd HH:MM:SS' ('' for none)"
@@ -222,6 +254,7 @@ class Dashboard:
         self._own = storage is None
         self.storage = storage or Storage(self.settings)
         self.sessions = SessionManager(self.storage)
+        active_sessions.watch(self.sessions.count_active_sessions)  # `dataops_active_sessions` on this process's metrics_port counts this store
         self.artifacts,self.context = self.sessions.artifacts,ContextManager(self.sessions)
         self.index = index or SessionIndex(self.sessions).rebuild()
         self.page_size,self.refresh_seconds = self.settings.dashboard.page_size,self.settings.dashboard.refresh_seconds
@@ -297,7 +330,8 @@ def _build(self:Dashboard):
     # operations: figures per workflow and chain step, batch outcomes (`operations_report`)
     self.ops_workflows,self.ops_steps,self.ops_batches,self.ops_health = [_table(pd.DataFrame(), selectable=False, css_classes=[c]) for c in ('ops-workflows', 'ops-steps', 'ops-batches', 'ops-health')]
     self.ops_note = pn.pane.HTML('', css_classes=['ops-note'], sizing_mode='stretch_width')
-    ops_tab = pn.Column(self.ops_note, '### Workflows', self.ops_workflows, '### Slowest chain steps', self.ops_steps, '### Batch outcomes', self.ops_batches,
+    self.ops_charts = pn.Column(sizing_mode='stretch_width', css_classes=['ops-over-time'])
+    ops_tab = pn.Column(self.ops_note, '### Workflows', self.ops_workflows, '### Over time', self.ops_charts, '### Slowest chain steps', self.ops_steps, '### Batch outcomes', self.ops_batches,
                         '### Storage health', self.ops_health, sizing_mode='stretch_width')
     self.tabs = pn.Tabs(('Sessions', sessions_tab), ('Batches', batches_tab), ('Operations', ops_tab), sizing_mode='stretch_width')
     self.tabs.param.watch(lambda e: self.show_batches() if e.new == 1 else self.show_operations() if e.new == 2 else None, 'active')  # read when their tab opens
@@ -496,6 +530,7 @@ def show_operations(self:Dashboard, limit:int=5000 # newest records read
     "Fill the Operations tab from the stored runs; the `OperationsReport`"
     rep = operations_report(self.artifacts, self.storage, limit=limit)
     self.ops_workflows.value,self.ops_steps.value,self.ops_batches.value = rep.workflows,rep.steps.head(20),rep.batches
+    self.ops_charts.objects = [over_time_charts(rep.series)]  # per workflow and time bucket (width from the runs' time span)
     self.ops_health.value = storage_health(self.storage)  # each tier reachable, and how long it took to answer
     n = int(rep.workflows['invocations'].sum()) + int(rep.steps['invocations'].sum()) if len(rep.workflows) or len(rep.steps) else 0
     self.ops_note.object = f"<i>{n:,} recorded runs (the newest {limit:,} records)</i>" if n else "<i>No recorded runs yet.</i>"

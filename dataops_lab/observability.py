@@ -6,14 +6,18 @@ Docs: https://dataops-lab.github.io/dataops-lab/observability.html.md"""
 
 # %% ../nbs/03_observability.ipynb #06245dbc
 from __future__ import annotations
-import contextvars, functools, logging, os, re, sys, time
+import atexit, contextvars, functools, logging, math, os, re, sys, threading, time, weakref
+from bisect import bisect_left
+from collections import deque
+from time import perf_counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit, unquote
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars, get_contextvars, merge_contextvars
 from prometheus_client import Counter, Gauge, Histogram, CollectorRegistry, REGISTRY, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
 from opentelemetry import trace, context as otel_context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.propagate import inject, extract
@@ -24,12 +28,13 @@ from .config import Settings, SECTIONS, load_settings
 # %% auto #0
 __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 'route_decisions', 'chain_step_duration',
            'chain_step_failures', 'storage_duration', 'storage_errors', 'hot_lookups', 'blob_bytes',
-           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'active_sessions',
-           'hot_outages', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
-           'configure_logging', 'bound', 'confidence_bucket', 'metrics_registry', 'metrics_text', 'serve_metrics',
-           'configure_tracing', 'stop_tracing', 'configure_observability', 'tracing', 'agent_attrs', 'fail_current',
-           'in_span', 'iter_in_span', 'record_workflow', 'observe_workflow', 'instrument_storage_method',
-           'node_callbacks', 'trace_carrier', 'joined_trace', 'joined_span', 'trace_env', 'join_env_trace']
+           'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'hot_outages', 'FLUSH_EVERY',
+           'active_sessions', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
+           'configure_logging', 'bound', 'confidence_bucket', 'flush_metrics', 'count_hot_lookup', 'ActiveSessions',
+           'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
+           'configure_observability', 'tracing', 'agent_attrs', 'fail_current', 'in_span', 'iter_in_span',
+           'record_workflow', 'observe_workflow', 'instrument_storage_method', 'node_callbacks', 'trace_carrier',
+           'joined_trace', 'joined_span', 'trace_env', 'join_env_trace']
 
 # %% ../nbs/03_observability.ipynb #71f2028b
 SECRET_KEY = re.compile(r'(?:^|_)(?:password|passwd|secret|token|api_key|apikey|authorization|cookie|credentials?|private_key)$', re.I)
@@ -149,7 +154,6 @@ batch_run_outcomes = _metric(Counter, 'dataops_batch_runs', 'Batch runs (one not
 api_requests = _metric(Counter, 'dataops_api_requests', 'API requests by method, route template and status code', ['method', 'route', 'status'])
 api_request_duration = _metric(Histogram, 'dataops_api_request_duration_seconds', 'API request latency by method and route template', ['method', 'route'], buckets=_FAST[3:] + (10, 30))
 api_ws_closed = _metric(Counter, 'dataops_api_ws_closed', 'WebSocket event feeds the server closed: the client read too slowly (slow) or the feed failed (feed_stopped)', ['reason'])
-active_sessions = _metric(Gauge, 'dataops_active_sessions', 'Sessions this process used within the idle threshold (`[sessions] idle_after`); summed over live processes', [], multiprocess_mode='livesum')
 hot_outages = _metric(Counter, 'dataops_hot_tier_outages', 'Hot-tier outages: times the hot tier became unreachable and sessions fell back to the cold tier', ['backend'])
 
 def confidence_bucket(c:float|None)->str:
@@ -157,18 +161,151 @@ def confidence_bucket(c:float|None)->str:
     if c is None: return 'none'
     return 'high' if c >= .8 else 'medium' if c >= .5 else 'low' if c > 0 else 'zero'
 
+# %% ../nbs/03_observability.ipynb #a1f10c02
+FLUSH_EVERY = 0.5  # seconds a storage observation waits at most before another process's scrape sees it
+
+class _Pending:
+    "The storage observations not yet added to their metrics: one per process, kept on `storage_duration` so every copy of this code (a re-run notebook) shares it"
+    def __init__(self): self.sinks,self.lock,self.flusher = [],threading.Lock(),None  # sinks: (metric child, deque of observations, histogram?)
+
+_pending = storage_duration.__dict__.setdefault('_dataops_pending', _Pending())
+
+def _sink(child, histogram:bool)->deque:
+    "A deque the hot path appends observations of `child` to (one `append`: thread-safe, no lock); `flush_metrics` adds them"
+    q = deque()
+    with _pending.lock:
+        _pending.sinks.append((child, q, histogram))
+        if _pending.flusher is None or not _pending.flusher.is_alive(): _start_flusher()
+    return q
+
+def _start_flusher():
+    _pending.flusher = threading.Thread(target=_flush_every, args=(FLUSH_EVERY,), name='dataops-metrics-flush', daemon=True)
+    _pending.flusher.start()
+
+def _observe_many(child, xs:list[float]):
+    "Add `xs` to histogram `child`: one increment per bucket hit and one of the sum, instead of a locked `observe` per value"
+    ub,bk,sm = (getattr(child, a, None) for a in ('_upper_bounds', '_buckets', '_sum'))
+    if ub is None or bk is None or sm is None or len(bk) != len(ub):  # another prometheus_client layout: the public way
+        for x in xs: child.observe(x)
+        return
+    n = {}
+    for x in xs: i = bisect_left(ub, x); n[i] = n.get(i, 0) + 1
+    for i,k in n.items(): bk[i].inc(k)
+    sm.inc(sum(xs))
+
+def flush_metrics()->None:
+    "Add the storage observations recorded since the last flush to their metrics; scrapes, `metrics_text` and a background thread (every `FLUSH_EVERY` s) call it"
+    with _pending.lock:
+        for child,q,hist in _pending.sinks:
+            if not (n := len(q)): continue
+            xs = [q.popleft() for _ in range(n)]  # the n there now; later appends wait for the next flush
+            if hist: _observe_many(child, xs)
+            else: child.inc(sum(xs))
+
+def _flush_every(seconds:float):
+    while True:
+        time.sleep(seconds)
+        try: flush_metrics()
+        except Exception: pass  # a metrics fault must never stop the flusher; the next round retries
+
+def _flushing(collect):
+    @functools.wraps(collect)
+    def call(*a, **kw): flush_metrics(); return collect(*a, **kw)
+    return call
+
+for _m in (storage_duration, hot_lookups, blob_bytes):  # reading these metrics in this process (a scrape, `get_sample_value`) adds what is pending first
+    if not hasattr(_m.collect, '__wrapped__'): _m.collect = _flushing(_m.collect)
+
+def _after_fork():
+    "In a forked child: a fresh lock and flusher (threads do not survive fork), and none of the parent's pending observations (the parent adds those)"
+    if _pending.flusher is not None and _pending.flusher.is_alive(): return  # another copy of this code did it already
+    _pending.lock,_pending.flusher = threading.Lock(),None
+    for _,q,_ in _pending.sinks: q.clear()
+    if _pending.sinks: _start_flusher()
+
+if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_after_fork)
+atexit.register(flush_metrics)
+
+_hot_sinks:dict = {}
+def count_hot_lookup(backend:str, # the cache backend's class name
+                     hit:bool):
+    "Count one hot-tier read as a hit or a miss in `hot_lookups` (cached child, no lock on the caller's path)"
+    if (q := _hot_sinks.get((backend, hit))) is None: q = _hot_sinks[(backend, hit)] = _sink(hot_lookups.labels(backend, 'hit' if hit else 'miss'), False)
+    q.append(1)
+
+# %% ../nbs/03_observability.ipynb #ac71e502
+class ActiveSessions:
+    "Collector of `dataops_active_sessions`: counted from the session store when scraped (cached `max_age` s), the same number whichever process answers"
+    name = 'dataops_active_sessions'
+    doc = 'Sessions in the store that are active and were used within [sessions] idle_after (counted from the store when scraped)'
+    def __init__(self, max_age:float=15.0, # seconds a count is reused
+                 min_age:float=1.0): # after `changed()`, seconds a count is still reused
+        self.max_age,self.min_age = max_age,min_age
+        self._counts,self._lock = [],threading.Lock()  # weak references to counting functions, the one asked last
+        self.value,self.at,self.dirty = None,-math.inf,False
+
+    def _source(self):
+        "The newest watched counting function still alive"
+        while self._counts:
+            if (f := self._counts[-1]()) is not None: return f
+            self._counts.pop()
+        return None
+
+    def watch(self, count:Callable[[], int], # e.g. `SessionManager.count_active_sessions` (a bound method is held weakly)
+              replace:bool=True): # False: a fallback, asked only when nothing watched later is alive
+        "Count with `count()` from now on"
+        ref = weakref.WeakMethod(count) if hasattr(count, '__self__') else (lambda: count)
+        with self._lock:
+            if replace: self._counts.append(ref)
+            else: self._counts.insert(0, ref)
+            self.value,self.at = None,-math.inf
+
+    def unwatch(self, owner)->None:
+        "Stop asking `owner` (a closed `SessionManager`)"
+        with self._lock:
+            self._counts = [r for r in self._counts if getattr(r(), '__self__', None) is not owner]
+            self.value,self.at = None,-math.inf
+
+    def changed(self)->None:
+        "This process created, closed or purged a session: recount at the next scrape (once `min_age` has passed)"
+        self.dirty = True
+
+    def current(self)->float|None:
+        "The count, from the cache or counted now; None when nothing is watched"
+        with self._lock:
+            if (f := self._source()) is None: return None
+            age = time.monotonic() - self.at
+            if age >= self.max_age or (self.dirty and age >= self.min_age):
+                self.dirty = False
+                try: self.value,self.at = float(f()),time.monotonic()
+                except Exception as e:  # the store is down: keep the last count (or none), say so once per attempt
+                    self.at = time.monotonic()
+                    logger.warning('active_sessions_count_failed', error=type(e).__name__, detail=str(e)[:200])
+            return self.value
+
+    def describe(self): return [GaugeMetricFamily(self.name, self.doc)]
+    def collect(self):
+        g = GaugeMetricFamily(self.name, self.doc)
+        if (v := self.current()) is not None: g.add_metric([], v)
+        yield g
+
+active_sessions = REGISTRY._names_to_collectors.get(ActiveSessions.name)  # once per process (a re-run notebook finds the registered one)
+if not hasattr(active_sessions, 'watch'): REGISTRY.register(active_sessions := ActiveSessions())
+
 # %% ../nbs/03_observability.ipynb #77de76d2
 def metrics_registry()->CollectorRegistry:
     "The registry to scrape: every process's metrics when `PROMETHEUS_MULTIPROC_DIR` is set (several API workers), else this process's"
     if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
         from prometheus_client import multiprocess
         r = CollectorRegistry(); multiprocess.MultiProcessCollector(r)
+        r.register(active_sessions)  # counted from the shared store by the process answering, not summed over processes
         return r
     return REGISTRY
 
 def metrics_text(registry:CollectorRegistry|None=None # default: `metrics_registry()`
                 )->tuple[bytes, str]:
     "The Prometheus text exposition of `registry` and its content type"
+    flush_metrics()  # this process's pending storage observations, so the text is current
     return generate_latest(registry or metrics_registry()), CONTENT_TYPE_LATEST
 
 _serving:set[tuple] = set()
@@ -335,37 +472,57 @@ def observe_workflow(name:str, # the workflow's name
         record_workflow(name, 'success', time.perf_counter()-t0)
 
 # %% ../nbs/03_observability.ipynb #6f1166db
-_in_storage = contextvars.ContextVar('_in_storage', default=False)
+class _Busy(threading.local): on = False
+_in_storage = _Busy()  # `on` while a storage call runs on this thread: the calls it makes through other operations are not counted again
 _TIER = {'cache': 'hot', 'table': 'cold', 'blob': 'blob'}
+
+_OTEL_GLOBALS = vars(trace)
+
+def _may_trace()->bool:
+    "False when no tracer provider is installed (a storage call then skips asking for the current span)"
+    return _OTEL_GLOBALS.get('_TRACER_PROVIDER', True) is not None and tracing()
 
 def instrument_storage_method(fn, kind:str, op:str):
     "`fn` (a storage backend method) timed into `storage_duration`, failures counted, a span when tracing; nested calls counted once"
-    tier,timers = _TIER[kind],{}  # backend class name -> its latency histogram child (labels() looked up once)
+    tier,sinks = _TIER[kind],{}  # backend class -> (latency sink, hit sink, miss sink or bytes sink): labels() looked up once per backend
+    def sinks_of(cls):
+        backend = cls.__name__
+        s = sinks[cls] = (_sink(storage_duration.labels(tier, backend, op), True),
+                              *((_sink(hot_lookups.labels(backend, 'hit'), False), _sink(hot_lookups.labels(backend, 'miss'), False)) if kind == 'cache' and op == 'get' else
+                                (_sink(blob_bytes.labels(backend, 'read' if op == 'get' else 'written'), False),) if kind == 'blob' and op in ('get', 'put') else ()))
+        return s
     @functools.wraps(fn)
     def call(self, *args, **kw):
-        if _in_storage.get(): return fn(self, *args, **kw)
-        backend,tok,t0 = type(self).__name__,_in_storage.set(True),time.perf_counter()
-        if (timer := timers.get(backend)) is None: timer = timers[backend] = storage_duration.labels(tier, backend, op)
-        span = tracer.start_span(f"{tier} {op}", attributes={'dataops.storage.tier': tier, 'dataops.storage.backend': backend, 'db.operation.name': op}) if tracing() else None
+        busy = _in_storage
+        if busy.on: return fn(self, *args, **kw)
+        busy.on,t0 = True,perf_counter()
+        span = _start_storage_span(tier, type(self).__name__, op) if _may_trace() else None
         try:
             out = fn(self, *args, **kw)
-            if kind == 'cache' and op == 'get': hot_lookups.labels(backend, 'miss' if out is None else 'hit').inc()
-            elif kind == 'blob' and op == 'get' and isinstance(out, bytes): blob_bytes.labels(backend, 'read').inc(len(out))
-            elif kind == 'blob' and op == 'put' and len(args) > 1 and isinstance(args[1], (bytes, bytearray)): blob_bytes.labels(backend, 'written').inc(len(args[1]))
-            return out
         except (NotFoundError, ConflictError) as e:  # answers of the contract (missing item, lost condition), not failures
             if span is not None: span.set_attribute('dataops.storage.outcome', type(e).__name__)
             raise
         except Exception as e:
-            storage_errors.labels(tier, backend, op, type(e).__name__).inc()
+            storage_errors.labels(tier, type(self).__name__, op, type(e).__name__).inc()
             if span is not None: _fail(span, e)
             raise
         finally:
-            timer.observe(time.perf_counter()-t0)
-            _in_storage.reset(tok)
+            dt = perf_counter()-t0
+            busy.on = False
             if span is not None: span.end()
+            if (s := sinks.get(type(self))) is None: s = sinks_of(type(self))
+            s[0].append(dt)
+        if len(s) > 1:
+            if kind == 'cache': (s[2] if out is None else s[1]).append(1)
+            elif op == 'get':
+                if isinstance(out, bytes): s[1].append(len(out))
+            elif len(args) > 1 and isinstance(args[1], (bytes, bytearray)): s[1].append(len(args[1]))
+        return out
     call.__dataops_instrumented__ = True
     return call
+
+def _start_storage_span(tier, backend, op):
+    return tracer.start_span(f"{tier} {op}", attributes={'dataops.storage.tier': tier, 'dataops.storage.backend': backend, 'db.operation.name': op})
 
 # %% ../nbs/03_observability.ipynb #3aad53d1
 _handler_cls = None

@@ -12,11 +12,11 @@ import pandas as pd
 from .models import ArtifactType
 from .artifacts import ArtifactStore
 from .store.base import Storage, SESSIONS_TABLE
-from .core import DataOpsError
+from .core import DataOpsError, InvalidInputError
 from .observability import scrub
 
 # %% auto #0
-__all__ = ['OperationsReport', 'operations_report', 'storage_health']
+__all__ = ['BUCKETS', 'pick_bucket', 'over_time', 'runs_frame', 'OperationsReport', 'operations_report', 'storage_health']
 
 # %% ../nbs/51c_operations.ipynb #450c3aab
 def _runs(artifacts:ArtifactStore, limit:int)->pd.DataFrame:
@@ -43,6 +43,60 @@ def _per(df:pd.DataFrame, keys:list[str])->pd.DataFrame:
     out['success_rate'] = (out['succeeded'] / out['invocations']).round(3)
     return out[cols]
 
+# %% ../nbs/51c_operations.ipynb #c0ffee02
+BUCKETS = {'5min': pd.Timedelta(hours=6), 'h': pd.Timedelta(days=3), 'D': pd.Timedelta(days=90), 'W': None}  # width -> the longest window it is chosen for
+
+def pick_bucket(span:pd.Timedelta # the window's length
+               )->str:
+    "The bucket width for a window of `span`: '5min' up to 6 h, 'h' up to 3 days, 'D' up to 90 days, else 'W'"
+    return next(b for b,most in BUCKETS.items() if most is None or span <= most)
+
+def _floor(t:pd.Series, bucket:str)->pd.Series:
+    if bucket == 'W': return (t - pd.to_timedelta(t.dt.weekday, unit='D')).dt.floor('D')  # weeks start on Monday
+    return t.dt.floor(bucket)
+
+def _utc(t, what:str)->pd.Timestamp|None:
+    if t is None: return None
+    try: ts = pd.Timestamp(t)
+    except (ValueError, TypeError): raise InvalidInputError(f"{what} = {t!r} is not a time", f"pass {what} as a datetime or an ISO string, e.g. '2026-01-31T12:00:00Z'") from None
+    return ts.tz_localize('UTC') if ts.tzinfo is None else ts.tz_convert('UTC')
+
+def over_time(runs:pd.DataFrame, # one row per run: workflow, ok, seconds, at (`runs_frame`); a 'kind' of 'chain step' names it chain/step
+              bucket:str|None=None, # '5min', 'h', 'D' or 'W' (default: `pick_bucket` of the window)
+              since=None, until=None # the window (datetime or ISO string; default: the runs' first and last time)
+             )->pd.DataFrame:
+    "Per workflow and time bucket: invocations, succeeded, failed, success_rate, p50_s, p95_s; `attrs['bucket']` is the width used"
+    if bucket is not None and bucket not in BUCKETS:
+        raise InvalidInputError(f"bucket = {bucket!r} is not a bucket width", f"pass one of {', '.join(map(repr, BUCKETS))}, or None to pick one from the window")
+    since,until = _utc(since, 'since'),_utc(until, 'until')
+    cols = ['bucket', 'workflow', 'invocations', 'succeeded', 'failed', 'success_rate', 'p50_s', 'p95_s']
+    df = runs.copy()
+    df['at'] = pd.to_datetime(df['at'], utc=True) if len(df) else pd.Series(dtype='datetime64[ns, UTC]')
+    if 'kind' in df and 'step' in df:
+        df['workflow'] = df['workflow'].where(df['kind'] != 'chain step', df['workflow'].astype(str) + '/' + df['step'].astype(str))
+    if since is not None: df = df[df['at'] >= since]
+    if until is not None: df = df[df['at'] <= until]
+    lo,hi = since if since is not None else df['at'].min() if len(df) else None,until if until is not None else df['at'].max() if len(df) else None
+    bucket = bucket or pick_bucket(hi - lo if lo is not None and hi is not None else pd.Timedelta(0))
+    if df.empty:
+        out = pd.DataFrame(columns=cols); out.attrs['bucket'] = bucket
+        return out
+    df = df.assign(bucket=_floor(df['at'], bucket), seconds=pd.to_numeric(df['seconds'], errors='coerce'))
+    per = _per(df, ['bucket', 'workflow'])
+    starts = _floor(pd.Series([lo, hi]), bucket)
+    grid = pd.MultiIndex.from_product([pd.date_range(starts[0], starts[1], freq='W-MON' if bucket == 'W' else bucket), sorted(df['workflow'].unique())], names=['bucket', 'workflow'])
+    out = per.set_index(['bucket', 'workflow']).reindex(grid).reset_index()
+    for c in ('invocations', 'succeeded', 'failed'): out[c] = out[c].fillna(0).astype(int)
+    out = out[cols]
+    out.attrs['bucket'] = bucket
+    return out
+
+def runs_frame(artifacts:ArtifactStore, # the store runs recorded their results in
+               limit:int=5000 # newest records read
+              )->pd.DataFrame:
+    "One row per recorded run of a workflow or chain step: kind, workflow, step, ok, seconds, at, day — what `over_time` takes"
+    return _runs(artifacts, limit)
+
 # %% ../nbs/51c_operations.ipynb #acf8f116
 @dataclass
 class OperationsReport:
@@ -51,13 +105,16 @@ class OperationsReport:
     steps: pd.DataFrame      # workflow (the chain), step, ... (chain steps), slowest p95 first
     daily: pd.DataFrame      # day, workflow, invocations, success_rate, p50_s, p95_s
     batches: pd.DataFrame    # status, batches, runs, succeeded, failed
+    series: pd.DataFrame|None = None  # bucket, workflow, invocations, ..., p95_s per time bucket (`over_time`)
+    bucket: str = ''                  # the series' bucket width: '5min', 'h', 'D' or 'W'
     def _repr_markdown_(self):
         show = lambda df: df.to_markdown(index=False) if len(df) else '_none yet_'
         return (f"**Workflows**\n\n{show(self.workflows)}\n\n**Slowest chain steps**\n\n{show(self.steps.head(10))}\n\n**Batches**\n\n{show(self.batches)}")
 
 def operations_report(artifacts:ArtifactStore, # the store runs recorded their results in
                       storage:Storage|None=None, # for batch outcomes (default: the artifact store's)
-                      limit:int=5000 # newest records read
+                      limit:int=5000, # newest records read
+                      bucket:str|None=None # width of the over-time buckets: '5min', 'h', 'D', 'W' (default: from the runs' time span, `pick_bucket`)
                      )->OperationsReport:
     "The operations figures of the newest `limit` recorded runs"
     df = _runs(artifacts, limit)
@@ -69,7 +126,8 @@ def operations_report(artifacts:ArtifactStore, # the store runs recorded their r
     bs = pd.DataFrame(list_batches(storage, limit=1000).items if storage is not None else [])
     batches = (bs.groupby('status').agg(batches=('batch_id', 'size'), runs=('n_runs', 'sum'), succeeded=('n_succeeded', 'sum'), failed=('n_failed', 'sum')).reset_index()
                if len(bs) else pd.DataFrame(columns=['status', 'batches', 'runs', 'succeeded', 'failed']))
-    return OperationsReport(_per(wf, ['workflow']), steps, daily, batches)
+    series = over_time(df, bucket)
+    return OperationsReport(_per(wf, ['workflow']), steps, daily, batches, series, series.attrs['bucket'])
 
 # %% ../nbs/51c_operations.ipynb #0b758618
 def storage_health(storage:Storage # the storage whose tiers to check

@@ -47,7 +47,7 @@ class SessionPolicy(BaseModel):
     recall_cited: int = Field(32, ge=0, description="most turns cited by the summary that get_context_summary also ranks (the newest cited)")
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
-from .observability import hot_lookups
+from .observability import count_hot_lookup
 
 class HotTier:
     "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
@@ -126,7 +126,7 @@ class HotTier:
         "For an append, in one round trip: the cached item of `sid` (as `get_session`), the raw cached value (False if the tier could not be read) and the seq hint"
         got = self.call(self.cache.get_many, self.session_key(sid), self.seq_key(sid))
         if got is None: return None, False, None
-        hot_lookups.labels(type(self.cache).__name__, 'miss' if got[0] is None else 'hit').inc()  # counted as `get_session`'s read is
+        count_hot_lookup(type(self.cache).__name__, got[0] is not None)  # counted as `get_session`'s read is
         return self._parse(sid, got[0]), got[0], got[1]
 
     def after_append(self, item:dict, token:tuple|None, prev:bytes|None|bool, seq:int, event:str)->bool|None:
@@ -171,29 +171,15 @@ class HotTier:
         return self.call(self.cache.delete, self.session_key(sid)) is not None
     def forget(self, sid:str)->bool:
         "Remove everything cached for `sid`; False if the cache could not be reached"
-        _live.forget(sid)  # archived or purged: no longer active
+        active_sessions.changed()  # archived or purged: recount at the next scrape
         return self.call(self.cache.delete, self.session_key(sid), self.seq_key(sid)) is not None
 
 # %% ../nbs/23_sessions.ipynb #65013b61
-from collections import OrderedDict
-
-class _LiveSessions:
-    "The sessions this process used lately, oldest use first, behind the `active_sessions` gauge"
-    def __init__(self): self.last,self.lock = OrderedDict(),threading.Lock()
-    def _set(self, idle_after:float|None):
-        if idle_after is not None:
-            old = time.monotonic() - idle_after
-            while self.last and next(iter(self.last.values())) < old: self.last.popitem(last=False)
-        active_sessions.set(len(self.last))
-    def touch(self, sid:str, idle_after:float):
-        with self.lock:
-            self.last[sid] = time.monotonic(); self.last.move_to_end(sid)
-            self._set(idle_after)
-    def forget(self, sid:str):
-        with self.lock:
-            if self.last.pop(sid, None) is not None: self._set(None)
-
-_live = _LiveSessions()
+def _active_at(it:dict, now:dt.datetime, idle_after:float)->bool:
+    "Whether stored session `it` is active at `now`: status active and used within `idle_after` seconds"
+    if it.get('status') != 'active': return False
+    try: return (now - dt.datetime.fromisoformat(it['last_active'].replace('Z', '+00:00'))).total_seconds() <= idle_after
+    except (KeyError, TypeError, ValueError, AttributeError): return False  # an unreadable record is not counted
 
 # %% ../nbs/23_sessions.ipynb #fc010970
 _UPDATABLE = {'status', 'metadata', 'global_context', 'active_workflows', 'summary_artifact_id', 'hidden_ranges'}
@@ -211,8 +197,17 @@ class SessionManager:
         self.sessions,self.messages = self.storage.table(SESSIONS_TABLE),self.storage.table(MESSAGES_TABLE)
         self.prefs,self.snapshots = self.storage.table(PREFERENCES_TABLE),self.storage.table(SNAPSHOTS_TABLE)
         self.hot = HotTier(self.storage.cache, self.policy, self.storage.table(HOT_STATE_TABLE))
+        active_sessions.watch(self.count_active_sessions, replace=False)  # the process's first manager answers `dataops_active_sessions` scrapes
 
-    def close(self): self.storage.close()
+    def close(self): active_sessions.unwatch(self); self.storage.close()
+    def count_active_sessions(self, now:dt.datetime|None=None # default: now
+                             )->int:
+        "How many stored sessions are active at `now` (status active, used within `idle_after`): one scan of the sessions table"
+        now,n,cursor = now or utcnow(),0,None
+        while True:
+            page = self.sessions.scan(limit=1000, cursor=cursor)
+            n += sum(_active_at(it, now, self.policy.idle_after) for it in page.items)
+            if not (cursor := page.cursor): return n
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def _repr_markdown_(self): return f"**SessionManager** on\n\n{self.storage._repr_markdown_()}"
@@ -261,7 +256,7 @@ def create_session(self:SessionManager, user_id:str, # who the session belongs t
     try: item = self.sessions.put(s.to_item(), if_absent=True)
     except ConflictError: raise ConflictError(f"session {s.session_id!r} exists already", "omit session_id to get a new one") from None
     self.hot.put_session(item, tok)
-    _live.touch(s.session_id, self.policy.idle_after)
+    active_sessions.changed()
     return s
 
 def _session(item:dict)->Session:
@@ -273,13 +268,11 @@ def _session(item:dict)->Session:
 def _item(self:SessionManager, session_id:str)->dict:
     _check_id(session_id, 'session_id')
     if (it := self.hot.get_session(session_id)) is not None:
-        _live.touch(session_id, self.policy.idle_after)
         return it
     tok = self.hot.token()
     it = self.sessions.get(session_id)
     if it is None: raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
     self.hot.put_session(it, tok)
-    _live.touch(session_id, self.policy.idle_after)
     return it
 
 @patch
@@ -364,7 +357,7 @@ def update_session(self:SessionManager, session_id:str, updates:dict)->Session:
 def close_session(self:SessionManager, session_id:str)->Session:
     "Mark the session closed (kept, readable; no message is accepted once this returns)"
     s = self.update_session(session_id, {'status': SessionStatus.CLOSED})
-    _live.forget(session_id)
+    active_sessions.changed()
     return s
 
 # %% ../nbs/23_sessions.ipynb #3889a5ca

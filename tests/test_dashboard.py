@@ -389,6 +389,21 @@ def test_operations_tab_in_a_browser(tmp_path):
             for step in ('first_step', 'second_step'): expect(cell(row(steps, step), 'invocations')).to_have_text('2')
             expect(cell(row(page.locator('.ops-batches .tabulator'), 'succeeded'), 'batches')).to_have_text('1')
             expect(page.get_by_text('7 recorded runs')).to_be_visible()  # 3 orchestrator runs + 2 x 2 chain steps
+            # over time: three charts drawn on canvas, fed per workflow with the runs recorded above (read back from BokehJS in the page)
+            charts = page.locator('.ops-over-time-charts canvas')
+            expect(charts.first).to_be_attached(timeout=30_000)
+            drawn = page.evaluate("""() => {
+                const out = {titles: []};
+                for (const doc of window.Bokeh.documents)
+                    for (const m of doc.all_models) {
+                        if (m.name && m.name.startsWith('ops-series-')) out[m.name] = {runs: Array.from(m.data.invocations).reduce((a, b) => a + b, 0),
+                                                                                        rates: Array.from(m.data.success_rate).filter(r => r !== null)};
+                        if (m.type === 'Title' && m.text) out.titles.push(m.text); }
+                return out; }""")
+            assert {'invocations per 5 minutes', 'success rate', 'duration (s): p95 solid, p50 dashed'} <= set(drawn.pop('titles'))
+            assert {k: v['runs'] for k, v in drawn.items()} == {'ops-series-count_rows': 2, 'ops-series-explode': 1, 'ops-series-pair/first_step': 2, 'ops-series-pair/second_step': 2}
+            assert set(drawn['ops-series-explode']['rates']) == {0} and set(drawn['ops-series-count_rows']['rates']) == {1}
+            assert sum((c.bounding_box() or {}).get('width', 0) > 100 for c in charts.all()) >= 3  # three charts laid out, not collapsed
             health = page.locator('.ops-health .tabulator')
             for tier in ('hot', 'cold', 'blob'):
                 expect(cell(row(health, tier), 'status')).to_have_text('ok')

@@ -269,18 +269,62 @@ def test_a_run_started_with_wait_false_traces_under_the_request_span(tmp_path, s
     inner = {s.name for s in fin if under_run(s)}
     assert 'execute_tool word_count' in inner and any(n.startswith('cold ') for n in inner), sorted(inner)  # the workflow's node and its storage calls
 
-def test_active_sessions_gauge_follows_use_close_and_purge(sm):
-    live = lambda: REGISTRY.get_sample_value('dataops_active_sessions')
-    assert live() is not None, 'no dataops_active_sessions gauge'
-    n0 = live()
-    a, b = sm.create_session('user_obs').session_id, sm.create_session('user_obs').session_id
-    assert live() - n0 == 2
-    sm.get_session(a); sm.add_message(b, 'user', 'hello')  # using a session again does not count it twice
-    assert live() - n0 == 2
+_MAKE_SESSIONS = ('import sys; from dataops_lab import load_settings, SessionManager; sm = SessionManager(load_settings(sys.argv[1])); '
+                  'print(" ".join(sm.create_session("elsewhere").session_id for _ in range(int(sys.argv[2]))))')
+
+def _sessions_made_elsewhere(ini, n):
+    "`n` sessions created by another process on the store of `ini`; their ids"
+    import subprocess, sys
+    return subprocess.run([sys.executable, '-c', _MAKE_SESSIONS, str(ini), str(n)], check=True, capture_output=True, text=True).stdout.split()
+
+def test_active_sessions_gauge_counts_the_store_when_scraped(sm, tmp_path):
+    "Sessions another process created count at this process's next scrape; closed, purged and idle ones do not"
+    from prometheus_client import CollectorRegistry
+    from dataops_lab.observability import ActiveSessions, active_sessions
+    reg, g = CollectorRegistry(), ActiveSessions(max_age=0)  # recount at every scrape
+    reg.register(g); g.watch(sm.count_active_sessions)
+    live = lambda: reg.get_sample_value('dataops_active_sessions')
+    assert live() == 0
+    a, b, c = _sessions_made_elsewhere(tmp_path / 'settings.ini', 3)
+    assert live() == 3  # never used by this process, counted all the same
     sm.close_session(a)
-    assert live() - n0 == 1
+    assert live() == 2
     sm.purge_session(b)
-    assert live() - n0 == 0
+    assert live() == 1
+    assert sm.count_active_sessions(now=sm.get_session(c).last_active + __import__('datetime').timedelta(seconds=sm.policy.idle_after + 1)) == 0
+    active_sessions.watch(sm.count_active_sessions)  # the process's gauge, scraped from the default registry
+    assert REGISTRY.get_sample_value('dataops_active_sessions') == 1
+
+def test_active_sessions_under_two_uvicorn_workers_count_the_store_once(tmp_path):
+    "`dataops-lab serve --workers 2`: 3 sessions created in the store by another process; every scrape, whichever worker answers, reports 3"
+    import os, subprocess, sys, httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers import free_port, wait_for
+    (tmp_path / 'settings.ini').write_text('[storage]\n[api]\ndashboard = false\n')
+    port, mp = free_port(), tmp_path / 'prom'
+    mp.mkdir()
+    env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__JWT_SECRET': 'k' * 48, 'PROMETHEUS_MULTIPROC_DIR': str(mp)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / 'dataops-lab'), 'serve', '--workers', '2', '--port', str(port)], env=env, cwd=tmp_path,
+                            stdout=open(tmp_path / 'server.log', 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f'http://127.0.0.1:{port}'
+    def up():
+        if proc.poll() is not None: return True
+        try: return httpx.get(f'{url}/health', timeout=0.5).status_code == 200
+        except httpx.HTTPError: return False
+    try:
+        wait_for(up, 120, 'API server with 2 workers')
+        assert proc.poll() is None, (tmp_path / 'server.log').read_text()[-3000:]
+        _sessions_made_elsewhere(tmp_path / 'settings.ini', 3)
+        def gauge(text):
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            return [s.value for s in fams['dataops_active_sessions'].samples] if 'dataops_active_sessions' in fams else None
+        scrapes = [gauge(httpx.get(f'{url}/metrics', headers={'Connection': 'close'}).text) for _ in range(8)]
+        assert scrapes == [[3.0]] * 8, scrapes  # one sample, the store's count: neither 0 (no worker used them) nor summed over workers
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
 
 def test_a_redis_outage_counts_once_and_sessions_fall_back_to_the_cold_tier(tmp_path):
     import sys

@@ -19,6 +19,7 @@ from ..sessions import SessionManager
 from ..context import ContextManager
 from ..workflows import WorkflowRegistry
 from ..orchestrator import Orchestrator
+from ..observability import active_sessions
 from .errors import *
 from .users import UserStore
 from .tokens import TokenService, api_secret
@@ -43,6 +44,7 @@ class Services:
         s = self.settings = load_settings(settings)
         self.storage = Storage(s)
         self.sessions = SessionManager(self.storage)
+        active_sessions.watch(self.sessions.count_active_sessions)  # this worker answers `dataops_active_sessions` for the store
         self.artifacts,self.context = self.sessions.artifacts,ContextManager(self.sessions)
         if registry is None: registry = WorkflowRegistry(); registry.discover_entry_points()
         self.registry,self.chains = registry,dict(chains or {})
