@@ -75,7 +75,7 @@ def _bm25(corpus:list[list[str]], qt:list[str])->list[float]:
     norm = [_K1*((1-_B) + _B*len(d)/avg) for d in corpus]
     return [sum(idf[t]*tfs[t][i]/(norm[i]+tfs[t][i]) for t in qt if tfs[t][i]) for i in range(n)]
 
-MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer counts as related: the 95th percentile between unrelated turns
+MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer counts as related; chosen on the development half of the recall set (below)
 
 def _cosines(messages:list[Message], query:str)->list[float]:
     "Cosine of each message's stored vector (computed here for a message stored without one) with `query`'s"
