@@ -124,13 +124,15 @@ def rank_messages(messages:list[Message], # candidate turns, oldest first
     return [_recalled(r, qt) for r in _ranked(messages, query, half_life, newest_seq, _sem(semantic))]
 
 def _sem(semantic:bool|None)->bool: return semantic_available() if semantic is None else bool(semantic)
-def semantic_available()->bool:
-    "Is semantic recall on (the `[semantic]` extra installed, and not switched off)?"
-    return semantic.available()
+def semantic_available(settings=None # a `Settings` whose `[semantic] enabled` decides (see `semantic.switch`); None: auto
+                      )->bool:
+    "Is semantic recall on (the `[semantic]` extra installed, and not switched off by `DATAOPS_LAB_SEMANTIC` or `[semantic] enabled`)?"
+    return semantic.available(settings)
 
-def message_vector(content:str)->str|None:
+def message_vector(content:str, semantic_on:bool|None=None # default: `semantic_available()`
+                  )->str|None:
     "The packed vector a message of `content` stores when semantic recall is on; None when it is off"
-    return semantic.vector_of(content) if semantic.available() else None
+    return semantic.vector_of(content) if (semantic.available() if semantic_on is None else semantic_on) else None
 
 # %% ../nbs/22_recall.ipynb #d23b5560
 class ContextSummary(BaseModel):

@@ -38,6 +38,25 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.delenv('DATAOPS_LAB_SEMANTIC')
     assert semantic.available()
 
+def test_switched_by_the_settings_file_and_overridden_by_the_environment(tmp_path, monkeypatch):
+    "[semantic] enabled = off: messages store no vector and recall is lexical; DATAOPS_LAB_SEMANTIC=on overrides the file"
+    from dataops_lab.config import load_settings
+    from dataops_lab.core import ConfigError
+    monkeypatch.delenv('DATAOPS_LAB_SEMANTIC', raising=False)
+    (tmp_path/'settings.ini').write_text('[storage]\n[semantic]\nenabled = off\n')
+    s = load_settings(tmp_path/'settings.ini')
+    assert s.semantic.enabled == 'off' and not semantic.available(s) and semantic.available()
+    def stored(settings):
+        with SessionManager(settings) as sm:
+            sid = sm.create_session(uid()).session_id
+            sm.add_message(sid, 'user', 'The orders table has about 4 million rows.')
+            return sm.semantic, [m.vector is not None for m in sm.get_history(sid)]
+    assert stored(s) == (False, [False])
+    monkeypatch.setenv('DATAOPS_LAB_SEMANTIC', 'on')
+    assert stored(s) == (True, [True])
+    monkeypatch.setenv('DATAOPS_LAB_SEMANTIC', 'sometimes')
+    with pytest.raises(ConfigError, match='DATAOPS_LAB_SEMANTIC'): SessionManager(s)
+
 def _conv(r):
     return [Message(role='user' if i % 2 == 0 else 'assistant', content=c, seq=i+1) for i, c in enumerate(r['turns'] + [r['question']])]
 
