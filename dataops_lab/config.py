@@ -18,8 +18,8 @@ from .core import ConfigError, mask_url
 # %% auto #0
 __all__ = ['ROLE_KINDS', 'LogLevel', 'SECTIONS', 'known_schemes', 'split_list', 'StorageSettings', 'LLMSettings', 'APISettings',
            'BatchSettings', 'DashboardSettings', 'DevkitSettings', 'LoggingSettings', 'ObservabilitySettings',
-           'find_settings_file', 'read_ini', 'IniSettingsSource', 'read_secret_files', 'EnvSource', 'Settings',
-           'display_value', 'load_settings']
+           'SemanticSettings', 'find_settings_file', 'read_ini', 'IniSettingsSource', 'read_secret_files', 'EnvSource',
+           'Settings', 'display_value', 'load_settings']
 
 # %% ../nbs/01_config.ipynb #6a8aee65
 ROLE_KINDS = {'hot': 'cache', 'cold': 'table', 'blob': 'blob'}
@@ -204,8 +204,12 @@ class ObservabilitySettings(_Section):
     service_name: str = Field('dataops-lab', description="service.name of the spans")
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port from batch workers and the dashboard process; 0: off (the API serves /metrics itself)")
 
+class SemanticSettings(_Section):
+    "`[semantic]`: sentence vectors from the optional `[semantic]` extra, for relevance recall (and routing that opts in)"
+    enabled: Literal['auto', 'on', 'off'] = Field('auto', description="auto: used when the [semantic] extra is installed; on: required (an error names the extra when it is missing); off: never (recall and routing stay lexical). The environment variable DATAOPS_LAB_SEMANTIC=on|off|auto overrides it")
+
 # %% ../nbs/01_config.ipynb #51f7b437
-SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'devkit', 'logging', 'observability')
+SECTIONS = ('storage', 'llm', 'api', 'batch', 'dashboard', 'devkit', 'logging', 'observability', 'semantic')
 _ini_path:ContextVar[Path|None] = ContextVar('_ini_path', default=None)
 
 def find_settings_file(start:Path|str|None=None # folder to start looking from (default: working directory)
@@ -286,6 +290,7 @@ class Settings(BaseSettings):
     devkit: DevkitSettings = DevkitSettings()
     logging: LoggingSettings = LoggingSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    semantic: SemanticSettings = SemanticSettings()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
     source: Path|None = Field(None, exclude=True)
 

@@ -68,22 +68,59 @@ def _one_edit(a:str, b:str)->bool:
 
 def _deletes(w:str)->set[str]: return {w[:i] + w[i+1:] for i in range(len(w))}
 
-SEMANTIC_WEIGHT,SEMANTIC_FLOOR = 0.5,0.4  # with the [semantic] extra; calibrated on the development set (below)
+_SYNONYMS = {  # data-engineering words people use that no workflow's metadata does, read as the metadata's own words
+    'predecessor': 'upstream', 'predecessors': 'upstream', 'successor': 'downstream', 'successors': 'downstream', 'deps': 'dependencies',
+    'sluggish': 'slow', 'slowly': 'slow', 'laggy': 'slow', 'forever': 'slow', 'quicker': 'faster', 'speedier': 'faster', 'speed': 'faster',
+    'perf': 'performance', 'cost': 'performance', 'pk': 'primary key', 'pks': 'primary keys', 'fk': 'foreign key', 'fks': 'foreign keys',
+    'datatype': 'data type', 'datatypes': 'data types', 'fields': 'columns', 'field': 'column', 'attributes': 'columns', 'nulls': 'null',
+    'cardinality': 'distinct values', 'unique': 'distinct', 'normalize': 'data modelling', 'denormalize': 'data modelling',
+    'normalization': 'data modelling', 'denormalization': 'data modelling', 'pros': 'better', 'cons': 'better', 'tradeoffs': 'better',
+    'versus': 'difference', 'vs': 'difference', 'sum': 'total', 'tally': 'count', 'biggest': 'highest', 'largest': 'highest',
+    'smallest': 'lowest', 'workflow': 'workflows', 'multistep': 'multi step', 'subtasks': 'subtask'}
+_CUES = [  # how a request is put, read as the words the metadata uses for that kind of request
+    (re.compile(r"\b(?:what(?:'s|s| is| are)|waht is)\s+(?:a|an)\s|\bwhat does\b.*\bmean\b|\bused for\b|\bdifference\b|\bdiff between\b|\bvs\.?\s|\bversus\b"
+                r"|\bpros and cons\b|\bwhen (?:should|would|do|to) (?:i|we|you|one)?\s*(?:use|pick|choose|prefer)\b|\bwhy (?:does|do|is|are|would|should) (?:everyone|people)\b"
+                r"|\brole of\b|\bbig deal\b|\bin plain\b", re.I), 'explain concept'),  # a concept question
+    (re.compile(r"\b(?:step by step|one step at a time|end to end|end-to-end|multi[- ]?(?:step|stage)|then)\b", re.I), 'multi step plan')]  # several steps
+_OFF_VERBS = frozenset("""send email mail deploy restart reboot install uninstall upgrade delete remove drop truncate kill stop start backup back
+    export import book remind grant revoke push pull merge commit reset provision rotate archive open close train plot draw play buy
+    fix call text tweet post upload download copy print turn set cancel sing""".split())  # leading actions no bundled workflow takes
+_OFF_NOUNS = frozenset("""joke jokes pun puns poem haiku limerick song songs music movie movies film weather rain forecast recipe dinner lunch breakfast
+    pizza coffee fun funny podcast football soccer score calendar meeting appointment password vacation holiday birthday""".split())  # small talk and errands
+_PREAMBLE = frozenset("""please pls plz can could would will you u i we me kindly hey hi hello ok okay so now then also just quickly go ahead and
+    let's lets let us need want to like i'd i'll""".split())  # what comes before the verb of a request
+
+def _reword(text:str)->str:
+    "`text` with domain synonyms replaced by the metadata's words, and the words of the kind of request it is (`_CUES`) added"
+    text = ''.join(_SYNONYMS.get(w.lower(), w) for w in re.split(r"(\W+)", text))
+    return text + ''.join(' ' + t for p,t in _CUES if p.search(text))
+
+def _off_task(query:str, known:set[str]=frozenset())->str|None:
+    "Why `query` asks for something outside the workbench — a leading action no workflow takes, small talk or an errand — or None; words in `known` (the registry's metadata) are never outside it"
+    words = _WORD.findall(query.lower())
+    lead = next((w for w in words if w not in _PREAMBLE), None)
+    if lead in _OFF_VERBS and lead not in known: return f"it asks to {lead}, which no workflow does"
+    noun = next((w for w in words if w in _OFF_NOUNS and w not in known), None)
+    return f"it is about {noun}, which no workflow handles" if noun else None
+
+SEMANTIC_WEIGHT,SEMANTIC_FLOOR = 0.5,0.3  # with the [semantic] extra; calibrated on the development set (below)
 
 class LexicalRouter:
-    "BM25 over workflow metadata, tolerant of typos; routes only on a clear, sufficiently strong match, and abstains otherwise"
+    "BM25 over workflow metadata, tolerant of typos and domain synonyms; routes only on a clear, sufficiently strong match, and abstains otherwise — and on requests no workflow does"
     def __init__(self, metadata:list[WorkflowMetadata],
-                 threshold:float=0.55, # the best score's least share of the best two
+                 threshold:float=0.52, # the best score's least share of the best two
                  min_score:float=0.7, # the least best score, in units of one word only one workflow uses
                  model:bool=False, # is a chat model configured for the workflows that need one?
                  needs_model_score:float=1.3, # the least best score for a workflow that needs a model, when none is configured (never below `min_score`)
                  input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
                  asking_weight:float=0.5, # the share of their weight asking words add to a workflow that matched on other words
+                 off_task_score:float=2.5, # the least best score for a message that asks for an action no workflow takes, or is small talk (`_off_task`)
                  semantic:bool|None=None, # add closeness in meaning to the lexical scores (needs the `[semantic]` extra); default: off — opt in with True
                  semantic_weight:float=SEMANTIC_WEIGHT, # what the closest workflow example adds at cosine 1, in the lexical scores' unit
                  semantic_floor:float=SEMANTIC_FLOOR # the cosine below which closeness adds nothing
                 ):
         self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
+        self.off_task_score = off_task_score
         self.semantic,self.semantic_weight,self.semantic_floor = bool(semantic),semantic_weight,semantic_floor
         if self.semantic:  # each workflow's description, capabilities and example queries, embedded once
             texts = [[m.description, *m.capabilities, *m.example_queries] for m in metadata]
@@ -101,7 +138,8 @@ class LexicalRouter:
             self.asking.index(bm25s.tokenize(docs, stopwords='en', stemmer=_stem, show_progress=False), show_progress=False)  # the asking words' own weights
         self.vocab = getattr(self.bm25, 'vocab_dict', {})
         self.unit = math.log(1 + (len(docs) - 0.5)/1.5)  # the weight of a word only one workflow uses: scores are in this unit, whatever the registry's size
-        self.words = {w for w in _WORD.findall(' '.join(docs[:len(self.names)]).lower()) if len(w) >= 4 and w not in _ROUTE_STOP}
+        self.known = set(_WORD.findall(' '.join(docs[:len(self.names)]).lower()))  # a workflow that exports or sends makes those words in scope
+        self.words = {w for w in self.known if len(w) >= 4 and w not in _ROUTE_STOP}
         self._near = {}
         for w in self.words:
             for d in _deletes(w) | {w}: self._near.setdefault(d, set()).add(w)
@@ -119,7 +157,7 @@ class LexicalRouter:
         "Each workflow's score for `query`, and the query's words that matched"
         sql = _STATEMENT.search(query)
         text = query[:sql.start()] + ' sql ' + query[sql.end():] if sql else query  # the statement's table names say nothing about the intent
-        text = ' '.join(map(self._spell, _WORD.findall(text.lower())))
+        text = ' '.join(map(self._spell, _WORD.findall(_reword(text).lower())))
         q = [t for t in self._terms(text) if t in self.vocab]
         s = [float(v)/self.unit for v in self.bm25.get_scores(q)][:len(self.names)] if q else [0.0] * len(self.names)
         asked = [t for t in bm25s.tokenize([text], stopwords='en', stemmer=_stem, show_progress=False, return_ids=False)[0] if t in _ASKED and t in self.asking.vocab_dict]
@@ -145,6 +183,7 @@ class LexicalRouter:
         cands = [(n, v/total) for n,v in ranked if v > 0]
         conf = top/(top+second)
         needs = self.needs_llm[self.names.index(best)] and not self.model
+        if (off := _off_task(query, self.known)) and top < self.off_task_score: return Route(workflow=None, confidence=conf, candidates=cands, reason=f"{off} (best {best}, score {top:.2f})")
         if top < (max(self.min_score, self.needs_model_score) if needs else self.min_score):
             why = f" ({best} needs a language model, and none is configured)" if needs and top >= self.min_score else ''
             return Route(workflow=None, confidence=conf, candidates=cands, reason=f"only a weak match (best {best}, score {top:.2f}){why}")
@@ -321,7 +360,7 @@ class Orchestrator:
                  session_manager:SessionManager|None=None, # default: `SessionManager()` on the storage settings.ini selects
                  artifact_store:ArtifactStore|None=None, # default: the session manager's
                  llm=None, # routing model; default: the one [llm] configures (none by default); False: lexical routing
-                 threshold:float=0.55): # the lexical router's (see `LexicalRouter`)
+                 threshold:float=0.52): # the lexical router's (see `LexicalRouter`)
         self.threshold = threshold
         self.sessions = session_manager or SessionManager()
         self.artifacts = artifact_store or self.sessions.artifacts

@@ -75,7 +75,7 @@ def _bm25(corpus:list[list[str]], qt:list[str])->list[float]:
     norm = [_K1*((1-_B) + _B*len(d)/avg) for d in corpus]
     return [sum(idf[t]*tfs[t][i]/(norm[i]+tfs[t][i]) for t in qt if tfs[t][i]) for i in range(n)]
 
-MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer counts as related: the 95th percentile between unrelated turns
+MIN_COSINE = 0.15  # semantic: a turn this close to the query (cosine) or closer counts as related; chosen on the development half of the recall set (below)
 
 def _cosines(messages:list[Message], query:str)->list[float]:
     "Cosine of each message's stored vector (computed here for a message stored without one) with `query`'s"
@@ -124,13 +124,15 @@ def rank_messages(messages:list[Message], # candidate turns, oldest first
     return [_recalled(r, qt) for r in _ranked(messages, query, half_life, newest_seq, _sem(semantic))]
 
 def _sem(semantic:bool|None)->bool: return semantic_available() if semantic is None else bool(semantic)
-def semantic_available()->bool:
-    "Is semantic recall on (the `[semantic]` extra installed, and not switched off)?"
-    return semantic.available()
+def semantic_available(settings=None # a `Settings` whose `[semantic] enabled` decides (see `semantic.switch`); None: auto
+                      )->bool:
+    "Is semantic recall on (the `[semantic]` extra installed, and not switched off by `DATAOPS_LAB_SEMANTIC` or `[semantic] enabled`)?"
+    return semantic.available(settings)
 
-def message_vector(content:str)->str|None:
+def message_vector(content:str, semantic_on:bool|None=None # default: `semantic_available()`
+                  )->str|None:
     "The packed vector a message of `content` stores when semantic recall is on; None when it is off"
-    return semantic.vector_of(content) if semantic.available() else None
+    return semantic.vector_of(content) if (semantic.available() if semantic_on is None else semantic_on) else None
 
 # %% ../nbs/22_recall.ipynb #d23b5560
 class ContextSummary(BaseModel):

@@ -11,15 +11,35 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MODEL', 'available', 'embed', 'pack', 'unpack', 'unpack_many', 'vector_of']
+__all__ = ['MODEL', 'switch', 'available', 'embed', 'pack', 'unpack', 'unpack_many', 'vector_of']
 
 # %% ../nbs/21a_semantic.ipynb #5e3a0007
 MODEL = 'wordllama l2_supercat 256-d'  # the model the vectors come from (stored vectors are only compared with vectors of the same model)
 
-def available()->bool:
-    "Is the `[semantic]` extra installed, and not switched off with `DATAOPS_LAB_SEMANTIC=off`?"
-    if os.environ.get('DATAOPS_LAB_SEMANTIC', '').strip().lower() in ('0', 'off', 'false', 'no'): return False
-    return importlib.util.find_spec('wordllama') is not None
+_SWITCH = {'0': 'off', 'off': 'off', 'false': 'off', 'no': 'off', '1': 'on', 'on': 'on', 'true': 'on', 'yes': 'on', 'auto': 'auto', '': 'auto'}
+
+def switch(settings=None # a `Settings` (its `[semantic] enabled`); None: auto
+          )->str:
+    "'auto', 'on' or 'off': the environment variable `DATAOPS_LAB_SEMANTIC` when it is set, else `[semantic] enabled` of `settings`"
+    env = os.environ.get('DATAOPS_LAB_SEMANTIC')
+    if env is not None:
+        if (v := _SWITCH.get(env.strip().lower())) is None:
+            from dataops_lab.core import ConfigError
+            raise ConfigError(f"DATAOPS_LAB_SEMANTIC = {env!r} is not allowed", "set it to on, off or auto, or unset it to use [semantic] enabled of settings.ini")
+        if v != 'auto' or settings is None: return v
+    return settings.semantic.enabled if settings is not None else 'auto'
+
+def available(settings=None # a `Settings` whose `[semantic] enabled` decides; None: auto (installed means on)
+             )->bool:
+    "Are sentence vectors to be used: the `[semantic]` extra installed, and not switched off (`switch`)? Switched `on` without the extra is an error"
+    mode = switch(settings)
+    if mode == 'off': return False
+    installed = importlib.util.find_spec('wordllama') is not None
+    if mode == 'on' and not installed:
+        from dataops_lab.core import ConfigError
+        raise ConfigError("semantic recall is switched on ([semantic] enabled = on, or DATAOPS_LAB_SEMANTIC=on) but the [semantic] extra is not installed",
+                          "pip install 'dataops-lab[semantic]', or set enabled = auto to use it only where it is installed")
+    return installed
 
 @functools.cache
 def _model():

@@ -192,6 +192,10 @@ class SessionManager:
                  policy:SessionPolicy|None=None,
                  llm=None): # optional LangChain chat model for summaries
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+        try: self.semantic = semantic_available(self.storage.settings)  # [semantic] enabled, or DATAOPS_LAB_SEMANTIC: vectors stored with messages and used in recall
+        except ConfigError:
+            if self.storage is not storage: self.storage.close()
+            raise
         self.artifacts = artifacts or ArtifactStore(self.storage)
         self.policy,self.llm = policy or SessionPolicy(),llm
         self.sessions,self.messages = self.storage.table(SESSIONS_TABLE),self.storage.table(MESSAGES_TABLE)
@@ -443,7 +447,7 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
     if len(msg.content) > self.policy.max_message_chars:
         raise InvalidInputError(f"message of {len(msg.content):,} characters is over the limit of {self.policy.max_message_chars:,}", "store large content as an artifact and reference it in artifact_ids")
     check_text(msg.content, 'message content')
-    if msg.vector is None: msg.vector = message_vector(msg.content)  # with the [semantic] extra: computed once, stored with the message on every tier
+    if msg.vector is None: msg.vector = message_vector(msg.content, self.semantic)  # with the [semantic] extra: computed once, stored with the message on every tier
     for i,a in enumerate(msg.artifact_ids): _check_id(a, f"artifact_ids[{i}]")
     _check_dict(msg.metadata, 'metadata')
     s,prev,hint = self.hot.session_and_seq(session_id)  # one round trip to the hot tier before the cold writes, one after
@@ -724,7 +728,7 @@ def get_context_summary(self:SessionManager, session_id:str, max_tokens:int|None
     if s.get('summary_artifact_id'):
         summary,rng = self.artifacts.get_artifact_content(s['summary_artifact_id']),(1, s.get('summarised_until') or 0)
     cited,tail,total = self._recall_candidates(s, summary)
-    ctx = select_context(tail, max_tokens, query, summary, rng, total=total, earlier=cited)
+    ctx = select_context(tail, max_tokens, query, summary, rng, total=total, earlier=cited, semantic=self.semantic)
     ctx.session_id = session_id
     return ctx
 

@@ -11,7 +11,7 @@ from dataops_lab.orchestrator import LexicalRouter, LLMRouter, Orchestrator
 from dataops_lab.sessions import SessionManager
 
 TARGET = 0.90  # issue 18: routed right and abstained, each on the held-out set, with no model
-FLOOR = {'routed right': 0.84, 'abstained': 0.85}  # what the offline router reaches today (nbs/38_orchestrator.ipynb)
+FLOOR = {'routed right': 0.88, 'abstained': 0.92}  # what the offline router reaches today (nbs/38_orchestrator.ipynb)
 
 def measure(router, rows):
     "Share of in-scope queries routed right, share of out-of-scope turns abstained, and the misses"
@@ -36,7 +36,7 @@ def test_heldout_does_not_fall_below_what_the_router_reaches(router):
     print(f"\nheld-out: {fig}; misses: {miss}")
     assert fig['routed right'] >= FLOOR['routed right'] and fig['abstained'] >= FLOOR['abstained'], (fig, miss)
 
-@pytest.mark.xfail(strict=True, reason='the offline router reaches 84.3% routed right and 85.0% abstained on the held-out set; '
+@pytest.mark.xfail(strict=True, reason='the lexical router alone reaches 88.9% routed right (abstained: 92.5%, above the target) on the held-out set; '
                                        'the target is 90% each (see nbs/38_orchestrator.ipynb). Strict: this fails loudly once the target is met')
 def test_heldout_targets(router):
     fig, miss = measure(router, HELD_OUT)
@@ -45,7 +45,20 @@ def test_heldout_targets(router):
 def test_development_set(router):
     fig, miss = measure(router, DEV)
     print(f"\ndevelopment: {fig}")
-    assert fig['routed right'] >= 0.87 and fig['abstained'] >= 0.87, (fig, miss)
+    assert fig['routed right'] >= 0.96 and fig['abstained'] >= 0.96, (fig, miss)
+
+def test_requests_no_workflow_does_and_small_talk_abstain(router):
+    "A leading action no workflow takes, or small talk, abstains unless the match is strong — whatever data words it names"
+    for q in ['kill the stuck spark job', 'back up the postgres database to s3', 'know any good puns about sql?', 'export the orders table to excel and email it']:
+        r = router.route(q)
+        assert r.workflow is None and 'which no workflow' in r.reason, (q, r)
+    assert router.route('optimize this query: SELECT * FROM orders WHERE total > 100').workflow == 'query_optimizer'
+
+def test_domain_synonyms_and_how_a_request_is_put(router):
+    "Words no metadata uses, read as the metadata's (predecessors: upstream; sluggish: slow), and concept questions read as such"
+    for q, want in [('show predecessors of ETL_STAGE_ORDERS', 'jil_parser'), ('the join between orders and order_items is really sluggish', 'query_optimizer'),
+                    ('pros and cons of columnar storage', 'simple_agent'), ('what is a surrogate key?', 'simple_agent')]:
+        assert router.route(q).workflow == want, (q, router.route(q))
 
 def test_nonsense_is_never_routed(router):
     for q in ['play some music', 'book a flight to rome', 'what is the weather in Paris tomorrow', 'how tall is mount everest', 'hi', 'thanks!']:
@@ -84,7 +97,7 @@ def test_the_llm_router_decides_with_a_model_whatever_the_lexical_thresholds(tmp
     assert type(orch.router) is LLMRouter and orch.router.fallback.model is True
     assert orch.route('book a meeting with the data team').workflow == 'supervisor_agent'  # the model's choice stands
 
-SEMANTIC_FLOOR = {'routed right': 0.85, 'abstained': 0.85}  # with the [semantic] extra, on the held-out set (nbs/38_orchestrator.ipynb)
+SEMANTIC_FLOOR = {'routed right': 0.90, 'abstained': 0.92}  # with the [semantic] extra, on the held-out set (nbs/38_orchestrator.ipynb)
 
 @pytest.fixture(scope='module')
 def semantic_router():
@@ -96,14 +109,12 @@ def test_with_the_semantic_extra(semantic_router):
     dev, _ = measure(semantic_router, DEV)
     fig, miss = measure(semantic_router, HELD_OUT)
     print(f"\nsemantic: development {dev}; held-out {fig}; misses: {miss}")
-    assert dev['routed right'] >= 0.89 and dev['abstained'] >= 0.88, dev
+    assert dev['routed right'] >= 0.96 and dev['abstained'] >= 0.96, dev
     assert fig['routed right'] >= SEMANTIC_FLOOR['routed right'] and fig['abstained'] >= SEMANTIC_FLOOR['abstained'], (fig, miss)
-    q = 'does order_items reference products? check the foreign keys'  # no clear winner word for word; close in meaning to schema_analyzer's examples
+    q = 'give me a summary of the tables and relationships in warehouse.db'  # no clear winner word for word; close in meaning to schema_analyzer's examples
     assert (LexicalRouter(default_registry(False).metadata(), semantic=False).route(q).workflow, semantic_router.route(q).workflow) == (None, 'schema_analyzer')
     for q in ['play some music', 'book a flight to rome', 'hi', 'thanks!']: assert semantic_router.route(q).workflow is None, q
 
-@pytest.mark.xfail(strict=True, reason='with the [semantic] extra the offline router reaches 85.2% routed right and 85.0% abstained on the '
-                                       'held-out set; the target is 90% each. Strict: this fails loudly once the target is met')
 def test_heldout_targets_with_the_semantic_extra(semantic_router):
     fig, miss = measure(semantic_router, HELD_OUT)
     assert fig['routed right'] >= TARGET and fig['abstained'] >= TARGET, (fig, miss)
