@@ -42,7 +42,7 @@ def _write_lock(path:str)->threading.Lock:
 def _reset_locks_in_child():
     "After a fork: fresh in-process write locks (another thread may have held one) and keeper registry guard"
     _write_locks.clear()
-    _WalKeeper._guard = threading.Lock()  # (the keepers' threads did not survive the fork; the next write restarts one)
+    _WalKeeper._guard = threading.RLock()  # (the keepers' threads did not survive the fork; the next write restarts one)
 
 _WRITES = ('INSERT', 'UPDATE', 'DELETE', 'REPLAC', 'BEGIN ')
 WAL_WAKE_EVERY = 1000  # write transactions between background checkpoints (a few thousand WAL pages of small items)
@@ -50,7 +50,10 @@ WAL_SAFETY_PAGES = 10_000  # a caller's commit checkpoints itself only if the WA
 
 class _WalKeeper:
     "Copies a database file's WAL into the database from a daemon thread (a `PASSIVE` checkpoint), so no caller's write pays for it"
-    _all,_guard = {},threading.Lock()  # path -> keeper, for the backends open in this process
+    # path -> keeper, for the backends open in this process. The guard is reentrant: a garbage collection can start inside
+    # `hold` or `release` (any allocation), and the `weakref.finalize` of a collected backend then calls `release` on the
+    # same thread, which a plain lock would deadlock
+    _all,_guard = {},threading.RLock()
     def __init__(self, path:str):
         self.path,self.refs,self.writes,self.checkpoints = path,0,0,0
         self.wake,self.stop,self.thread = threading.Event(),threading.Event(),None
@@ -59,7 +62,7 @@ class _WalKeeper:
     def hold(cls, path:str)->_WalKeeper:
         "The keeper of `path`, counting one more open backend"
         with cls._guard:
-            if (k := cls._all.get(path)) is None: k = cls._all[path] = cls(path)
+            if (k := cls._all.get(path)) is None or k.stop.is_set(): k = cls._all[path] = cls(path)  # (stopped: released meanwhile)
             k.refs += 1
             return k
     def release(self):
