@@ -881,20 +881,3 @@ def test_add_message_takes_two_redis_round_trips(redis_server, tmp_path):
         assert int(st.cache.get(f"session-seq/{sid}")) == 14
         sub.close()
     finally: st.close()
-
-def test_embedded_append_reads_and_writes_the_hot_tier_once(tmp_path):
-    "On the embedded default an append reads the hot tier in one SELECT and writes it (seq hint, cached session, event) in one transaction"
-    (tmp_path / 'settings.ini').write_text("[storage]\n")
-    sm = SessionManager(Storage(load_settings(tmp_path / 'settings.ini')).ensure())
-    sid = sm.create_session(uid()).session_id
-    sm.add_message(sid, 'user', 'warm up')
-    sqls, conn = [], sm.storage.cache._conn()
-    conn.set_trace_callback(sqls.append)
-    try: sm.add_message(sid, 'assistant', 'hello')
-    finally: conn.set_trace_callback(None)
-    assert sum(s.startswith('SELECT') for s in sqls) == 1, sqls
-    assert [s for s in sqls if s.split()[0] in ('BEGIN', 'COMMIT', 'ROLLBACK')] == ['BEGIN IMMEDIATE', 'COMMIT'], sqls
-    assert sum(s.startswith('INSERT INTO dataops_cache_events') for s in sqls) == 1  # the event, inside that transaction
-    assert sm.get_history(sid)[-1].content == 'hello' and sm.hot.get_session(sid)['message_count'] == 2
-    with pytest.raises(ValueError, match="unknown cache operation 'incr'"): sm.storage.cache.apply([('set', 'k', '1', 60), ('incr', 'n')])
-    assert sm.storage.cache.get('k') is None  # nothing of a refused list is written

@@ -364,44 +364,6 @@ def subscribe(self:SQLiteCache, *channels:str)->SQLiteSubscription:
     "A `SQLiteSubscription` to `channels`; only messages published after it returns are delivered"
     return SQLiteSubscription(self, channels)
 
-# %% ../../nbs/11b_store_sqlite_cache.ipynb #e1f2a3b5
-@patch
-@_db_errors
-def get_many(self:SQLiteCache, *keys:str)->list[bytes|None]:
-    "The values at `keys` (None where missing or expired), in one SELECT"
-    ks = [self._k(k) for k in keys]
-    if len(ks) < 2: return [self.get(k) for k in keys]
-    rows = {r[0]: r[1:] for r in self._conn().execute(f"SELECT k, v, exp, hi FROM dataops_cache WHERE k IN ({', '.join('?'*len(ks))})", ks)}
-    now,out = now_ts(),[]
-    for key,k in zip(keys, ks):
-        row = rows.get(k)
-        if row is None or (row[1] is not None and row[1] <= now): out.append(None); continue
-        if row[2] is not None: raise self._kind_error(key, 'get_many()')
-        out.append(row[0])
-    return out
-
-@patch
-@_db_errors
-def apply(self:SQLiteCache, ops:list[tuple])->list:
-    "Writes run in order in one transaction: ('set', key, value, ttl), ('cas', key, expected, new, ttl), ('publish', channel, message); their results"
-    if bad := [op[0] if isinstance(op, tuple) and op else op for op in ops if not (isinstance(op, tuple) and op and op[0] in ('set', 'cas', 'publish'))]:
-        raise ValueError(f"unknown cache operation {bad[0]!r} in apply(); use 'set', 'cas' or 'publish'")
-    events = [(self.prefix+check_key(op[1], 'channel'), as_bytes(op[2])) for op in ops if op[0] == 'publish']  # checked before anything is written
-    c,out = self._conn(),[]
-    c.execute("BEGIN IMMEDIATE")
-    try:
-        for kind,*a in ops:
-            if kind == 'set': out.append(self.set(a[0], a[1], ttl=a[2]))
-            elif kind == 'cas': out.append(self.compare_and_set(a[0], a[1], a[2], ttl=a[3]))
-            else: c.execute(_CSQL['publish'], (*events.pop(0), now_ts())); out.append(None)
-        c.execute("COMMIT")
-    except BaseException:
-        if c.in_transaction: c.execute("ROLLBACK")
-        raise
-    if any(op[0] == 'publish' for op in ops): self._notify.notify()  # subscribers look once the rows are committed
-    return out
-
-
 # %% ../../nbs/11b_store_sqlite_cache.ipynb #d6cae6ef
 _CACHE_SCHEMA += [
     "CREATE TABLE IF NOT EXISTS dataops_cache_streams (k TEXT NOT NULL, ms INTEGER NOT NULL, seq INTEGER NOT NULL, v BLOB, PRIMARY KEY (k, ms, seq))",
