@@ -639,7 +639,10 @@ def _archive(self:SessionManager, session_id:str)->str:
         yield comp.flush()
     self.storage.blob.put_stream(key, lines(), metadata={'session-id': session_id, 'messages': str(len(msgs))})
     self._modify(session_id, lambda it: {**it, 'status': 'archived', 'archive_key': key, 'message_count': len(msgs)})
-    for m in msgs: self.messages.delete((session_id, m['seq']))  # the seal stays: it keeps refusing late writers
+    # each archived row gives way to a small seal, not to a gap: a writer holding a stale seq (from a hot copy read
+    # before the archive) would write into a gap with `if_absent`, be acknowledged, and be missing from the archive
+    ts = iso(utcnow())
+    for m in msgs: self.messages.put({'session_id': session_id, 'seq': m['seq'], 'sealed': 'archived', 'timestamp': ts})
     if not self.hot.forget(session_id): self.hot.invalidate_all(f"archiving session {session_id!r}")
     return key
 
