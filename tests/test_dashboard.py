@@ -231,8 +231,9 @@ def test_dashboard_in_a_browser(seeded, request):
                 expect(runs.locator('.tabulator-row')).to_have_count(2)
                 expect(runs.locator('.tabulator-cell[tabulator-field="status"]')).to_have_text(['succeeded', 'failed'])
                 expect(page.get_by_text('None', exact=True)).to_have_count(0)  # no literal None where a value is missing
-                align = lambda field: runs.locator(f'.tabulator-cell[tabulator-field="{field}"]').first.evaluate('e => getComputedStyle(e).textAlign')
-                assert (align('parameters'), align('run'), align('attempts')) == ('left', 'left', 'right')  # text left, numbers right
+                for field, side in (('parameters', 'left'), ('run', 'left'), ('attempts', 'right')):  # text left, numbers right
+                    # (expect retries: the live refresh can redraw the table between finding a cell and reading its style)
+                    expect(runs.locator(f'.tabulator-cell[tabulator-field="{field}"]').first).to_have_css('text-align', side)
                 assert outside == [], f"requests left the machine: {outside}"
                 assert not errors, f"JavaScript errors: {errors}"
             except BaseException:
@@ -403,7 +404,8 @@ def test_operations_tab_in_a_browser(tmp_path):
             assert {'invocations per 5 minutes', 'success rate', 'duration (s): p95 solid, p50 dashed'} <= set(drawn.pop('titles'))
             assert {k: v['runs'] for k, v in drawn.items()} == {'ops-series-count_rows': 2, 'ops-series-explode': 1, 'ops-series-pair/first_step': 2, 'ops-series-pair/second_step': 2}
             assert set(drawn['ops-series-explode']['rates']) == {0} and set(drawn['ops-series-count_rows']['rates']) == {1}
-            assert sum((c.bounding_box() or {}).get('width', 0) > 100 for c in charts.all()) >= 3  # three charts laid out, not collapsed
+            # three charts laid out, not collapsed (waited for: Bokeh sizes them after the canvas is attached)
+            wait_for(lambda: sum((c.bounding_box() or {}).get('width', 0) > 100 for c in charts.all()) >= 3, 30, 'three charts laid out')
             health = page.locator('.ops-health .tabulator')
             for tier in ('hot', 'cold', 'blob'):
                 expect(cell(row(health, tier), 'status')).to_have_text('ok')
