@@ -129,6 +129,16 @@ def _dropped_slow(url):
     line = next((l for l in httpx.get(f"{url}/metrics").text.splitlines() if l.startswith('dataops_api_ws_closed_total{reason="slow"}')), None)
     return float(line.split()[-1]) if line else 0.0
 
+def _chatter_followed(c, sid):
+    "Invoke 'chatter' in `sid` while a WebSocket client follows it to the end; every token event must arrive"
+    got = []
+    t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=60, until=lambda m: m['type'] in ('end', 'error'))))
+    t.start()
+    run = c.invoke('chatter', sid, {})
+    t.join(90)
+    toks = [m for m in got if m['type'] == 'token']
+    assert run['status'] == 'succeeded' and got[-1]['type'] == 'end' and len(toks) == 2 * CHATTER_WORDS - 1, (run['status'], len(toks))
+
 def test_websocket_client_keeping_up_is_not_dropped(tmp_path):
     """A client that reads as fast as it can keeps its one connection through a run that streams 8 MB of tokens, even with
     a queue of 8 ([api] ws_queue): the reader thread waits for room instead of handing over its reads in bursts (a burst
@@ -138,13 +148,7 @@ def test_websocket_client_keeping_up_is_not_dropped(tmp_path):
     add_users(ini, ('alice', 'user'))
     with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
         sid = c.create_session()['session_id']
-        got = []
-        t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=60, until=lambda m: m['type'] in ('end', 'error'))))
-        t.start()
-        run = c.invoke('chatter', sid, {})
-        t.join(90)
-        toks = [m for m in got if m['type'] == 'token']
-        assert run['status'] == 'succeeded' and got[-1]['type'] == 'end' and len(toks) == 2 * CHATTER_WORDS - 1, (run['status'], len(toks))
+        _chatter_followed(c, sid)
         assert _dropped_slow(srv.url) == 0
     conns = [r for r in AuditLog(Storage(load_settings(ini))).query(user_id='alice', limit=1000) if r.action == 'events']
     assert [r.status for r in conns] == [101], conns  # one connection, never closed for being slow
@@ -172,13 +176,7 @@ def test_websocket_client_not_reading_is_closed(tmp_path):
     with APIServer(ini) as srv, Client(srv.url, 'alice', PW) as c:
         sid = c.create_session()['session_id']
         stalled = _stalled_ws(srv.port, f"/ws/{sid}", c.tokens['access_token'])
-        got = []
-        t = threading.Thread(target=lambda: got.extend(c.events(sid, timeout=60, until=lambda m: m['type'] in ('end', 'error'))))
-        t.start()
-        run = c.invoke('chatter', sid, {})
-        t.join(90)
-        toks = [m for m in got if m['type'] == 'token']
-        assert run['status'] == 'succeeded' and got[-1]['type'] == 'end' and len(toks) == 2 * CHATTER_WORDS - 1, (run['status'], len(toks))
+        _chatter_followed(c, sid)
         wait_for(lambda: _dropped_slow(srv.url) >= 1, 60, 'the server closing the client that does not read')
         assert _dropped_slow(srv.url) == 1  # that one only: the client that reads kept its connection
         # once the stalled client reads, it finds what the kernel buffers held and then the end of the connection

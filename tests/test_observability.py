@@ -1,7 +1,7 @@
 """Observability of the library itself: the spans, metrics and log lines one orchestrator query, one chain run, a failed
 step and a batch run produce, read back from an in-memory span exporter, the Prometheus registry and the log file —
 and no secret or message/artifact body in any log line."""
-import json, logging
+import contextlib, json, logging
 from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
@@ -161,17 +161,17 @@ def test_log_lines_carry_the_run_ids_and_no_secret_or_body(tmp_path):
     turn = [l for l in lines if l['event'] == 'routed']
     assert turn and (turn[0]['session_id'], turn[0]['user_id']) == (sid, 'user_sec')
 
-def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path):
-    "`dataops-lab serve --workers 2`: 30 requests on fresh connections; every scrape (whichever worker answers) counts all 30"
+@contextlib.contextmanager
+def _serve_two_workers(tmp_path):
+    "`dataops-lab serve --workers 2` on the embedded default in `tmp_path`, metrics in multiprocess mode; its URL and metrics folder"
     import os, subprocess, sys, httpx
-    from prometheus_client.parser import text_string_to_metric_families
     sys.path.insert(0, str(Path(__file__).parent))
     from servers import free_port, wait_for
     (tmp_path / 'settings.ini').write_text('[storage]\n[api]\ndashboard = false\n')
     port, mp = free_port(), tmp_path / 'prom'
     mp.mkdir()
     env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__JWT_SECRET': 'k' * 48, 'PROMETHEUS_MULTIPROC_DIR': str(mp)}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / 'dataops-lab'), 'serve', '--workers', '2', '--port', str(port)], env=env,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / 'dataops-lab'), 'serve', '--workers', '2', '--port', str(port)], env=env, cwd=tmp_path,
                             stdout=open(tmp_path / 'server.log', 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
     url = f'http://127.0.0.1:{port}'
     def up():
@@ -181,6 +181,17 @@ def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path
     try:
         wait_for(up, 120, 'API server with 2 workers')
         assert proc.poll() is None, (tmp_path / 'server.log').read_text()[-3000:]
+        yield url, mp
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
+
+def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path):
+    "`dataops-lab serve --workers 2`: 30 requests on fresh connections; every scrape (whichever worker answers) counts all 30"
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    with _serve_two_workers(tmp_path) as (url, mp):
         def health_total(text):
             fams = {f.name: f for f in text_string_to_metric_families(text)}
             return sum(s.value for s in fams['dataops_api_requests'].samples
@@ -190,10 +201,6 @@ def test_metrics_scraped_under_two_uvicorn_workers_add_up_every_process(tmp_path
         scrapes = [health_total(httpx.get(f'{url}/metrics', headers={'Connection': 'close'}).text) - before for _ in range(6)]
         assert scrapes == [30] * 6
         assert len({p.name.rsplit('_', 1)[-1] for p in mp.glob('counter_*.db')}) == 2  # both worker processes kept counters
-    finally:
-        proc.terminate()
-        try: proc.wait(20)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
 
 def _console_spans(nb_path):
     "The spans a kernel's console exporter printed into the executed notebook's stderr outputs"
@@ -297,34 +304,15 @@ def test_active_sessions_gauge_counts_the_store_when_scraped(sm, tmp_path):
 
 def test_active_sessions_under_two_uvicorn_workers_count_the_store_once(tmp_path):
     "`dataops-lab serve --workers 2`: 3 sessions created in the store by another process; every scrape, whichever worker answers, reports 3"
-    import os, subprocess, sys, httpx
+    import httpx
     from prometheus_client.parser import text_string_to_metric_families
-    sys.path.insert(0, str(Path(__file__).parent))
-    from servers import free_port, wait_for
-    (tmp_path / 'settings.ini').write_text('[storage]\n[api]\ndashboard = false\n')
-    port, mp = free_port(), tmp_path / 'prom'
-    mp.mkdir()
-    env = {**os.environ, 'DATAOPS_SETTINGS': str(tmp_path / 'settings.ini'), 'DATAOPS_API__JWT_SECRET': 'k' * 48, 'PROMETHEUS_MULTIPROC_DIR': str(mp)}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / 'dataops-lab'), 'serve', '--workers', '2', '--port', str(port)], env=env, cwd=tmp_path,
-                            stdout=open(tmp_path / 'server.log', 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f'http://127.0.0.1:{port}'
-    def up():
-        if proc.poll() is not None: return True
-        try: return httpx.get(f'{url}/health', timeout=0.5).status_code == 200
-        except httpx.HTTPError: return False
-    try:
-        wait_for(up, 120, 'API server with 2 workers')
-        assert proc.poll() is None, (tmp_path / 'server.log').read_text()[-3000:]
+    with _serve_two_workers(tmp_path) as (url, mp):
         _sessions_made_elsewhere(tmp_path / 'settings.ini', 3)
         def gauge(text):
             fams = {f.name: f for f in text_string_to_metric_families(text)}
             return [s.value for s in fams['dataops_active_sessions'].samples] if 'dataops_active_sessions' in fams else None
         scrapes = [gauge(httpx.get(f'{url}/metrics', headers={'Connection': 'close'}).text) for _ in range(8)]
         assert scrapes == [[3.0]] * 8, scrapes  # one sample, the store's count: neither 0 (no worker used them) nor summed over workers
-    finally:
-        proc.terminate()
-        try: proc.wait(20)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait(10)
 
 def test_a_redis_outage_counts_once_and_sessions_fall_back_to_the_cold_tier(tmp_path):
     import sys
