@@ -1,20 +1,23 @@
 """Observability benchmark: what logging, metrics and tracing cost a trivial chain run and `GET /sessions/{id}`.
 
-    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--baseline-ref REF] [--section all|chain|api|instr]
+    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--section all|chain|api|instr]
 
 Three sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
 embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
 session; the parent asks each worker for a batch of runs in turn, rotating the order every round, so drift hits
 every side alike:
 
-- baseline:  the library as it was before observability (REF: by default the parent of the commit that added
-             dataops_lab/observability.py, exported with `git archive`) — the peer with no instrumentation at all;
+- none:      this checkout with its observability taken out in the worker before anything runs: the chain's
+             hooks (`observe_workflow` — the step span, the two workflow metrics and the `workflow_finished` log
+             line —, `iter_in_span`, the `execute_tool` span, the bound log context, the step-duration histogram)
+             replaced by no-ops, and no storage backend method wrapped — the peer with no instrumentation at all,
+             otherwise the same code (an older commit as the peer would also count every other change since);
 - off:       this checkout, default settings ([observability] traces = none: no tracer provider; metrics and the
              log pipeline as always);
 - in-memory: this checkout with OpenTelemetry's in-memory span exporter installed (every span recorded).
 
-Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over the
-baseline's.
+Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over
+`none`'s.
 
 Section `api`: `GET /sessions/{id}` on two real uvicorn servers (one worker each, the embedded default in a folder
 of their own, the same settings): `off` (traces = none) and `in-memory` (OpenTelemetry's in-memory span exporter
@@ -44,6 +47,21 @@ WORKER = r'''
 import json, os, sys, tempfile, time
 from pathlib import Path
 mode = sys.argv[1]
+if mode == 'none':  # the same library without its observability: chain hooks as no-ops, no storage method wrapped
+    import contextlib
+    import dataops_lab.store.base as _base
+    _base._instrument = lambda cls: setattr(cls, '_instrumented', True)
+    import dataops_lab.chain as _ch
+    class _NoMetric:
+        def labels(self, *a, **k): return self
+        def observe(self, v): pass
+        def inc(self, v=1): pass
+    class _NoTracer:
+        def start_as_current_span(self, *a, **k): return contextlib.nullcontext()
+    _ch.observe_workflow = lambda *a, **k: contextlib.nullcontext()
+    _ch.iter_in_span = lambda it, *a, **k: it
+    _ch.bound = lambda **k: contextlib.nullcontext()
+    _ch.tracer, _ch.chain_step_duration = _NoTracer(), _NoMetric()
 work = Path(tempfile.mkdtemp(prefix='obs-bench-'))
 (work / 'settings.ini').write_text('[storage]\n')
 os.environ['DATAOPS_SETTINGS'] = str(work / 'settings.ini')
@@ -62,6 +80,9 @@ sid = sm.create_session('bench').session_id
 chain = WorkflowChain('trivial', registry=reg, session_manager=sm)
 for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
 for _ in range(5): assert chain.execute(sid, {'x': 0}).final == {'x': 3}
+from prometheus_client import REGISTRY
+counted = REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'inc', 'status': 'success'}) or 0
+assert (counted > 0) == (mode != 'none'), f'the observability switch did not take: {counted} step runs counted in mode {mode!r}'
 spans = 0
 print(json.dumps({'ready': True}), flush=True)
 for line in sys.stdin:
@@ -146,11 +167,6 @@ def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
     finally:
         for p in procs.values():
             if p.poll() is None: p.stdin.close(); p.wait(30)
-
-def baseline_ref() -> str:
-    added = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'dataops_lab/observability.py'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    if not added: raise SystemExit('error: dataops_lab/observability.py is not in git history; pass --baseline-ref')
-    return added[-1] + '^'
 
 def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
@@ -238,7 +254,6 @@ def main():
     ap.add_argument('--quick', action='store_true', help='smoke run: 40 runs per side in batches of 10')
     ap.add_argument('--runs', type=int, default=None, help='timed runs per side (default 400; --quick 40)')
     ap.add_argument('--batch', type=int, default=None, help='runs per batch (default 20; --quick 10)')
-    ap.add_argument('--baseline-ref', default=None, help='git ref of the library without observability (default: before observability.py was added)')
     ap.add_argument('--section', choices=('all', 'chain', 'api', 'instr'), default='all', help='the chain run, GET /sessions/{id} over HTTP, storage instrumentation on vs off, or all (default)')
     a = ap.parse_args()
     runs, batch = a.runs or (40 if a.quick else 400), a.batch or (10 if a.quick else 20)
@@ -250,24 +265,19 @@ def main():
             api_section(runs, batch, tail, tmp); return
         if a.section == 'instr':
             instr_section(runs, batch, tail, tmp); return
-        ref = a.baseline_ref or baseline_ref()
-        base = tmp / 'code-baseline'; base.mkdir()
-        arc = subprocess.run(['git', 'archive', ref, 'dataops_lab'], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(['tar', '-x', '-C', str(base)], input=arc, check=True)
-        sha = subprocess.run(['git', 'rev-parse', '--short', ref], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        print(f'observability overhead on a trivial 3-step chain run: {runs} runs per side, batches of {batch}; baseline = {ref} ({sha})', flush=True)
-        for mode, path in (('baseline', base), ('off', ROOT), ('in-memory', ROOT)):
-            (tmp / mode).mkdir(); procs[mode] = start(mode, path, tmp / mode)
+        print(f'observability overhead on a trivial 3-step chain run: {runs} runs per side, batches of {batch}; peer = this checkout with its observability taken out (none)', flush=True)
+        for mode in ('none', 'off', 'in-memory'):
+            (tmp / mode).mkdir(); procs[mode] = start(mode, ROOT, tmp / mode)
         for p in procs.values(): ask(p)
         lat, spans, rnd = {m: [] for m in procs}, {}, 0
         order = list(procs)
-        while len(lat['baseline']) < runs:
-            k = min(batch, runs - len(lat['baseline']))
+        while len(lat['none']) < runs:
+            k = min(batch, runs - len(lat['none']))
             for m in order[rnd % 3:] + order[:rnd % 3]:
                 r = ask(procs[m], k); lat[m] += r['ms']; spans[m] = r['spans_per_run']
             rnd += 1
-        b50, bmean = pct(lat['baseline'], 50), statistics.fmean(lat['baseline'])
-        print(f"\n{'side':<11} {'p50 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/base':>9} {'mean/base':>10} {'spans/run':>10}")
+        b50, bmean = pct(lat['none'], 50), statistics.fmean(lat['none'])
+        print(f"\n{'side':<11} {'p50 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/none':>9} {'mean/none':>10} {'spans/run':>10}")
         for m, xs in lat.items():
             print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if a.quick else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/b50:9.3f} {statistics.fmean(xs)/bmean:10.3f} {spans.get(m, 0):10d}")
         print(f"\noverhead with exporters off: {100*(pct(lat['off'], 50)/b50-1):+.1f}% at p50 (target < 5%); "
