@@ -17,8 +17,10 @@ set to WAL + synchronous=NORMAL on its own file. Every checkpointed side uses du
    target is judged on the chain with step_artifacts=False ÷ that peer. Also plain LangGraph + DataOpsSaver (the saver's
    share), + get_session/add_message per run (the session message's share), + an artifact per step (the artifacts'
    share), + InMemorySaver, and with no checkpointer.
-2. routing: Orchestrator.route(query) (3 rules + lexical intent) over the 401 turns of the routing sets (tests/data, via tests/routing_queries.py)
-   against default_registry(), and Orchestrator.process() of a trivial workflow minus that workflow's own run time.
+2. routing: Orchestrator.route(query) (3 rules + the offline router: BM25, plus sentence vectors where the [semantic] extra is on)
+   over the 502 turns of the routing sets (tests/data, via tests/routing_queries.py) against default_registry(), next to that
+   router alone and to the same router without vectors (semantic=False), and Orchestrator.process() of a trivial workflow
+   minus that workflow's own run time.
 3. rate: runs per second of a 3-step chain of trivial steps with a checkpoint per step (durability='sync'; target 200/s;
    the seed asks for 10,000 per hour), run after run in one session, next to the same with step_artifacts=False, the
    chain's default 'auto' durability, plain LangGraph + SqliteSaver 'sync' and LangGraph alone; the sides run in
@@ -571,7 +573,7 @@ def heartbeat_workflow():
 def section_routing(a, sm):
     from routing_queries import QUERIES, DEV, HELD_OUT
     from dataops_lab.examples.workflows import default_registry
-    from dataops_lab.orchestrator import Orchestrator
+    from dataops_lab.orchestrator import Orchestrator, LexicalRouter
     reg = default_registry()
     orch = Orchestrator(reg, sm)
     orch.add_rule(lambda ctx: ctx.get('size', 0) > 1_000_000, 'schema_analyzer', name='large_table')
@@ -581,19 +583,23 @@ def section_routing(a, sm):
     qs = [q for q, _ in DEV + HELD_OUT]  # paraphrases, typos, pasted SQL, out-of-scope turns: every path of the router
     t0 = time.perf_counter(); orch.route(qs[0], ctx); first = (time.perf_counter() - t0) * 1e3
     lex = orch.router
+    words = LexicalRouter([w.metadata for w in reg], orch.threshold, semantic=False)  # the peer: the same router without sentence vectors
+    words.route(qs[0])
     acc = sum(orch.route(q, ctx).workflow == want for q, want in QUERIES) / len(QUERIES)
     n = a.passes * len(qs)
-    res = bench_sides([('route', lambda i: orch.route(qs[i % len(qs)], ctx)), ('lexical', lambda i: lex.route(qs[i % len(qs)]))],
-                      n, len(qs), batch=len(qs))
+    res = bench_sides([('route', lambda i: orch.route(qs[i % len(qs)], ctx)), ('lexical', lambda i: lex.route(qs[i % len(qs)])),
+                       ('words', lambda i: words.route(qs[i % len(qs)]))], n, len(qs), batch=len(qs))
     print(f"\n== 2. Orchestrator routing overhead: default_registry() ({len(reg)} workflows), the {len(qs)} turns of the routing sets in tests/data ==")
     print(f"   {a.passes} passes over the queries ({n:,} calls per side), interleaved per pass; a session context {ctx} and 3 rules that do not fire on it, "
-          f"so every call evaluates the rules and then the lexical (BM25) router")
-    print(f"   first call: {first:.2f} ms (builds the BM25 index over the workflows' metadata; once per orchestrator, again when the registry changes); "
+          f"so every call evaluates the rules and then the offline router (BM25{', plus sentence vectors: the [semantic] extra is on' if lex.semantic else '; the [semantic] extra is off or absent'})")
+    print(f"   first call: {first:.2f} ms (builds the BM25 index over the workflows' metadata{' and embeds it, loading the embedding model if this process has not yet' if lex.semantic else ''}; "
+          f"once per orchestrator, again when the registry changes); "
           f"routing accuracy on the {len(QUERIES)} queries of the first tuning set {acc:.1%} (tests/test_routing.py owns the held-out figures)")
     print(f"   {'side':62} {'p50 ms':>9} {TAIL[0] + ' ms':>9} {'mean ms':>9} {'max ms':>9}")
-    print(f"   {'Orchestrator.route(query, context): 3 rules + lexical intent':62} {fmt_stats(res['route'])}")
-    print(f"   {'LexicalRouter.route(query) alone':62} {fmt_stats(res['lexical'])}")
-    ok_route = judge_tail(f"routing overhead {TAIL[0]}: Orchestrator.route() (3 rules + lexical, {len(qs)} turns)", res['route'][TAIL[0]], ' ms', ROUTE_P99_MS, fmt='{:.3f}')
+    print(f"   {'Orchestrator.route(query, context): 3 rules + offline intent':62} {fmt_stats(res['route'])}")
+    print(f"   {'LexicalRouter.route(query) alone, as the orchestrator builds it':62} {fmt_stats(res['lexical'])}")
+    print(f"   {'LexicalRouter(..., semantic=False).route(query): words only':62} {fmt_stats(res['words'])}")
+    ok_route = judge_tail(f"routing overhead {TAIL[0]}: Orchestrator.route() (3 rules + offline router, {len(qs)} turns)", res['route'][TAIL[0]], ' ms', ROUTE_P99_MS, fmt='{:.3f}')
     info("routing p50: Orchestrator.route()", f"{res['route']['p50']:.3f} ms")
 
     # process(): the whole turn, minus the workflow's own run
@@ -729,7 +735,7 @@ def main():
     p.add_argument('--quick', action='store_true', help='a smoke run: 100 saver calls, 30 runs per side, 5 passes, 100 process() calls, 100 chain runs (well under a minute)')
     p.add_argument('--saver-calls', type=int, default=None, help='timed calls per saver and operation (default 1000, quick 100)')
     p.add_argument('--runs', type=int, default=None, help='timed runs per side of the 10-step chain comparison (default 200, quick 30)')
-    p.add_argument('--passes', type=int, default=None, help='passes over the 401 routing turns (default 30, quick 5)')
+    p.add_argument('--passes', type=int, default=None, help='passes over the 502 routing turns (default 30, quick 5)')
     p.add_argument('--calls', type=int, default=None, help='timed Orchestrator.process() calls (default 1000, quick 100)')
     p.add_argument('--chain-runs', type=int, default=None, help='runs per side of the 3-step chain for runs/s (default 1000, quick 100)')
     p.add_argument('--rate-rounds', type=int, default=None, help='rounds the runs/s sides are split into, the order rotating (default 10, quick 2)')

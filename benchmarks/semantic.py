@@ -4,9 +4,10 @@
 
 Sections, each side interleaved with the other in rotating rounds, medians printed (p95 beside them):
 - embedding one message (`semantic.vector_of`, what `add_message` adds) vs BM25's tokenising of the same text (`recall.terms`);
-- `add_message` with the extra on vs switched off (`DATAOPS_LAB_SEMANTIC=off`), on SQLite + files;
+- `add_message` with the extra on vs switched off, on SQLite + files: two session managers, each on its own folder whose
+  settings.ini says `[semantic] enabled = on` or `off` (a manager reads the switch once, when it starts);
 - `get_context_summary` with the extra on vs off, for sessions of each length in --turns (the vectors are read with the
-  messages, so the cost should stay flat as the session grows);
+  messages, and at most `recall_window` un-summarised turns are ranked, so the cost should stay flat as the session grows);
 - the recall set (tests/data/recall_paraphrase.jsonl), each half (dev, heldout): turns whose answer reached the context, lexical vs hybrid.
 Prints the machine, the commit and the load average at start and end. A section that raises is FAILED in the summary and
 makes the script exit 1. A benchmark is not a test: nothing here asserts.
@@ -32,10 +33,6 @@ def rounds(sides:dict, n:int, batch:int=10)->dict:
 
 def fmt(xs): return f"median {statistics.median(xs)*1e3:.3f} ms, p95 {sorted(xs)[int(len(xs)*0.95)-1]*1e3:.3f} ms ({len(xs)} calls)"
 
-def switch(on:bool):
-    if on: os.environ.pop('DATAOPS_LAB_SEMANTIC', None)
-    else: os.environ['DATAOPS_LAB_SEMANTIC'] = 'off'
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true'); ap.add_argument('--iterations', type=int, default=300)
@@ -45,6 +42,7 @@ def main():
     turns = [int(x) for x in a.turns.split(',')] if not a.quick else [50, 200]
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     print(f"machine {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, commit {commit}, load average {load()}")
+    os.environ.pop('DATAOPS_LAB_SEMANTIC', None)  # each manager's settings.ini decides
     from dataops_lab import semantic
     if not semantic.available():
         print("skipped: the [semantic] extra is not installed (pip install 'dataops-lab[semantic]')"); return 0
@@ -69,15 +67,20 @@ def main():
         return f"{statistics.median(got['vector_of'])*1e3:.3f} ms to embed one message"
     section('embedding one message', embed_one)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp)/'settings.ini').write_text("[storage]\n")  # the embedded default, in this folder
-        sm = SessionManager(load_settings(Path(tmp)/'settings.ini'))
+        sms = {}
+        for on in (True, False):  # the embedded default, each in its own folder
+            (Path(tmp)/str(on)).mkdir()
+            (Path(tmp)/str(on)/'settings.ini').write_text(f"[storage]\n[semantic]\nenabled = {'on' if on else 'off'}\n")
+            sms[on] = SessionManager(load_settings(Path(tmp)/str(on)/'settings.ini'))
+        if (sms[True].semantic, sms[False].semantic) != (True, False): raise RuntimeError(f"the switch did not take: {sms[True].semantic}, {sms[False].semantic}")
         def add():
-            sids = {on: sm.create_session('bench').session_id for on in (True, False)}
+            sids = {on: sms[on].create_session('bench').session_id for on in (True, False)}
             def side(on):
-                def f(): switch(on); sm.add_message(sids[on], 'user', pool[next(i) % len(pool)])
+                def f(): sms[on].add_message(sids[on], 'user', pool[next(i) % len(pool)])
                 return f
             got = rounds({'add_message, semantic on': side(True), 'add_message, semantic off': side(False)}, n)
-            switch(True)
+            stored = {on: sms[on].get_history(sids[on], limit=1)[0].vector for on in (True, False)}
+            if stored[True] is None or stored[False] is not None: raise RuntimeError(f"vectors stored: on {stored[True] is not None}, off {stored[False] is not None}")
             for k, v in got.items(): print(f"{k:28} {fmt(v)}")
             on, off = (statistics.median(got[k]) for k in got)
             return f"add_message {on*1e3:.2f} ms on vs {off*1e3:.2f} ms off (+{(on-off)*1e3:.2f} ms)"
@@ -85,18 +88,20 @@ def main():
         def recall():
             out = []
             for t in turns:
-                sid = sm.create_session('bench').session_id
-                for k in range(t): sm.add_message(sid, 'user' if k % 2 == 0 else 'assistant', pool[k % len(pool)])
+                sids = {on: sms[on].create_session('bench').session_id for on in (True, False)}
+                t0 = time.perf_counter()
+                for on in (True, False):
+                    for k in range(t): sms[on].add_message(sids[on], 'user' if k % 2 == 0 else 'assistant', pool[k % len(pool)])
+                print(f"{t:5} turns added to each session in {time.perf_counter() - t0:.1f} s")
                 def side(on):
-                    def f(): switch(on); sm.get_context_summary(sid, max_tokens=600, query='how big is the purchases data?')
+                    def f(): sms[on].get_context_summary(sids[on], max_tokens=600, query='how big is the purchases data?')
                     return f
                 got = rounds({'on': side(True), 'off': side(False)}, max(10, n // 4), batch=5)
-                switch(True)
                 print(f"{t:5} turns: get_context_summary semantic on {fmt(got['on'])}; off {fmt(got['off'])}")
                 out.append(f"{t} turns {statistics.median(got['on'])*1e3:.1f} / {statistics.median(got['off'])*1e3:.1f} ms")
             return 'get_context_summary on / off: ' + '; '.join(out)
         section('get_context_summary as the session grows', recall)
-        sm.close()
+        for sm in sms.values(): sm.close()
     def recall_set():
         out = []
         for split in ('dev', 'heldout'):  # MIN_COSINE is chosen on the development half (nbs/22_recall.ipynb); the held-out half only measures

@@ -205,7 +205,7 @@ class ObservabilitySettings(_Section):
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port from batch workers and the dashboard process; 0: off (the API serves /metrics itself)")
 
 class SemanticSettings(_Section):
-    "`[semantic]`: sentence vectors from the optional `[semantic]` extra, for relevance recall (and routing that opts in)"
+    "`[semantic]`: sentence vectors from the optional `[semantic]` extra, for relevance recall and offline routing"
     enabled: Literal['auto', 'on', 'off'] = Field('auto', description="auto: used when the [semantic] extra is installed; on: required (an error names the extra when it is missing); off: never (recall and routing stay lexical). The environment variable DATAOPS_LAB_SEMANTIC=on|off|auto overrides it")
 
 # %% ../nbs/01_config.ipynb #51f7b437

@@ -115,18 +115,15 @@ class LexicalRouter:
                  input_bonus:float=1.0, # added for each input of a workflow the message supplies (a SQL statement, a value matching the input's pattern)
                  asking_weight:float=0.5, # the share of their weight asking words add to a workflow that matched on other words
                  off_task_score:float=2.5, # the least best score for a message that asks for an action no workflow takes, or is small talk (`_off_task`)
-                 semantic:bool|None=None, # add closeness in meaning to the lexical scores (needs the `[semantic]` extra); default: off — opt in with True
+                 semantic:bool|None=None, # add closeness in meaning to the lexical scores (needs the `[semantic]` extra); default: `semantic_available()` — the extra installed and not switched off
                  semantic_weight:float=SEMANTIC_WEIGHT, # what the closest workflow example adds at cosine 1, in the lexical scores' unit
                  semantic_floor:float=SEMANTIC_FLOOR # the cosine below which closeness adds nothing
                 ):
         self.names,self.threshold,self.min_score,self.model,self.needs_model_score,self.input_bonus,self.asking_weight = [m.name for m in metadata],threshold,min_score,model,needs_model_score,input_bonus,asking_weight
         self.off_task_score = off_task_score
-        self.semantic,self.semantic_weight,self.semantic_floor = bool(semantic),semantic_weight,semantic_floor
-        if self.semantic:  # each workflow's description, capabilities and example queries, embedded once
-            texts = [[m.description, *m.capabilities, *m.example_queries] for m in metadata]
-            vecs = _semantic.embed([t for ts in texts for t in ts]) if texts else None
-            bounds = list(itertools.accumulate(len(ts) for ts in texts))
-            self._vecs = [vecs[b-len(ts):b] for b,ts in zip(bounds, texts)]
+        self.semantic = semantic_available() if semantic is None else bool(semantic)
+        self.semantic_weight,self.semantic_floor = semantic_weight,semantic_floor
+        self._texts = [[m.description, *m.capabilities, *m.example_queries] for m in metadata]  # embedded on the first query that needs them (`_vecs`)
         self.needs_llm = [m.needs_llm for m in metadata]
         self.takes_sql = [any(p.type == 'sql' for p in m.required_inputs) for m in metadata]
         self.patterns = [[re.compile(p.pattern) for p in m.required_inputs if p.pattern] for m in metadata]
@@ -143,6 +140,14 @@ class LexicalRouter:
         self._near = {}
         for w in self.words:
             for d in _deletes(w) | {w}: self._near.setdefault(d, set()).add(w)
+
+    @functools.cached_property
+    def _vecs(self)->list:
+        "Each workflow's description, capabilities and example queries, embedded once per router — on its first query, so building a router loads no model"
+        texts = self._texts
+        vecs = _semantic.embed([t for ts in texts for t in ts])
+        bounds = list(itertools.accumulate(len(ts) for ts in texts))
+        return [vecs[b-len(ts):b] for b,ts in zip(bounds, texts)]
 
     def _terms(self, text:str)->list[str]: return list(bm25s.tokenize([text], stopwords=_ROUTE_STOP, stemmer=_stem, show_progress=False, return_ids=False)[0])
 
@@ -374,7 +379,7 @@ class Orchestrator:
         names = tuple(self.registry.names())
         if self._router is None or names != self._router_names:
             md = [w.metadata for w in self.registry]
-            lex = LexicalRouter(md, self.threshold, model=self.llm is not None)
+            lex = LexicalRouter(md, self.threshold, model=self.llm is not None, semantic=getattr(self.sessions, 'semantic', None))  # vectors as the session manager's `[semantic] enabled` says
             self._router,self._router_names = (LLMRouter(self.llm, md, lex) if self.llm is not None else lex),names
         return self._router
 

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/semantic.html.md"""
 
 # %% ../nbs/21a_semantic.ipynb #5e3a0004
 from __future__ import annotations
-import base64, functools, importlib.util, os
+import base64, importlib.util, os, threading
 from pathlib import Path
 import numpy as np
 
@@ -41,8 +41,16 @@ def available(settings=None # a `Settings` whose `[semantic] enabled` decides; N
                           "pip install 'dataops-lab[semantic]', or set enabled = auto to use it only where it is installed")
     return installed
 
-@functools.cache
+_LOCK,_LOADED = threading.Lock(),[]
+
 def _model():
+    "The model, loaded on first use and once per process (threads wait for the first load); importing `dataops_lab` never loads it"
+    if not _LOADED:
+        with _LOCK:
+            if not _LOADED: _LOADED.append(_load())
+    return _LOADED[0]
+
+def _load():
     try: import wordllama
     except ImportError: raise ImportError("semantic recall and routing need the [semantic] extra: pip install 'dataops-lab[semantic]'") from None
     # the weights (weights/) and tokenizer (tokenizers/) the wheel ships; with downloads disabled a missing file is an error, never a fetch

@@ -2,6 +2,7 @@
 
 The held-out set was written and committed before the offline router changed and is never tuned on; the router's
 thresholds are calibrated on the development set (nbs/38_orchestrator.ipynb shows the trade-off)."""
+import os, subprocess, sys, textwrap
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from routing_queries import DEV, HELD_OUT, QUERIES
@@ -11,7 +12,7 @@ from dataops_lab.orchestrator import LexicalRouter, LLMRouter, Orchestrator
 from dataops_lab.sessions import SessionManager
 
 TARGET = 0.90  # issue 18: routed right and abstained, each on the held-out set, with no model
-FLOOR = {'routed right': 0.88, 'abstained': 0.92}  # what the offline router reaches today (nbs/38_orchestrator.ipynb)
+LEXICAL_FLOOR = {'routed right': 0.88, 'abstained': 0.92}  # the lexical router alone (no [semantic] extra, or switched off) on the held-out set: 88.9% and 92.5% (nbs/38_orchestrator.ipynb)
 
 def measure(router, rows):
     "Share of in-scope queries routed right, share of out-of-scope turns abstained, and the misses"
@@ -31,16 +32,11 @@ def test_the_sets_are_what_the_readme_says():
     assert not {q.lower() for q, _ in HELD_OUT} & {q.lower() for q, _ in DEV}, 'a held-out query is in the development set'
     assert {w for _, w in DEV + HELD_OUT} == names | {None} and len(QUERIES) == 65
 
-def test_heldout_does_not_fall_below_what_the_router_reaches(router):
+def test_heldout_with_the_lexical_router_alone(router):
+    "Without the [semantic] extra (or with it switched off) the held-out set's routing is just under the 90% target; abstention clears it"
     fig, miss = measure(router, HELD_OUT)
-    print(f"\nheld-out: {fig}; misses: {miss}")
-    assert fig['routed right'] >= FLOOR['routed right'] and fig['abstained'] >= FLOOR['abstained'], (fig, miss)
-
-@pytest.mark.xfail(strict=True, reason='the lexical router alone reaches 88.9% routed right (abstained: 92.5%, above the target) on the held-out set; '
-                                       'the target is 90% each (see nbs/38_orchestrator.ipynb). Strict: this fails loudly once the target is met')
-def test_heldout_targets(router):
-    fig, miss = measure(router, HELD_OUT)
-    assert fig['routed right'] >= TARGET and fig['abstained'] >= TARGET, (fig, miss)
+    print(f"\nheld-out, lexical alone: {fig}; misses: {miss}")
+    assert fig['routed right'] >= LEXICAL_FLOOR['routed right'] and fig['abstained'] >= LEXICAL_FLOOR['abstained'], (fig, miss)
 
 def test_development_set(router):
     fig, miss = measure(router, DEV)
@@ -97,24 +93,64 @@ def test_the_llm_router_decides_with_a_model_whatever_the_lexical_thresholds(tmp
     assert type(orch.router) is LLMRouter and orch.router.fallback.model is True
     assert orch.route('book a meeting with the data team').workflow == 'supervisor_agent'  # the model's choice stands
 
-SEMANTIC_FLOOR = {'routed right': 0.90, 'abstained': 0.92}  # with the [semantic] extra, on the held-out set (nbs/38_orchestrator.ipynb)
-
 @pytest.fixture(scope='module')
-def semantic_router():
+def default_router():
+    "The router as it is built by default: with the [semantic] extra installed (as `pip install -e .[dev]` and CI install it), vectors beside the lexical scores"
     pytest.importorskip('wordllama', reason="the [semantic] extra is not installed: pip install 'dataops-lab[semantic]'")
-    return LexicalRouter(default_registry(False).metadata(), semantic=True)
+    from dataops_lab.semantic import switch
+    if switch() == 'off': pytest.skip('DATAOPS_LAB_SEMANTIC=off switches the vectors off')
+    r = LexicalRouter(default_registry(False).metadata())
+    assert r.semantic, 'the extra is installed and not switched off: the default router uses vectors'
+    return r
 
-def test_with_the_semantic_extra(semantic_router):
-    "Closeness in meaning beside the lexical scores: the development set's figures, and the held-out set's (below the target: see the notebook)"
-    dev, _ = measure(semantic_router, DEV)
-    fig, miss = measure(semantic_router, HELD_OUT)
-    print(f"\nsemantic: development {dev}; held-out {fig}; misses: {miss}")
-    assert dev['routed right'] >= 0.96 and dev['abstained'] >= 0.96, dev
-    assert fig['routed right'] >= SEMANTIC_FLOOR['routed right'] and fig['abstained'] >= SEMANTIC_FLOOR['abstained'], (fig, miss)
-    q = 'give me a summary of the tables and relationships in warehouse.db'  # no clear winner word for word; close in meaning to schema_analyzer's examples
-    assert (LexicalRouter(default_registry(False).metadata(), semantic=False).route(q).workflow, semantic_router.route(q).workflow) == (None, 'schema_analyzer')
-    for q in ['play some music', 'book a flight to rome', 'hi', 'thanks!']: assert semantic_router.route(q).workflow is None, q
-
-def test_heldout_targets_with_the_semantic_extra(semantic_router):
-    fig, miss = measure(semantic_router, HELD_OUT)
+def test_heldout_targets(default_router):
+    "Issue 18's targets on the held-out set, with no model: >= 90% routed right and >= 90% of out-of-scope turns abstained (90.7% and 92.5%)"
+    fig, miss = measure(default_router, HELD_OUT)
+    print(f"\nheld-out, default router: {fig}; misses: {miss}")
     assert fig['routed right'] >= TARGET and fig['abstained'] >= TARGET, (fig, miss)
+
+def test_the_default_router_on_the_development_set(default_router):
+    "Closeness in meaning beside the lexical scores, calibrated on the development set (96.9% and 96.7%); it routes a paraphrase the words alone leave unclear"
+    dev, miss = measure(default_router, DEV)
+    print(f"\ndevelopment, default router: {dev}")
+    assert dev['routed right'] >= 0.96 and dev['abstained'] >= 0.96, (dev, miss)
+    q = 'give me a summary of the tables and relationships in warehouse.db'  # no clear winner word for word; close in meaning to schema_analyzer's examples
+    assert (LexicalRouter(default_registry(False).metadata(), semantic=False).route(q).workflow, default_router.route(q).workflow) == (None, 'schema_analyzer')
+    for q in ['play some music', 'book a flight to rome', 'hi', 'thanks!']: assert default_router.route(q).workflow is None, q
+
+def _orchestrator(folder, semantic:str):
+    folder.mkdir()
+    (folder/'settings.ini').write_text(f'[storage]\n[semantic]\nenabled = {semantic}\n')
+    return Orchestrator(default_registry(False), SessionManager(load_settings(folder/'settings.ini')), llm=False)
+
+def test_the_orchestrator_routes_with_vectors_as_the_settings_say(tmp_path, monkeypatch, default_router):
+    "[semantic] enabled = auto (the default) or on: vectors; off: the lexical router alone, as DATAOPS_LAB_SEMANTIC=off in the environment"
+    monkeypatch.delenv('DATAOPS_LAB_SEMANTIC', raising=False)
+    q = 'give me a summary of the tables and relationships in warehouse.db'
+    orchs = {m: _orchestrator(tmp_path/m, m) for m in ('auto', 'on', 'off')}
+    got = {m: (o.router.semantic, o.route(q).workflow) for m,o in orchs.items()}
+    assert got == {'auto': (True, 'schema_analyzer'), 'on': (True, 'schema_analyzer'), 'off': (False, None)}, got
+    monkeypatch.setenv('DATAOPS_LAB_SEMANTIC', 'off')
+    assert LexicalRouter(default_registry(False).metadata()).semantic is False
+    assert _orchestrator(tmp_path/'env', 'auto').router.semantic is False
+
+def test_the_model_loads_on_the_first_routed_query_and_once(default_router, tmp_path):
+    "Importing the package, the CLI and the orchestrator, and building an orchestrator, load no model; the first query routed does, once per process"
+    code = textwrap.dedent("""
+        import sys, pathlib
+        import dataops_lab, dataops_lab.cli, dataops_lab.orchestrator
+        from dataops_lab import semantic
+        from dataops_lab.config import load_settings
+        from dataops_lab.examples.workflows import default_registry
+        from dataops_lab.orchestrator import Orchestrator
+        from dataops_lab.sessions import SessionManager
+        d = pathlib.Path(sys.argv[1]); (d/'settings.ini').write_text('[storage]\\n')
+        orchs = [Orchestrator(default_registry(False), SessionManager(load_settings(d/'settings.ini')), llm=False) for _ in range(2)]
+        print('wordllama' in sys.modules, [o.router.semantic for o in orchs], 'wordllama' in sys.modules)
+        routed = [o.route('how many orders were placed in 2024?').workflow for o in orchs]
+        print(routed, 'wordllama' in sys.modules, len(semantic._LOADED), semantic._model() is semantic._LOADED[0])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != 'DATAOPS_LAB_SEMANTIC'}
+    out = subprocess.run([sys.executable, '-c', code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ['False [True, True] False', "['sql_generator', 'sql_generator'] True 1 True"], (out.stdout, out.stderr[-2000:])
