@@ -22,7 +22,7 @@ from .observability import active_sessions, hot_outages
 
 # %% auto #0
 __all__ = ['MESSAGES_TABLE', 'PREFERENCES_TABLE', 'SNAPSHOTS_TABLE', 'HOT_STATE_TABLE', 'SESSION_TABLES', 'PURGE_HOOKS',
-           'SessionPolicy', 'HotTier', 'SessionManager', 'register_purge_hook', 'CleanupReport']
+           'SessionPolicy', 'HotTier', 'SessionManager', 'register_purge_hook', 'CleanupReport', 'seq_runs']
 
 # %% ../nbs/23_sessions.ipynb #074b9494
 _log = logging.getLogger('dataops_lab.sessions')
@@ -745,10 +745,12 @@ def summarise(self:SessionManager, session_id:str, max_tokens:int=400)->str|None
     if not todo: return None
     prev = self.artifacts.get_artifact_content(s.summary_artifact_id) if s.summary_artifact_id else None
     text = llm_summary(self.llm, todo, max_tokens, prev) if self.llm is not None else extractive_summary(todo, max_tokens, prev)
-    # each version lists only the turns it added and points at the version it extends: metadata stays small however long the session
+    # each version names only the turns it added, as runs of seqs ([first, last] pairs: one pair unless turns were hidden),
+    # and points at the version it extends: its record stays a few hundred bytes however many turns it folds in, so the
+    # checkpoints and listings that read past old versions do not pay for the history they cover
     aid = self.artifacts.store_artifact(text, session_id=session_id, workflow_name='session', name='conversation_summary',
                                         artifact_type=ArtifactType.CONTEXT, user_id=s.user_id, created_by='summarise',
-                                        metadata={'covers': [m.message_id for m in todo], 'covered_from': todo[0].seq, 'first_seq': 1, 'last_seq': todo[-1].seq,
+                                        metadata={'covered_seqs': seq_runs(m.seq for m in todo), 'covered_from': todo[0].seq, 'first_seq': 1, 'last_seq': todo[-1].seq,
                                                   'previous': s.summary_artifact_id, 'method': 'llm' if self.llm is not None else 'extractive'})
     until = todo[-1].seq
     def change(it):  # only counted turns' tokens are in the count; one counted later skips them (it is summarised by then)
@@ -761,11 +763,20 @@ def summarise(self:SessionManager, session_id:str, max_tokens:int=400)->str|None
 def expand_summary(self:SessionManager, summary_artifact_id:str)->list[Message]:
     "The original messages a summary artifact covers, in order"
     a = self.artifacts.get_artifact(summary_artifact_id)
-    if a.artifact_type != ArtifactType.CONTEXT or 'covers' not in a.metadata:
+    if a.artifact_type != ArtifactType.CONTEXT or not {'covered_seqs', 'covers'} & set(a.metadata):
         raise InvalidInputError(f"artifact {summary_artifact_id!r} is not a conversation summary", "pass Session.summary_artifact_id")
-    ids,cur = set(),a
+    seqs,ids,cur = set(),set(),a
     while True:  # this version's turns, then those of the versions it extends
-        ids |= set(cur.metadata.get('covers', []))
+        seqs.update(q for f,l in cur.metadata.get('covered_seqs', []) for q in range(f, l+1))
+        ids |= set(cur.metadata.get('covers', []))  # versions written before seq runs named their turns by message id
         if not cur.metadata.get('previous'): break
         cur = self.artifacts.get_artifact(cur.metadata['previous'])
-    return [m for m in self.get_history(a.session_id, before=a.metadata['last_seq']+1) if m.message_id in ids]
+    return [m for m in self.get_history(a.session_id, before=a.metadata['last_seq']+1) if m.seq in seqs or m.message_id in ids]
+
+def seq_runs(seqs:Iterable[int])->list[list[int]]:
+    "Ascending `seqs` as `[first, last]` runs of consecutive numbers"
+    runs = []
+    for q in seqs:
+        if runs and q == runs[-1][1]+1: runs[-1][1] = q
+        else: runs.append([q, q])
+    return runs

@@ -199,7 +199,7 @@ def test_summaries_are_automatic_versioned_and_reversible(manager_storage):
     assert len(hist) == n and contents(hist) == CONVERSATION  # summarising never removes turns
     orig = sm.expand_summary(s.summary_artifact_id)
     assert orig == hist[:s.summarised_until]  # exactly the turns it covers, identical, in order
-    assert art.metadata['covers'] == [m.message_id for m in orig if m.seq >= art.metadata['covered_from']] and art.metadata['last_seq'] == s.summarised_until
+    assert [q for f, l in art.metadata['covered_seqs'] for q in range(f, l + 1)] == [m.seq for m in orig if m.seq >= art.metadata['covered_from']] and art.metadata['last_seq'] == s.summarised_until
     assert art.metadata['previous'] == versions[-2].artifact_id  # each version extends the one before
     first = sm.expand_summary(versions[0].artifact_id)  # an older version expands to its own, shorter range
     assert first == hist[:versions[0].metadata['last_seq']] and len(first) < len(orig)
@@ -208,6 +208,19 @@ def test_summaries_are_automatic_versioned_and_reversible(manager_storage):
     ctx = sm.get_context_summary(sid, max_tokens=300, query='email null rate')
     assert ctx.summary and ctx.summary_range == (1, s.summarised_until) and ctx.tokens_used <= 300
     assert sm.get_session(sid).unsummarised_tokens <= sm.policy.summarise_over_tokens
+
+def test_a_summary_version_names_its_turns_as_seq_runs_and_stays_small(manager_storage):
+    # 300 turns folded into one version, with turns 101-150 hidden by a restore: the record holds two runs, not 296 ids
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=10**6, keep_recent=4))
+    cm = ContextManager(sm, sm.artifacts)
+    sid = sm.create_session(uid()).session_id
+    say = lambda a, b: [sm.add_message(sid, 'user', f"turn {i}: load the orders table into the warehouse") for i in range(a, b)]
+    say(1, 101); cm.create_checkpoint(sid, 'before'); say(101, 151); cm.restore_checkpoint(sid, 'before'); say(151, 301)
+    aid = sm.summarise(sid)
+    md = sm.artifacts.get_artifact(aid).metadata
+    assert md['covered_seqs'] == [[1, 100], [151, 296]] and (md['covered_from'], md['last_seq']) == (1, 296)
+    assert len(json.dumps(md)) < 400, md  # one id per turn made it ~9 KB
+    assert [m.seq for m in sm.expand_summary(aid)] == list(range(1, 101)) + list(range(151, 297))
 
 def test_context_ranks_only_the_unsummarised_tail_and_the_turns_the_summary_cites(manager_storage):
     n = len(CONVERSATION)
