@@ -12,7 +12,7 @@ the growth factor from 1,000 to the largest size (the issue's 1k → 50k), for t
 |---|---|
 | add_message | INSERT of the message row + UPDATE of a session row, one transaction |
 | get_history(limit=50) | SELECT the newest 50 rows + json.loads |
-| get_context_summary() | SELECT every row + json.loads (what reading the whole history costs) |
+| get_context_summary() | SELECT every row + json.loads (what reading the whole history costs); both timed at the same point of the summary cycle at every size, the costliest: the session topped up until its next turn would be summarised (the unsummarised tail at its longest), so the size, not the cycle's phase, is what varies |
 | dump_context(recent=None) | SELECT every row + json.loads, then json.dumps + zstd (level 3) of those messages |
 | create_checkpoint(label) | SELECT max(seq) + INSERT one reference row (what a checkpoint that references history needs) |
 | restore_checkpoint(label) | SELECT that reference row + UPDATE the session row |
@@ -38,6 +38,7 @@ for _k in [k for k in os.environ if k.startswith('DATAOPS_')]: os.environ.pop(_k
 import zstandard
 from storage import versions
 from managers import turn_text, role
+from dataops_lab.recall import estimate_tokens
 
 SUMMARY_GROWTH, SUMMARY_ABS_MS, DUMP_MS, DUMP_RATIO, CHECKPOINT_GROWTH = 2.0, 50.0, 300.0, 3.0, 2.0
 RESULTS, FAILED = [], []
@@ -147,7 +148,6 @@ def run(a, sm, cm, raw:Raw) -> dict:
         plan = [
             ('add_message', lambda i: sm.add_message(wsid, role(i), turn_text(i)), raw.append),
             ('get_history(limit=50)', lambda i: sm.get_history(sid, limit=50), lambda i: raw.newest(50)),
-            ('get_context_summary()', lambda i: sm.get_context_summary(sid), lambda i: raw.all()),
             ('dump_context(recent=None)', lambda i: cm.dump_context(sid, recent=None), lambda i: raw.dump()),
             ('create_checkpoint', lambda i, j=lab: cm.create_checkpoint(sid, f"c{N}_{next(j)}"), lambda i, j=iter(range(10**6)): raw.checkpoint(f"c{N}_{next(j)}")),
             ('restore_checkpoint', lambda i: cm.restore_checkpoint(sid, f"at_{N}"), lambda i: raw.restore(f"at_{N}")),
@@ -158,7 +158,23 @@ def run(a, sm, cm, raw:Raw) -> dict:
             layer_fn(0); raw_fn(0)  # warm: connections, caches
             reps = a.reps * (4 if name in ('add_message', 'get_history(limit=50)', 'list_artifacts(limit=100)') else 1)
             out[N][name] = timed_pair(layer_fn, raw_fn, reps, a.budget)
+        # get_context_summary ranks the unsummarised tail, which grows turn by turn until the summariser folds it (a
+        # sawtooth): measured at exactly N turns, its cost would depend on where N falls in that cycle, not on N. So it
+        # is measured at the same point of the cycle at every size, the most expensive one: the session topped up with
+        # turns until the next would make the summariser fold (the tail at its longest); the raw peer reads the same rows
+        i, top = n_msg, []
+        while sm.get_session(sid).unsummarised_tokens + estimate_tokens(turn_text(i)) <= sm.policy.summarise_over_tokens:
+            top.append(sm.add_message(sid, role(i), turn_text(i))); i += 1
+        raw.copy_messages([m.to_item() for m in top]); n_msg = i
+        s = sm.get_session(sid)
+        TAILS[N] = (n_msg, n_msg - s.summarised_until)
+        print(f"   get_context_summary() at size {N:,}: {len(top)} turns added to reach the fold point; {n_msg:,} turns, "
+              f"{n_msg - s.summarised_until} unsummarised ({s.unsummarised_tokens:,} of {sm.policy.summarise_over_tokens:,} tokens)", flush=True)
+        sm.get_context_summary(sid); raw.all()  # warm
+        out[N]['get_context_summary()'] = timed_pair(lambda i: sm.get_context_summary(sid), lambda i: raw.all(), a.reps, a.budget)
     return out
+
+TAILS: dict = {}  # size -> (turns when get_context_summary was timed, unsummarised turns then)
 
 def report(a, res:dict):
     sizes = a.sizes
@@ -175,6 +191,7 @@ def report(a, res:dict):
             print(f"   {op if j == 0 else '':27} {side:5}{''.join(f'{m[N]:10.2f}' for N in sizes)} {g:17.2f}x {len(res[hi][op][j]):4} {max(res[hi][op][j]):12.2f}")
         r = {N: med(res[N][op][0]) / med(res[N][op][1]) for N in sizes}
         print(f"   {'':27} {'÷raw':5}{''.join(f'{r[N]:9.1f}x' for N in sizes)}")
+    print("   get_context_summary() timed at the fold point of each size: " + '; '.join(f"{N:,} → {t:,} turns, {u} unsummarised" for N, (t, u) in TAILS.items()))
     m = lambda N, op, j=0: med(res[N][op][j])
     RESULTS.append(('sizes in this run', ', '.join(f"{N:,}" for N in sizes), '-', '-'))
     if 1000 in sizes and 50_000 in sizes:
