@@ -136,7 +136,7 @@ async def _audit_ws(ws:WebSocket, svc:Services, status:int):
     rec = AuditRecord(user_id=p.user_id if p else '-', role=p.role if p else None, action='events', method='WS', route='/ws/{session_id}',
                       resource=f"session_id={ws.path_params.get('session_id')}", status=status, outcome='ok' if status == 101 else outcome_of(status-4000),
                       client=(ws.client or (None,))[0], request_id=ws.scope['state'].get('request_id'))
-    try: await svc.audit.arecord(rec)
+    try: await svc.audit_write(rec)
     except DataOpsError as e: _log.error("audit record not written: %s", e)
 
 # %% ../../nbs/89_api_server.ipynb #029abfe5

@@ -58,6 +58,10 @@ class Services:
     async def call(self, fn, *args):
         "`fn(*args)` from a coroutine: on the event loop when `inline` (every tier local), else in the thread pool (network round trips)"
         return fn(*args) if self.inline else await run_in_threadpool(fn, *args)
+    async def audit_write(self, rec:AuditRecord):
+        "Write a request's audit record before its response starts: on the loop when `inline` (a SQLite insert, as the request's other calls), else by the log's writer threads"
+        if self.inline: self.audit.record(rec)
+        else: await self.audit.arecord(rec)
     def close(self): self.runner.close(); self.audit.close(); self.storage.close()
 
 # %% ../../nbs/88_api_service.ipynb #2018a8bf
@@ -178,5 +182,5 @@ class APIMiddleware:
                           method=scope.get('method', 'WS'), route=getattr(route, 'path', None) or path, status=status, outcome=outcome_of(status),
                           resource=','.join(f"{k}={v}" for k,v in pp.items()) or None, client=(scope.get('client') or (None,))[0],
                           request_id=scope['state'].get('request_id'), ms=round((time.perf_counter()-t0)*1000, 3))
-        try: await svc.audit.arecord(rec)
+        try: await svc.audit_write(rec)
         except DataOpsError as e: _log.error("audit record of %s not written: %s", rec.request_id, e)
