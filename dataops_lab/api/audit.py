@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_audit.html.md"""
 
 # %% ../../nbs/85_api_audit.ipynb #824b6441
 from __future__ import annotations
-import datetime as dt
+import asyncio, datetime as dt, os, queue, threading
 from pydantic import BaseModel, Field
 from ..core import *
 from ..models import iso
@@ -42,13 +42,65 @@ class AuditRecord(BaseModel):
     @property
     def day(self)->str: return self.ts[:10]
 
+_BATCH = 256  # records a writer thread takes off the queue at once
+
+def _settle(futs):
+    "On the event loop: each waiting `arecord` gets its outcome (one that was cancelled meanwhile is skipped)"
+    for fut,err in futs:
+        if fut.done(): continue
+        if err is None: fut.set_result(None)
+        else: fut.set_exception(err)
+
 class AuditLog:
     "Append and read audit records in the cold tier"
-    def __init__(self, storage:Storage): self.table = storage.table(AUDIT_TABLE)
+    def __init__(self, storage:Storage,
+                 writers:int|None=None): # threads writing `arecord`'s records (default: 1 on SQLite, whose writes take turns anyway; else 8)
+        self.table = storage.table(AUDIT_TABLE)
+        self.writers = writers or (1 if storage.settings.storage.cold.startswith('sqlite:') else 8)
+        self._q,self._threads,self._lock,self._closed = queue.SimpleQueue(),[],threading.Lock(),False
     def record(self, rec:AuditRecord)->AuditRecord:
         "Write `rec` durably (it is in the table when this returns)"
         self.table.put({**rec.model_dump(exclude_none=True), 'day': rec.day})
         return rec
+
+    async def arecord(self, rec:AuditRecord)->AuditRecord:
+        "`record` from a coroutine, without a thread-pool hop: a writer thread writes it (with the others waiting); returns once it is in the table"
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self._closed: raise StorageError("the audit log is closed", "this happens only while the server shuts down")
+            if self._threads and self._pid != os.getpid(): self._q,self._threads = queue.SimpleQueue(),[]  # a forked copy: the writers stayed behind
+            if not self._threads:
+                self._pid = os.getpid()
+                self._threads = [threading.Thread(target=self._write, daemon=True, name=f"audit-writer-{i}") for i in range(self.writers)]
+                for t in self._threads: t.start()
+            self._q.put((rec, loop, fut))
+        await fut
+        return rec
+
+    def _write(self):
+        "A writer thread: take what is queued (up to `_BATCH`), write each record, then wake their coroutines (one call per event loop)"
+        while (first := self._q.get()) is not None:
+            batch = [first]
+            while len(batch) < _BATCH:
+                try: nxt = self._q.get_nowait()
+                except queue.Empty: break
+                if nxt is None: self._q.put(None); break  # another thread's stop (or ours, taken on the next turn)
+                batch.append(nxt)
+            done = {}
+            for rec,loop,fut in batch:
+                try: self.record(rec); err = None
+                except Exception as e: err = e
+                done.setdefault(loop, []).append((fut, err))
+            for loop,futs in done.items():
+                try: loop.call_soon_threadsafe(_settle, futs)
+                except RuntimeError: pass  # that event loop is closed: nobody waits any more (the records are written)
+
+    def close(self):
+        "Write every queued record, then stop the writer threads (before the storage closes)"
+        with self._lock: self._closed,threads = True,self._threads
+        for _ in threads: self._q.put(None)
+        for t in threads: t.join()
     def query(self, user_id:str|None=None, since:dt.datetime|None=None, until:dt.datetime|None=None, limit:int=100, max_days:int=31,
               max_span_days:int=366 # the widest window read day by day (without `user_id`)
              )->list[AuditRecord]:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Response
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from structlog.contextvars import bind_contextvars, reset_contextvars
-from ..observability import tracer, api_requests, api_request_duration, metrics_text, joined_trace
+from ..observability import tracer, api_requests, api_request_duration, metrics_text, joined_trace, _OTEL_GLOBALS
 
 # %% auto #0
 __all__ = ['metrics_router', 'RequestObservability', 'metrics']
@@ -21,6 +21,12 @@ __all__ = ['metrics_router', 'RequestObservability', 'metrics']
 @contextmanager
 def _joined_span(carrier, method, path):
     with joined_trace(carrier), tracer.start_as_current_span(method, kind=SpanKind.SERVER, attributes={'http.request.method': method, 'url.path': path}) as span: yield span
+
+@contextmanager
+def _joined_only(carrier):
+    "The caller's trace context joined (what this request hands on carries it), with no span of our own"
+    if not carrier: yield trace.INVALID_SPAN; return
+    with joined_trace(carrier): yield trace.INVALID_SPAN
 
 def _route_of(scope)->str:
     r = scope.get('route')
@@ -34,6 +40,7 @@ class RequestObservability:
         cur = trace.get_current_span()
         if cur.is_recording() and getattr(cur, 'kind', None) == SpanKind.SERVER: return nullcontext(cur)  # FastAPI's native request span
         carrier = {k.decode('latin-1'): v.decode('latin-1') for k,v in scope['headers'] if k in (b'traceparent', b'tracestate')}
+        if _OTEL_GLOBALS.get('_TRACER_PROVIDER') is None: return _joined_only(carrier)  # no provider: a span could not record
         return _joined_span(carrier, method, scope['path'])
 
     async def __call__(self, scope, receive, send):

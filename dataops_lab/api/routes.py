@@ -172,9 +172,9 @@ def list_sessions(user_id:str|None=Query(None, pattern=ID, description="whose (a
     return SessionList(items=page.items, cursor=page.cursor)
 
 @sessions.get('/{session_id}', name='get_session', response_model=Session, responses=_e(404, 422))
-def get_session(session_id:str=SID, p:Principal=Depends(current_user), svc:Services=Depends(get_services)):
+async def get_session(session_id:str=SID, p:Principal=Depends(current_user), svc:Services=Depends(get_services)):
     "A session's state (without its history)"
-    s,res = session_and_resource(svc, session_id)  # one read serves the ownership check and the answer
+    s,res = await svc.call(session_and_resource, svc, session_id)  # one read serves the ownership check and the answer
     authorize(p, 'session:read', res); return s
 
 @sessions.patch('/{session_id}', name='update_session', response_model=Session, responses=_e(403, 404, 422))
@@ -468,6 +468,7 @@ def ready(response:Response, svc:Services=Depends(get_services)):
     if not ok: response.status_code = 503
     return Health(status='ok' if ok else 'unavailable', checks=checks)
 
-ROUTERS = [health, auth, users, sessions, context, workflows, chains, artifacts, runs, audit]
+# routing tries routes in this order and stops at the first match (no two routers' paths overlap): the busiest first
+ROUTERS = [sessions, workflows, runs, context, artifacts, chains, auth, health, users, audit]
 for _r in (r for router in ROUTERS for r in router.routes):  # a body that is not JSON answers 400 before validation: declared where a route takes one
     if isinstance(_r, APIRoute) and _r.body_field is not None: _r.responses.setdefault(400, E[400])

@@ -27,7 +27,8 @@ from .observe import RequestObservability, metrics_router
 from ..observability import configure_observability, api_ws_closed
 
 # %% auto #0
-__all__ = ['COOKIE', 'API_DESCRIPTION', 'ws_events', 'DashboardGuard', 'create_app', 'TLS13Config', 'app_from_env', 'serve']
+__all__ = ['COOKIE', 'API_DESCRIPTION', 'API_TAGS', 'ws_events', 'DashboardGuard', 'create_app', 'TLS13Config', 'app_from_env',
+           'serve']
 
 # %% ../../nbs/89_api_server.ipynb #b48a9993
 _log = logging.getLogger('dataops_lab.api')
@@ -135,7 +136,7 @@ async def _audit_ws(ws:WebSocket, svc:Services, status:int):
     rec = AuditRecord(user_id=p.user_id if p else '-', role=p.role if p else None, action='events', method='WS', route='/ws/{session_id}',
                       resource=f"session_id={ws.path_params.get('session_id')}", status=status, outcome='ok' if status == 101 else outcome_of(status-4000),
                       client=(ws.client or (None,))[0], request_id=ws.scope['state'].get('request_id'))
-    try: await anyio.to_thread.run_sync(svc.audit.record, rec)
+    try: await svc.audit_write(rec)
     except DataOpsError as e: _log.error("audit record not written: %s", e)
 
 # %% ../../nbs/89_api_server.ipynb #029abfe5
@@ -192,6 +193,8 @@ context snapshots and checkpoints, runs — for the users and roles of this serv
 
 Sign in with `POST /auth/token` and send the access token as `Authorization: Bearer <token>`.
 Every error has one JSON shape (`ErrorBody`). Progress of runs: WebSocket `/ws/{session_id}?token=...&after=<last event id>`."""
+# the order of the docs' sections (routes are matched busiest first, see `ROUTERS`, which would otherwise set it)
+API_TAGS = [{'name': t} for t in ('health', 'auth', 'users', 'sessions', 'context', 'workflows', 'artifacts', 'runs', 'audit')]
 
 def create_app(settings:Settings|str|Path|None=None, # Settings or a settings.ini (default: found as usual)
                registry:WorkflowRegistry|None=None, # workflows to serve (default: from installed packages' entry points)
@@ -208,7 +211,7 @@ def create_app(settings:Settings|str|Path|None=None, # Settings or a settings.in
         yield
         svc.close()
     app = FastAPI(title='dataops-lab API', version=__import__('dataops_lab').__version__, description=API_DESCRIPTION, lifespan=lifespan,
-                  responses={422: ERROR_RESPONSES[422]})
+                  responses={422: ERROR_RESPONSES[422]}, openapi_tags=API_TAGS)
     app.state.services = svc
     install_error_handlers(app)
     for r in ROUTERS: app.include_router(r)

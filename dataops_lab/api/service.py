@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging, re, time
 from typing import Any
 import anyio
+from starlette.concurrency import run_in_threadpool
 from fastapi import Depends, Request, WebSocket
 from fastapi.security import HTTPBearer, HTTPAuthorizationCredentials
 from ..core import *
@@ -22,7 +23,7 @@ from ..orchestrator import Orchestrator
 from ..observability import active_sessions
 from .errors import *
 from .users import UserStore
-from .tokens import TokenService, api_secret
+from .tokens import TokenService, api_secret, _local
 from .authz import Principal, Resource, authorize
 from .ratelimit import RateLimits
 from .audit import AuditLog, AuditRecord, outcome_of
@@ -53,7 +54,15 @@ class Services:
         self.tokens = TokenService(s.api, api_secret(s), self.storage.cache)
         self.limits,self.events = RateLimits(s.api, self.storage.cache),EventLog(self.storage.cache, s.api)
         self.runner = Runner(self.storage, self.events, s.api.run_threads, s.api.run_lease)
-    def close(self): self.runner.close(); self.storage.close()
+        self.inline = _local(s)  # every tier on this machine (SQLite and files): a request's storage calls take microseconds
+    async def call(self, fn, *args):
+        "`fn(*args)` from a coroutine: on the event loop when `inline` (every tier local), else in the thread pool (network round trips)"
+        return fn(*args) if self.inline else await run_in_threadpool(fn, *args)
+    async def audit_write(self, rec:AuditRecord):
+        "Write a request's audit record before its response starts: on the loop when `inline` (a SQLite insert, as the request's other calls), else by the log's writer threads"
+        if self.inline: self.audit.record(rec)
+        else: await self.audit.arecord(rec)
+    def close(self): self.runner.close(); self.audit.close(); self.storage.close()
 
 # %% ../../nbs/88_api_service.ipynb #2018a8bf
 bearer = HTTPBearer(auto_error=False, description="an access token from POST /auth/token")
@@ -65,12 +74,15 @@ def principal_from(svc:Services, token:str|None)->Principal:
     c = svc.tokens.verify(token)
     return Principal(user_id=c.sub, role=c.role, family=c.fam)
 
-def current_user(request:Request, creds:HTTPAuthorizationCredentials|None=Depends(bearer), svc:Services=Depends(get_services))->Principal:
-    "FastAPI dependency: the caller, from the bearer token, counted against their rate limit for this route"
-    p = principal_from(svc, creds.credentials if creds else None)
-    request.state.principal = p
-    request.state.rate_headers = svc.limits.hit(request.scope['route'].name, p.user_id)
+def _authenticate(svc:Services, token:str|None, operation:str, state)->Principal:
+    "The caller of `token`, counted against their limit for `operation`; both kept in the request's `state` (the audit record names who was refused)"
+    p = state.principal = principal_from(svc, token)
+    state.rate_headers = svc.limits.hit(operation, p.user_id)
     return p
+
+async def current_user(request:Request, creds:HTTPAuthorizationCredentials|None=Depends(bearer), svc:Services=Depends(get_services))->Principal:
+    "FastAPI dependency: the caller, from the bearer token, counted against their rate limit for this route"
+    return await svc.call(_authenticate, svc, creds.credentials if creds else None, request.scope['route'].name, request.state)
 
 # %% ../../nbs/88_api_service.ipynb #16a85872
 def session_and_resource(svc:Services, session_id:str)->tuple[Session, Resource]:
@@ -170,5 +182,5 @@ class APIMiddleware:
                           method=scope.get('method', 'WS'), route=getattr(route, 'path', None) or path, status=status, outcome=outcome_of(status),
                           resource=','.join(f"{k}={v}" for k,v in pp.items()) or None, client=(scope.get('client') or (None,))[0],
                           request_id=scope['state'].get('request_id'), ms=round((time.perf_counter()-t0)*1000, 3))
-        try: await anyio.to_thread.run_sync(svc.audit.record, rec)
+        try: await svc.audit_write(rec)
         except DataOpsError as e: _log.error("audit record of %s not written: %s", rec.request_id, e)
