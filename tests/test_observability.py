@@ -161,6 +161,28 @@ def test_log_lines_carry_the_run_ids_and_no_secret_or_body(tmp_path):
     turn = [l for l in lines if l['event'] == 'routed']
     assert turn and (turn[0]['session_id'], turn[0]['user_id']) == (sid, 'user_sec')
 
+def test_a_process_that_configured_no_logging_prints_no_info_line(tmp_path):
+    "Loading the [semantic] extra's model (wordllama calls logging.basicConfig(level=INFO) on import) must not switch on INFO lines on standard error"
+    import subprocess, sys
+    (tmp_path / 'settings.ini').write_text('[storage]\n')
+    code = (
+        "import logging\n"
+        "from dataops_lab import SessionManager, WorkflowChain\n"
+        "from dataops_lab import semantic\n"
+        "assert semantic.available(), 'this test needs the [semantic] extra'\n"
+        "sm = SessionManager(); sid = sm.create_session('u').session_id\n"
+        "sm.add_message(sid, 'user', 'how many orders are there?')\n"
+        "assert semantic._model.cache_info().currsize == 1, 'the model was not loaded'\n"
+        "chain = WorkflowChain(session_manager=sm); chain.add_step('schema_analyzer')\n"
+        "assert chain.execute(sid, {'question': 'q'}).status == 'completed'\n"
+        "print(logging.getLogger().level, len(logging.getLogger().handlers))\n")
+    env = {k: v for k, v in __import__('os').environ.items() if not k.startswith('DATAOPS_')}
+    env['DATAOPS_SETTINGS'] = str(tmp_path / 'settings.ini')
+    p = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == [str(logging.WARNING), '0']
+    assert p.stderr == ''
+
 @contextlib.contextmanager
 def _serve_two_workers(tmp_path):
     "`dataops-lab serve --workers 2` on the embedded default in `tmp_path`, metrics in multiprocess mode; its URL and metrics folder"
