@@ -39,7 +39,7 @@ also runs a third server, `uninstrumented` (the same `_instrument` replacement),
 A benchmark is not a test: nothing here asserts on timings; a worker that fails makes the script exit 1.
 """
 from __future__ import annotations
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,6 +252,14 @@ def api_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
                 try: p.wait(15)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
 
+def load_average() -> str: return ' '.join(f"{v:.2f}" for v in os.getloadavg())
+
+def machine() -> str:
+    "CPU, core count, Python and the commit measured (with '+changes' when the checkout has uncommitted changes)"
+    git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.machine()) if os.path.exists('/proc/cpuinfo') else platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, commit {git('rev-parse', '--short', 'HEAD') or '?'}{'+changes' if git('status', '--porcelain', '--untracked-files=no') else ''}"
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='smoke run: 40 runs per side in batches of 10')
@@ -263,6 +271,7 @@ def main():
     tail = 'p95' if a.quick else 'p99'
     tmp = Path(tempfile.mkdtemp(prefix='obs-bench-'))
     procs = {}
+    print(f'{machine()}; load average {load_average()} at start', flush=True)
     try:
         if a.section == 'api':
             api_section(runs, batch, tail, tmp); return
@@ -294,5 +303,6 @@ def main():
         for p in procs.values():
             if p.poll() is None: p.stdin.close(); p.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+        print(f'\nload average {load_average()} at end', flush=True)
 
 if __name__ == '__main__': main()
