@@ -207,6 +207,7 @@ def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
     final = None
+    step_seconds = chain_step_duration.labels(self.name, step.name)  # looked up once, when the chain compiles
     def run(state:ChainState, config)->dict:
         write = get_stream_writer()
         sid = config['configurable']['session_id']
@@ -232,7 +233,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         except Exception:
             chain_step_failures.labels(self.name, step.name).inc()
             raise
-        finally: chain_step_duration.labels(self.name, step.name).observe(time.perf_counter()-t0)
+        finally: step_seconds.observe(time.perf_counter()-t0)
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]

@@ -93,6 +93,11 @@ def _setup_structlog():
 
 if not structlog.is_configured(): _setup_structlog()
 logger = structlog.stdlib.get_logger('dataops_lab')
+_stdlib_logger = logging.getLogger('dataops_lab')
+
+def _would_log(level:int)->bool:
+    "Would `logger` write a line at `level`? The answer `filter_by_level` gives, without building the event first (a proxy, a bound logger, a dropped event: a few µs per call the library makes on its hot path)"
+    return _stdlib_logger.isEnabledFor(level) or structlog.get_config()['processors'][:1] != [structlog.stdlib.filter_by_level]  # another chain (capture_logs, the application's): ask it
 
 # %% ../nbs/03_observability.ipynb #c01b067a
 _HANDLER_MARK = '_dataops_lab_handler'
@@ -480,10 +485,14 @@ def record_workflow(name:str, status:str, seconds:float,
                     level:int=logging.INFO, # level of the `workflow_finished` line when it succeeded (a failure is always INFO)
                     **fields)->None:
     "Count a finished workflow run in `workflow_invocations`/`workflow_duration` and log `workflow_finished`"
-    workflow_invocations.labels(workflow=name, status=status).inc()
-    workflow_duration.labels(workflow=name).observe(seconds)
+    if (c := _workflow_children.get((name, status))) is None:  # labels() looked up once per workflow and outcome
+        c = _workflow_children[(name, status)] = (workflow_invocations.labels(workflow=name, status=status), workflow_duration.labels(workflow=name))
+    c[0].inc(); c[1].observe(seconds)
     # a failure is the run's outcome, reported to its caller: INFO, not an error line
-    (logger.info if status != 'success' or level >= logging.INFO else logger.debug)('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)
+    level = logging.INFO if status != 'success' else min(level, logging.INFO)
+    if _would_log(level): (logger.info if level >= logging.INFO else logger.debug)('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)
+
+_workflow_children:dict = {}
 
 @contextmanager
 def observe_workflow(name:str, # the workflow's name
@@ -495,7 +504,7 @@ def observe_workflow(name:str, # the workflow's name
     "One workflow run: an `invoke_agent` span, `workflow` (and `session_id`) bound to the logs, its metrics; yields the span"
     t0 = time.perf_counter()
     with bound(workflow=name, session_id=session_id), tracer.start_as_current_span(span_name or f"invoke_agent {name}", attributes=agent_attrs(name, session_id, **attrs), record_exception=False, set_status_on_exception=False) as span:
-        logger.debug('workflow_started', workflow=name)
+        if _would_log(logging.DEBUG): logger.debug('workflow_started', workflow=name)
         try: yield span
         except BaseException as e:
             _fail(span, e)
