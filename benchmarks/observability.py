@@ -174,6 +174,7 @@ def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER, bare: bool
     "A worker of `code` in `mode`; `bare`: no storage backend method wrapped"
     env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
     env['PYTHONPATH'] = str(pythonpath)
+    env['PYTHONHASHSEED'] = '0'  # every worker hashes strings alike: one less difference between the processes of the sides
     return subprocess.Popen([sys.executable, '-c', code, mode, 'bare' if bare else 'wrapped'], cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 def ask(p: subprocess.Popen, k: int | None = None) -> dict:
