@@ -2,18 +2,21 @@
 
     .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--section all|chain|api|instr]
 
-Three sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
+Four sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
 embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
 session; the parent asks each worker for a batch of runs in turn, rotating the order every round, so drift hits
 every side alike:
 
 - none:      this checkout with its observability taken out in the worker before anything runs: the chain's
-             hooks (`observe_workflow` — the step span, the two workflow metrics and the `workflow_finished` log
-             line —, `iter_in_span`, the `execute_tool` span, the bound log context, the step-duration histogram)
-             replaced by no-ops, and no storage backend method wrapped — the peer with no instrumentation at all,
-             otherwise the same code (an older commit as the peer would also count every other change since);
+             hooks (`observe_workflow` — the step span, the two workflow metrics and the step's `workflow_finished`
+             log line —, `iter_in_span`, the `execute_tool` span, the bound log context, the step-duration
+             histogram, the run's `chain_finished` line) replaced by no-ops, and no storage backend method wrapped —
+             the peer with no instrumentation at all, otherwise the same code (an older commit as the peer would
+             also count every other change since);
 - off:       this checkout, default settings ([observability] traces = none: no tracer provider; metrics and the
-             log pipeline as always);
+             log pipeline as always; logging not configured, as in a notebook or script: INFO lines are dropped);
+- logs:      as off, with `[logging]` applied as the CLI, the API server and batch workers do at start-up
+             (`configure_logging` with the defaults: INFO, text), its lines going to a file instead of the terminal;
 - in-memory: this checkout with OpenTelemetry's in-memory span exporter installed (every span recorded).
 
 Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over
@@ -28,7 +31,7 @@ the latency the client saw (send to last byte), p50 / p99 / mean and in-memory o
 Section `instr`: the storage instrumentation (latency histogram, hit/miss and byte counters, nested-call guard)
 on vs off, exporters off on both sides. Two long-lived worker processes of this checkout on the embedded default:
 `on` as shipped, `off` with the storage layer's `_instrument` replaced before any backend exists, so no backend
-method is wrapped — the same library minus the wrapper. Each worker times three operations: a small get and a small
+method is wrapped — the same library minus the wrapper (the same start as the chain's workers). Each worker times three operations: a small get and a small
 put (~60-byte item) on the SQLite cold tier (`dataops_sessions`), and the trivial 3-step chain run; the parent asks
 the two workers in turn for a batch of each operation, alternating which goes first every round. The `api` section
 also runs a third server, `uninstrumented` (the same `_instrument` replacement), beside `off` and `in-memory`.
@@ -36,41 +39,28 @@ also runs a third server, `uninstrumented` (the same `_instrument` replacement),
 A benchmark is not a test: nothing here asserts on timings; a worker that fails makes the script exit 1.
 """
 from __future__ import annotations
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 from managers import pct  # same percentile as the other benchmarks
 
-WORKER = r'''
+# The start of both chain workers: the embedded default (a settings.ini holding just "[storage]") in a folder of its
+# own, and the trivial 3-step chain (x -> x + 1) run in one session. With argv[2] == 'bare' the storage layer's
+# `_instrument` is replaced before any backend exists, so no backend method is wrapped: the library minus the storage
+# instrumentation.
+_PREAMBLE = r'''
 import json, os, sys, tempfile, time
 from pathlib import Path
 mode = sys.argv[1]
-if mode == 'none':  # the same library without its observability: chain hooks as no-ops, no storage method wrapped
-    import contextlib
+if sys.argv[2] == 'bare':
     import dataops_lab.store.base as _base
     _base._instrument = lambda cls: setattr(cls, '_instrumented', True)
-    import dataops_lab.chain as _ch
-    class _NoMetric:
-        def labels(self, *a, **k): return self
-        def observe(self, v): pass
-        def inc(self, v=1): pass
-    class _NoTracer:
-        def start_as_current_span(self, *a, **k): return contextlib.nullcontext()
-    _ch.observe_workflow = lambda *a, **k: contextlib.nullcontext()
-    _ch.iter_in_span = lambda it, *a, **k: it
-    _ch.bound = lambda **k: contextlib.nullcontext()
-    _ch.tracer, _ch.chain_step_duration = _NoTracer(), _NoMetric()
 work = Path(tempfile.mkdtemp(prefix='obs-bench-'))
 (work / 'settings.ini').write_text('[storage]\n')
 os.environ['DATAOPS_SETTINGS'] = str(work / 'settings.ini')
 from dataops_lab import SessionManager, WorkflowChain, WorkflowRegistry, workflow
-exp = None
-if mode == 'in-memory':
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from dataops_lab.observability import configure_tracing
-    exp = InMemorySpanExporter(); configure_tracing(exporter=exp)
 @workflow()
 def inc(x: int = 0): return {'x': x + 1}
 reg = WorkflowRegistry()
@@ -79,10 +69,38 @@ sm = SessionManager()
 sid = sm.create_session('bench').session_id
 chain = WorkflowChain('trivial', registry=reg, session_manager=sm)
 for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
+'''
+
+WORKER = _PREAMBLE + r'''
+if mode == 'none':  # the same library without its observability: chain hooks as no-ops (and no storage method wrapped: 'bare')
+    import contextlib
+    import dataops_lab.chain as _ch
+    class _NoMetric:
+        def labels(self, *a, **k): return self
+        def observe(self, v): pass
+        def inc(self, v=1): pass
+    class _NoTracer:
+        def start_as_current_span(self, *a, **k): return contextlib.nullcontext()
+    class _NoLogger:
+        def info(self, *a, **k): pass
+        debug = info
+    _ch.observe_workflow = lambda *a, **k: contextlib.nullcontext()
+    _ch.iter_in_span = lambda it, *a, **k: it
+    _ch.bound = lambda **k: contextlib.nullcontext()
+    _ch.tracer, _ch.chain_step_duration, _ch.logger = _NoTracer(), _NoMetric(), _NoLogger()
+exp = None
+if mode == 'in-memory':
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from dataops_lab.observability import configure_tracing
+    exp = InMemorySpanExporter(); configure_tracing(exporter=exp)
+if mode == 'logs':  # what the CLI and the API server do at start-up: [logging] applied (defaults: INFO, text), lines to a file, not the terminal
+    from dataops_lab.observability import configure_logging
+    configure_logging(stream=open(work / 'stderr.log', 'w', buffering=1))
 for _ in range(5): assert chain.execute(sid, {'x': 0}).final == {'x': 3}
 from prometheus_client import REGISTRY
 counted = REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'inc', 'status': 'success'}) or 0
 assert (counted > 0) == (mode != 'none'), f'the observability switch did not take: {counted} step runs counted in mode {mode!r}'
+if mode == 'logs': assert (work / 'stderr.log').read_text().count('chain_finished') == 5, 'the log pipeline did not take'
 spans = 0
 print(json.dumps({'ready': True}), flush=True)
 for line in sys.stdin:
@@ -95,26 +113,8 @@ for line in sys.stdin:
     print(json.dumps({'ms': out, 'spans_per_run': spans}), flush=True)
 '''
 
-INSTR_WORKER = r'''
-import json, os, sys, tempfile, time
-from pathlib import Path
-mode = sys.argv[1]
-if mode == 'off':  # no backend method wrapped: the library minus the storage instrumentation
-    import dataops_lab.store.base as _base
-    _base._instrument = lambda cls: setattr(cls, '_instrumented', True)
-work = Path(tempfile.mkdtemp(prefix='obs-instr-'))
-(work / 'settings.ini').write_text('[storage]\n')
-os.environ['DATAOPS_SETTINGS'] = str(work / 'settings.ini')
-from dataops_lab import SessionManager, WorkflowChain, WorkflowRegistry, workflow
+INSTR_WORKER = _PREAMBLE + r'''
 from dataops_lab.store.base import SESSIONS_TABLE
-@workflow()
-def inc(x: int = 0): return {'x': x + 1}
-reg = WorkflowRegistry()
-reg.register(inc)
-sm = SessionManager()
-sid = sm.create_session('bench').session_id
-chain = WorkflowChain('trivial', registry=reg, session_manager=sm)
-for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
 table = sm.storage.table(SESSIONS_TABLE)
 assert hasattr(type(table).get, '__wrapped__') == (mode == 'on'), 'instrumentation switch did not take'
 item = {'session_id': 'bench-item', 'user_id': 'bench', 'created_at': '2026-01-01T00:00:00Z', 'n': 0}
@@ -134,6 +134,8 @@ for line in sys.stdin:
     print(json.dumps({'us': out}), flush=True)
 '''
 
+SIDES = ('none', 'off', 'logs', 'in-memory')
+
 INSTR_OPS = {'get': 'SQLite get (cold tier, ~60-byte item)', 'put': 'SQLite put (same item)', 'chain': 'trivial 3-step chain run'}
 
 def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
@@ -142,7 +144,7 @@ def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
     mult = {'get': 10, 'put': 2, 'chain': 1}  # more samples of the fast operations, for the same wall time
     try:
         for mode in ('off', 'on'):
-            (tmp / f'instr-{mode}').mkdir(); procs[mode] = start(mode, ROOT, tmp / f'instr-{mode}', INSTR_WORKER)
+            (tmp / f'instr-{mode}').mkdir(); procs[mode] = start(mode, ROOT, tmp / f'instr-{mode}', INSTR_WORKER, bare=mode == 'off')
         for p in procs.values(): ask(p)
         lat = {op: {m: [] for m in procs} for op in INSTR_OPS}
         order, rnd = list(procs), 0
@@ -168,10 +170,12 @@ def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
         for p in procs.values():
             if p.poll() is None: p.stdin.close(); p.wait(30)
 
-def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER) -> subprocess.Popen:
+def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER, bare: bool = False) -> subprocess.Popen:
+    "A worker of `code` in `mode`; `bare`: no storage backend method wrapped"
     env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
     env['PYTHONPATH'] = str(pythonpath)
-    return subprocess.Popen([sys.executable, '-c', code, mode], cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env['PYTHONHASHSEED'] = '0'  # every worker hashes strings alike: one less difference between the processes of the sides
+    return subprocess.Popen([sys.executable, '-c', code, mode, 'bare' if bare else 'wrapped'], cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 def ask(p: subprocess.Popen, k: int | None = None) -> dict:
     if k is not None: p.stdin.write(f'{k}\n'); p.stdin.flush()
@@ -249,6 +253,14 @@ def api_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
                 try: p.wait(15)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
 
+def load_average() -> str: return ' '.join(f"{v:.2f}" for v in os.getloadavg())
+
+def machine() -> str:
+    "CPU, core count, Python and the commit measured (with '+changes' when the checkout has uncommitted changes)"
+    git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.machine()) if os.path.exists('/proc/cpuinfo') else platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, commit {git('rev-parse', '--short', 'HEAD') or '?'}{'+changes' if git('status', '--porcelain', '--untracked-files=no') else ''}"
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='smoke run: 40 runs per side in batches of 10')
@@ -260,20 +272,21 @@ def main():
     tail = 'p95' if a.quick else 'p99'
     tmp = Path(tempfile.mkdtemp(prefix='obs-bench-'))
     procs = {}
+    print(f'{machine()}; load average {load_average()} at start', flush=True)
     try:
         if a.section == 'api':
             api_section(runs, batch, tail, tmp); return
         if a.section == 'instr':
             instr_section(runs, batch, tail, tmp); return
         print(f'observability overhead on a trivial 3-step chain run: {runs} runs per side, batches of {batch}; peer = this checkout with its observability taken out (none)', flush=True)
-        for mode in ('none', 'off', 'in-memory'):
-            (tmp / mode).mkdir(); procs[mode] = start(mode, ROOT, tmp / mode)
+        for mode in SIDES:
+            (tmp / mode).mkdir(); procs[mode] = start(mode, ROOT, tmp / mode, bare=mode == 'none')
         for p in procs.values(): ask(p)
         lat, spans, rnd = {m: [] for m in procs}, {}, 0
         order = list(procs)
         while len(lat['none']) < runs:
             k = min(batch, runs - len(lat['none']))
-            for m in order[rnd % 3:] + order[:rnd % 3]:
+            for m in order[rnd % len(order):] + order[:rnd % len(order)]:
                 r = ask(procs[m], k); lat[m] += r['ms']; spans[m] = r['spans_per_run']
             rnd += 1
         b50, bmean = pct(lat['none'], 50), statistics.fmean(lat['none'])
@@ -281,7 +294,8 @@ def main():
         for m, xs in lat.items():
             print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if a.quick else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/b50:9.3f} {statistics.fmean(xs)/bmean:10.3f} {spans.get(m, 0):10d}")
         print(f"\noverhead with exporters off: {100*(pct(lat['off'], 50)/b50-1):+.1f}% at p50 (target < 5%); "
-              f"with the in-memory exporter: {100*(pct(lat['in-memory'], 50)/b50-1):+.1f}%")
+              f"with [logging] applied as the CLI and API do: {100*(pct(lat['logs'], 50)/b50-1):+.1f}%; "
+              f"with the in-memory exporter: {100*(pct(lat['in-memory'], 50)/b50-1):+.1f}%", flush=True)
         for p in procs.values(): p.stdin.close(); p.wait(30)
         if a.section == 'all': api_section(runs, batch, tail, tmp); instr_section(runs, batch, tail, tmp)
     except Exception as e:
@@ -290,5 +304,6 @@ def main():
         for p in procs.values():
             if p.poll() is None: p.stdin.close(); p.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+        print(f'\nload average {load_average()} at end', flush=True)
 
 if __name__ == '__main__': main()

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/chain.html.md"""
 
 # %% ../nbs/39_chain.ipynb #009746a8
 from __future__ import annotations
-import operator, time, traceback, uuid
+import logging, operator, time, traceback, uuid
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from langgraph.graph import StateGraph, START, END
 from langgraph.config import get_stream_writer
 from fastcore.basics import patch
 from .core import *
-from .observability import tracer, bound, iter_in_span, agent_attrs, observe_workflow, fail_current, chain_step_duration, chain_step_failures
+from .observability import tracer, logger, bound, iter_in_span, agent_attrs, observe_workflow, fail_current, chain_step_duration, chain_step_failures
 from .config import load_settings
 from .models import *
 from .sessions import SessionManager
@@ -207,6 +207,7 @@ def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
     final = None
+    step_seconds = chain_step_duration.labels(self.name, step.name)  # looked up once, when the chain compiles
     def run(state:ChainState, config)->dict:
         write = get_stream_writer()
         sid = config['configurable']['session_id']
@@ -219,7 +220,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         try:
             # a router or aggregator step is a tool of the chain; a workflow step an agent invocation (counted in workflow_invocations)
             with bound(node=step.name), (tracer.start_as_current_span(f"execute_tool {step.name}", attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': step.name, 'dataops.chain.step': step.name})
-                                         if step.workflow is None else observe_workflow(step.workflow.name, sid, **{'dataops.chain.step': step.name})):
+                                         if step.workflow is None else observe_workflow(step.workflow.name, sid, log_level=logging.DEBUG, **{'dataops.chain.step': step.name})):
                 if step.router is not None: out = {'branch': step.router(prev), 'input': prev}
                 elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
                 else:
@@ -232,7 +233,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         except Exception:
             chain_step_failures.labels(self.name, step.name).inc()
             raise
-        finally: chain_step_duration.labels(self.name, step.name).observe(time.perf_counter()-t0)
+        finally: step_seconds.observe(time.perf_counter()-t0)
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
@@ -319,7 +320,7 @@ def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None
                                             session_id=session_id, workflow_name=self.name, name=f"{self.name}.{failed}.error", artifact_type=ArtifactType.DEBUG,
                                             parents=list((state.get('artifacts') or {}).values()), created_by=failed, metadata={'run_id': run_id})
         yield E('artifact_stored', node=failed, data={'artifact_id': aid, 'type': 'debug'})
-    self._recent.append(time.perf_counter()-t0)
+    self._recent.append(secs := time.perf_counter()-t0)
     res = ChainResult(chain=self.name, run_id=run_id, session_id=session_id, status='failed' if failed else 'completed', durability=dur,
                       outputs=jsonable(state.get('outputs', {})), artifacts=state.get('artifacts', {}), timings=state.get('timings', {}), failed_step=failed, error=err)
     if not failed:
@@ -327,6 +328,9 @@ def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None
         res.final = res.outputs[last[-1]] if last else None
     self.sessions.add_message(session_id, 'assistant', f"chain {self.name} {res.status}" + (f" at {failed}: {err}" if failed else f" ({len(res.outputs)} steps)"),
                               workflow=self.name, artifact_ids=list(res.artifacts.values()), metadata={'run_id': run_id})
+    # one INFO line per run (its steps log `workflow_finished` at DEBUG): a line per step would cost a chain of quick steps more than the steps
+    logger.info('chain_finished', status=res.status, steps=len(res.timings), seconds=round(secs, 4), step_seconds={k: round(v, 4) for k,v in res.timings.items()},
+                **({'failed_step': failed} if failed else {}))
     yield E('error' if failed else 'result', data={'result': res.model_dump()})
 
 @patch

@@ -58,29 +58,46 @@ def scrub(text:str # any text about to be logged
         if s in text: text = text.replace(s, '***')
     return text
 
+@functools.lru_cache(maxsize=4096)
+def _secret_name(k:str)->bool: return SECRET_KEY.search(k) is not None  # field names repeat: decided once each
+
+_PLAIN = (int, float, bool, type(None))
+
 def _scrub_value(v):
     if isinstance(v, str): return scrub(v)
+    if isinstance(v, _PLAIN): return v
     if isinstance(v, SecretStr): return '***'
-    if isinstance(v, dict): return {k: '***' if isinstance(k, str) and SECRET_KEY.search(k) else _scrub_value(x) for k,x in v.items()}
+    if isinstance(v, dict): return {k: '***' if isinstance(k, str) and _secret_name(k) else _scrub_value(x) for k,x in v.items()}
     if isinstance(v, (list, tuple)): return type(v)(_scrub_value(x) for x in v)
     return v
 
 def redact(logger, method:str, event:dict)->dict:
     "structlog processor: secret-named fields become `***`, secrets inside any text are masked"
-    return {k: '***' if SECRET_KEY.search(k) and v is not None else _scrub_value(v) for k,v in event.items()}
+    return {k: '***' if _secret_name(k) and v is not None else _scrub_value(v) for k,v in event.items()}
 
 # %% ../nbs/03_observability.ipynb #9b84eeca
 _TS = structlog.processors.TimeStamper(fmt='iso', utc=True)
 _PRE = [merge_contextvars, structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, _TS]
 
+def _wrap_redacted(logger, name:str, event:dict):
+    "`ProcessorFormatter.wrap_for_formatter`, with the record marked as redacted (the library's formatter then does not redact it again)"
+    args,kw = structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, name, event)
+    kw['extra']['_dataops_redacted'] = redact  # which copy of this code redacted it (a re-run notebook defines another, with its own secrets)
+    return args,kw
+
 def _setup_structlog():
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, *_PRE, structlog.stdlib.PositionalArgumentsFormatter(), structlog.processors.StackInfoRenderer(),
-                    redact, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+                    redact, _wrap_redacted],
         logger_factory=structlog.stdlib.LoggerFactory(), wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=False)
 
 if not structlog.is_configured(): _setup_structlog()
 logger = structlog.stdlib.get_logger('dataops_lab')
+_stdlib_logger = logging.getLogger('dataops_lab')
+
+def _would_log(level:int)->bool:
+    "Would `logger` write a line at `level`? The answer `filter_by_level` gives, without building the event first (a proxy, a bound logger, a dropped event: a few µs per call the library makes on its hot path)"
+    return _stdlib_logger.isEnabledFor(level) or structlog.get_config()['processors'][:1] != [structlog.stdlib.filter_by_level]  # another chain (capture_logs, the application's): ask it
 
 # %% ../nbs/03_observability.ipynb #c01b067a
 _HANDLER_MARK = '_dataops_lab_handler'
@@ -96,12 +113,27 @@ def settings_secrets(settings:Settings # validated settings
                 elif isinstance(x, str) and '://' in x and (pw := urlsplit(x).password): out.append(unquote(pw))
     return [s for s in out if s]
 
+def _redact_once(logger, method:str, event:dict)->dict:
+    "Formatter processor: `redact` a record, unless the library's structlog chain did (then only the traceback text added here is scrubbed)"
+    if getattr(event.get('_record'), '_dataops_redacted', None) is redact:
+        if isinstance(event.get('exception'), str): event['exception'] = scrub(event['exception'])
+        return event
+    return redact(logger, method, event)
+
+class _LineFormatter(structlog.stdlib.ProcessorFormatter):
+    "`ProcessorFormatter` that renders a record once for all the handlers sharing it (standard error and the file)"
+    def format(self, record):
+        if (done := record.__dict__.get('_dataops_line')) is not None and done[0] is self: return done[1]
+        line = super().format(record)
+        record._dataops_line = (self, line)
+        return line
+
 def log_formatter(format:str='text' # 'text' or 'json'
                  )->logging.Formatter:
     "A stdlib `Formatter` rendering structlog events and plain `logging` records alike, redacted"
     render = structlog.processors.JSONRenderer() if format == 'json' else structlog.dev.ConsoleRenderer(colors=False)
-    return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_PRE, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                                               structlog.processors.format_exc_info, redact, render])
+    return _LineFormatter(foreign_pre_chain=_PRE, processors=[structlog.processors.format_exc_info, _redact_once,
+                                                              structlog.stdlib.ProcessorFormatter.remove_processors_meta, render])
 
 def configure_logging(settings:Settings|Path|str|None=None, # default: `load_settings()`
                       stream=None # where lines go besides `[logging] file` (default: standard error)
@@ -116,8 +148,9 @@ def configure_logging(settings:Settings|Path|str|None=None, # default: `load_set
         path = Path(lg.file) if Path(lg.file).is_absolute() else s.root/lg.file
         try: path.parent.mkdir(parents=True, exist_ok=True); handlers.append(logging.FileHandler(path, encoding='utf-8'))
         except OSError as e: raise ConfigError(f"[logging] file = {lg.file!r} cannot be opened: {e.strerror}", "point it at a writable path, or leave it empty") from None
+    fmt = log_formatter(lg.format)  # one formatter: a line is rendered once, whichever handlers write it
     for h in handlers:
-        h.setFormatter(log_formatter(lg.format)); setattr(h, _HANDLER_MARK, True); root.addHandler(h)
+        h.setFormatter(fmt); setattr(h, _HANDLER_MARK, True); root.addHandler(h)
     root.setLevel(lg.dependencies)
     for name in ('dataops_lab', *lg.loggers): logging.getLogger(name).setLevel(lg.level)
     return handlers
@@ -448,28 +481,36 @@ def iter_in_span(it:Iterable, # e.g. a generator yielding events
     finally: span.end()
 
 # %% ../nbs/03_observability.ipynb #209f053a
-def record_workflow(name:str, status:str, seconds:float, **fields)->None:
+def record_workflow(name:str, status:str, seconds:float,
+                    level:int=logging.INFO, # level of the `workflow_finished` line when it succeeded (a failure is always INFO)
+                    **fields)->None:
     "Count a finished workflow run in `workflow_invocations`/`workflow_duration` and log `workflow_finished`"
-    workflow_invocations.labels(workflow=name, status=status).inc()
-    workflow_duration.labels(workflow=name).observe(seconds)
-    logger.info('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)  # a failure is the run's outcome, reported to its caller
+    if (c := _workflow_children.get((name, status))) is None:  # labels() looked up once per workflow and outcome
+        c = _workflow_children[(name, status)] = (workflow_invocations.labels(workflow=name, status=status), workflow_duration.labels(workflow=name))
+    c[0].inc(); c[1].observe(seconds)
+    # a failure is the run's outcome, reported to its caller: INFO, not an error line
+    level = logging.INFO if status != 'success' else min(level, logging.INFO)
+    if _would_log(level): (logger.info if level >= logging.INFO else logger.debug)('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)
+
+_workflow_children:dict = {}
 
 @contextmanager
 def observe_workflow(name:str, # the workflow's name
                      session_id:str|None=None, # the session it runs in
                      span_name:str|None=None, # default: 'invoke_agent <name>'
+                     log_level:int=logging.INFO, # level of `workflow_finished` after a success; a chain's steps use DEBUG (the chain logs `chain_finished`)
                      **attrs # more span attributes
                     ):
     "One workflow run: an `invoke_agent` span, `workflow` (and `session_id`) bound to the logs, its metrics; yields the span"
     t0 = time.perf_counter()
     with bound(workflow=name, session_id=session_id), tracer.start_as_current_span(span_name or f"invoke_agent {name}", attributes=agent_attrs(name, session_id, **attrs), record_exception=False, set_status_on_exception=False) as span:
-        logger.debug('workflow_started', workflow=name)
+        if _would_log(logging.DEBUG): logger.debug('workflow_started', workflow=name)
         try: yield span
         except BaseException as e:
             _fail(span, e)
             record_workflow(name, 'error', time.perf_counter()-t0, error=type(e).__name__)
             raise
-        record_workflow(name, 'success', time.perf_counter()-t0)
+        record_workflow(name, 'success', time.perf_counter()-t0, log_level)
 
 # %% ../nbs/03_observability.ipynb #6f1166db
 class _Busy(threading.local): on = False

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/semantic.html.md"""
 
 # %% ../nbs/21a_semantic.ipynb #5e3a0004
 from __future__ import annotations
-import base64, importlib.util, os, threading
+import base64, contextlib, importlib.util, logging, os, threading
 from pathlib import Path
 import numpy as np
 
@@ -50,8 +50,21 @@ def _model():
             if not _LOADED: _LOADED.append(_load())
     return _LOADED[0]
 
+@contextlib.contextmanager
+def _root_logging_kept():
+    "Undo what the block does to the root logger's level and handlers"
+    root = logging.getLogger()
+    level,handlers = root.level,list(root.handlers)
+    try: yield
+    finally:
+        root.setLevel(level)
+        for h in [h for h in root.handlers if h not in handlers]: root.removeHandler(h)
+
 def _load():
-    try: import wordllama
+    # wordllama calls logging.basicConfig(level=INFO) when imported: in a process that has not configured logging
+    # that would turn on every logger's INFO lines on standard error; `[logging]` decides that, so the import is undone
+    try:
+        with _root_logging_kept(): import wordllama
     except ImportError: raise ImportError("semantic recall and routing need the [semantic] extra: pip install 'dataops-lab[semantic]'") from None
     # the weights (weights/) and tokenizer (tokenizers/) the wheel ships; with downloads disabled a missing file is an error, never a fetch
     return wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)

@@ -161,6 +161,81 @@ def test_log_lines_carry_the_run_ids_and_no_secret_or_body(tmp_path):
     turn = [l for l in lines if l['event'] == 'routed']
     assert turn and (turn[0]['session_id'], turn[0]['user_id']) == (sid, 'user_sec')
 
+def _json_lines(tmp_path, level, run):
+    "The JSON log lines `run()` writes with `[logging] level = level`"
+    ini = tmp_path / f'settings-{level}.ini'
+    ini.write_text(f'[storage]\n[logging]\nlevel = {level}\nformat = json\nfile = {level}.log\n')
+    handlers = configure_logging(ini, stream=open(tmp_path / f'stderr-{level}.log', 'w'))
+    try: run()
+    finally:
+        for h in handlers: logging.getLogger().removeHandler(h); h.close()
+        logging.getLogger().setLevel(logging.WARNING); logging.getLogger('dataops_lab').setLevel(logging.NOTSET)
+    return [json.loads(l) for l in (tmp_path / f'{level}.log').read_text().splitlines()]
+
+def test_a_chain_run_logs_one_info_line_and_its_steps_at_debug(sm, tmp_path):
+    "At INFO a 3-step chain run is one `chain_finished` line with the run's ids; each step's `workflow_finished` is DEBUG; a workflow run on its own stays INFO"
+    @workflow()
+    def bump(x: int = 0):
+        "Adds one"
+        return {'x': x + 1}
+    sid = sm.create_session('user_obs').session_id
+    chain = WorkflowChain('bumps', session_manager=sm)
+    chain.registry.register(bump)
+    for i in range(3): chain.add_step('bump', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
+    runs = []
+    info = _json_lines(tmp_path, 'INFO', lambda: runs.append(chain.execute(sid, {'x': 0})))
+    (run,) = runs
+    assert run.final == {'x': 3}
+    mine = [l for l in info if l.get('run_id') == run.run_id]
+    assert [l['event'] for l in mine] == ['chain_finished']
+    (line,) = mine
+    assert (line['level'], line['status'], line['steps'], line['session_id'], line['workflow']) == ('info', 'completed', 3, sid, 'bumps')
+    assert sorted(line['step_seconds']) == ['s0', 's1', 's2']
+    debug = _json_lines(tmp_path, 'DEBUG', lambda: runs.append(chain.execute(sid, {'x': 0})))
+    steps = [l for l in debug if l['event'] == 'workflow_finished' and l.get('run_id') == runs[-1].run_id]
+    assert sorted((l['node'], l['level']) for l in steps) == [('s0', 'debug'), ('s1', 'debug'), ('s2', 'debug')]
+    alone = _json_lines(tmp_path, 'INFO', lambda: bump.run({'x': 1}))
+    assert [(l['event'], l['level'], l['workflow']) for l in alone if l['event'] == 'workflow_finished'] == [('workflow_finished', 'info', 'bump')]
+
+def test_a_library_event_is_redacted_once_and_its_traceback_scrubbed(tmp_path):
+    "A library event is redacted in structlog's chain and not again in the formatter; the traceback the formatter adds is still scrubbed"
+    key = 'sk-PLANTED-in-a-traceback-5521'
+    ini = tmp_path / 'settings.ini'
+    ini.write_text(f'[storage]\n[llm]\napi_key = {key}\n[logging]\nformat = json\nfile = obs.log\n')
+    handlers = configure_logging(ini, stream=open(tmp_path / 'stderr.log', 'w'))
+    try:
+        try: raise ValueError(f'provider refused {key}')
+        except ValueError: logger.exception('call_failed', detail=f'key {key}')
+    finally:
+        for h in handlers: logging.getLogger().removeHandler(h); h.close()
+        logging.getLogger().setLevel(logging.WARNING); logging.getLogger('dataops_lab').setLevel(logging.NOTSET)
+    for f in ('obs.log', 'stderr.log'):
+        text = (tmp_path / f).read_text()
+        (line,) = [json.loads(l) for l in text.splitlines()]
+        assert key not in text and line['detail'] == 'key ***' and 'ValueError: provider refused ***' in line['exception']
+
+def test_a_process_that_configured_no_logging_prints_no_info_line(tmp_path):
+    "Loading the [semantic] extra's model (wordllama calls logging.basicConfig(level=INFO) on import) must not switch on INFO lines on standard error"
+    import subprocess, sys
+    (tmp_path / 'settings.ini').write_text('[storage]\n')
+    code = (
+        "import logging\n"
+        "from dataops_lab import SessionManager, WorkflowChain\n"
+        "from dataops_lab import semantic\n"
+        "assert semantic.available(), 'this test needs the [semantic] extra'\n"
+        "sm = SessionManager(); sid = sm.create_session('u').session_id\n"
+        "sm.add_message(sid, 'user', 'how many orders are there?')\n"
+        "assert len(semantic._LOADED) == 1, 'the model was not loaded'\n"
+        "chain = WorkflowChain(session_manager=sm); chain.add_step('schema_analyzer')\n"
+        "assert chain.execute(sid, {'question': 'q'}).status == 'completed'\n"
+        "print(logging.getLogger().level, len(logging.getLogger().handlers))\n")
+    env = {k: v for k, v in __import__('os').environ.items() if not k.startswith('DATAOPS_')}
+    env['DATAOPS_SETTINGS'] = str(tmp_path / 'settings.ini')
+    p = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == [str(logging.WARNING), '0']
+    assert p.stderr == ''
+
 @contextlib.contextmanager
 def _serve_two_workers(tmp_path):
     "`dataops-lab serve --workers 2` on the embedded default in `tmp_path`, metrics in multiprocess mode; its URL and metrics folder"
