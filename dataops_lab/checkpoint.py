@@ -212,7 +212,11 @@ def _offload(self:DataOpsSaver, thread_id:str, t:str, b:bytes)->dict:
 @patch
 def _encode_values(self:DataOpsSaver, thread_id:str, values:dict)->dict:
     "`values` in their stored forms: inline, or offloaded when large or when the item would get too big"
-    enc = {k: self._dump(v) for k,v in values.items()}
+    return self._encode_dumped(thread_id, {k: self._dump(v) for k,v in values.items()})
+
+@patch
+def _encode_dumped(self:DataOpsSaver, thread_id:str, enc:dict)->dict:
+    "Serialised values `{key: (type, bytes)}` in their stored forms (`_encode_values`)"
     total = sum(len(b) for _,b in enc.values())
     if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: return {k: f"{t}:{_b64(b)}" for k,(t,b) in enc.items()}  # all small: inline
     big = {k for k,(t,b) in enc.items() if len(b) > self.offload_threshold}
@@ -281,8 +285,11 @@ def put_writes(self:DataOpsSaver, config:RunnableConfig, writes:Sequence[tuple[s
     conf = config['configurable']
     tid,ns,cid = _thread(conf),conf.get('checkpoint_ns', ''),conf['checkpoint_id']
     if not writes: return
-    enc = self._encode_values(tid, {str(i): v for i,(_,v) in enumerate(writes)})
-    new = [[WRITES_IDX_MAP.get(ch, i), ch, enc[str(i)]] for i,(ch,_) in enumerate(writes)]
+    enc = [self._dump(v) for _,v in writes]
+    total = sum(len(b) for _,b in enc)
+    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: stored = [f"{t}:{_b64(b)}" for t,b in enc]  # all small: inline
+    else: stored = list(self._encode_dumped(tid, dict(enumerate(enc))).values())
+    new = [[WRITES_IDX_MAP.get(ch, i), ch, s] for i,((ch,_),s) in enumerate(zip(writes, stored))]
     key = (tid, f"{_ck(ns, cid)}/{_seg(task_id)}")
     item = {'thread_id': tid, 'wk': key[1], 'checkpoint_ns': ns, 'checkpoint_id': cid, 'task_id': task_id, 'task_path': task_path, 'writes': new}
     if self._sqlite:
