@@ -448,11 +448,17 @@ def iter_in_span(it:Iterable, # e.g. a generator yielding events
     finally: span.end()
 
 # %% ../nbs/03_observability.ipynb #209f053a
+_std_logger = logging.getLogger('dataops_lab')
+
+def _logs(level:int)->bool:
+    "False if a `logger` call at `level` would be dropped: the set-up here (`filter_by_level` first) with that level off; the call is then skipped, which costs far less than making it (tens of µs on a worker thread)"
+    return _std_logger.isEnabledFor(level) or structlog.get_config()['processors'][:1] != [structlog.stdlib.filter_by_level]
+
 def record_workflow(name:str, status:str, seconds:float, **fields)->None:
     "Count a finished workflow run in `workflow_invocations`/`workflow_duration` and log `workflow_finished`"
     workflow_invocations.labels(workflow=name, status=status).inc()
     workflow_duration.labels(workflow=name).observe(seconds)
-    logger.info('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)  # a failure is the run's outcome, reported to its caller
+    if _logs(logging.INFO): logger.info('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)  # a failure is the run's outcome, reported to its caller
 
 @contextmanager
 def observe_workflow(name:str, # the workflow's name
@@ -463,7 +469,7 @@ def observe_workflow(name:str, # the workflow's name
     "One workflow run: an `invoke_agent` span, `workflow` (and `session_id`) bound to the logs, its metrics; yields the span"
     t0 = time.perf_counter()
     with bound(workflow=name, session_id=session_id), tracer.start_as_current_span(span_name or f"invoke_agent {name}", attributes=agent_attrs(name, session_id, **attrs), record_exception=False, set_status_on_exception=False) as span:
-        logger.debug('workflow_started', workflow=name)
+        if _logs(logging.DEBUG): logger.debug('workflow_started', workflow=name)
         try: yield span
         except BaseException as e:
             _fail(span, e)
