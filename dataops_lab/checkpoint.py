@@ -285,11 +285,13 @@ def put_writes(self:DataOpsSaver, config:RunnableConfig, writes:Sequence[tuple[s
     conf = config['configurable']
     tid,ns,cid = _thread(conf),conf.get('checkpoint_ns', ''),conf['checkpoint_id']
     if not writes: return
-    enc = [self._dump(v) for _,v in writes]
+    dump = self.serde.dumps_typed
+    enc = [dump(v) for _,v in writes]
+    if any(t == 'pickle' for t,_ in enc): enc = [self._dump(v) for _,v in writes]  # refused, naming the value
     total = sum(len(b) for _,b in enc)
-    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: stored = [f"{t}:{_b64(b)}" for t,b in enc]  # all small: inline
+    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: stored = [t+':'+_b64(b) for t,b in enc]  # all small: inline
     else: stored = list(self._encode_dumped(tid, dict(enumerate(enc))).values())
-    new = [[WRITES_IDX_MAP.get(ch, i), ch, s] for i,((ch,_),s) in enumerate(zip(writes, stored))]
+    new = [[WRITES_IDX_MAP.get(w[0], i), w[0], s] for i,(w,s) in enumerate(zip(writes, stored))]
     key = (tid, f"{_ck(ns, cid)}/{_seg(task_id)}")
     item = {'thread_id': tid, 'wk': key[1], 'checkpoint_ns': ns, 'checkpoint_id': cid, 'task_id': task_id, 'task_path': task_path, 'writes': new}
     if self._sqlite:
