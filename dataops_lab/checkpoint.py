@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/checkpoint.html.md"""
 
 # %% ../nbs/34_checkpoint.ipynb #84972f50
 from __future__ import annotations
-import asyncio, base64, binascii, copy, functools, hashlib, itertools, json, re, threading, warnings
+import asyncio, base64, binascii, copy, functools, hashlib, itertools, json, operator, re, threading, warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from langgraph.pregel import Pregel
 from .core import *
 from .config import Settings
 from .store.base import *
+from .store.sqlite import SQLiteTable
 from .sessions import register_purge_hook
 
 # %% auto #0
@@ -37,9 +38,14 @@ WRITES_TABLE = TableSpec('dataops_lg_writes', 'thread_id', 'wk', ttl_attribute=N
 GRAPHS_TABLE = TableSpec('dataops_lg_graphs', 'fingerprint', ttl_attribute=None)
 CHECKPOINT_TABLES = register_tables(CHECKPOINTS_TABLE, WRITES_TABLE, GRAPHS_TABLE)
 
-@functools.lru_cache(maxsize=8192)  # thread and checkpoint ids recur on every put, put_writes and get_tuple of a thread
+_PLAIN = re.compile(r'[A-Za-z0-9_:|-][A-Za-z0-9_.:|-]*').fullmatch  # what percent-encoding leaves as it is (task ids, uuids)
+
 def _seg(s:str)->str:
     "`s` as one storage-key segment: percent-encoded but for ':' and '|', no '/', never '.'/'..'; '~' for the empty string"
+    return s if _PLAIN(s) else _quoted_seg(s)
+
+@functools.lru_cache(maxsize=8192)
+def _quoted_seg(s:str)->str:
     if s == '': return '~'
     q = quote(s, safe=':|').replace('~', '%7E')
     return '%2E'+q[1:] if q[0] == '.' else q
@@ -144,6 +150,9 @@ class DataOpsSaver(BaseCheckpointSaver):
         self.shape:GraphShape|None = None  # set on the copy `attach` makes
         self._known,self._recorded,self._lock = OrderedDict(),set(),threading.Lock()  # blob keys known to exist; graph shapes stored
         self._big = False  # the last checkpoint was too big to store in one piece: the next one tries value by value first
+        # on the embedded SQLite backend, items built here from checked parts are written unvalidated (`put_unchecked`) and a
+        # checkpoint is read with its writes in one statement (`get_with_children`); every other backend goes through the contract
+        self._sqlite = type(self.checkpoints) is SQLiteTable and type(self.writes) is SQLiteTable and self.checkpoints.path == self.writes.path
 
     def ensure(self)->DataOpsSaver:
         "Create the blob bucket/folder and the checkpoint tables if missing (explicit provisioning); returns self"
@@ -180,7 +189,8 @@ def _inline(self:DataOpsSaver, value:Any)->str:
 @patch
 def _from_inline(self:DataOpsSaver, s:str)->Any:
     t,_,b = s.partition(':')
-    return self._load(t, binascii.a2b_base64(b))  # the codec's core: base64.b64decode adds type checks costing more than the decoding of a small value
+    if t == 'pickle': return self._load(t, b'')  # refused
+    return self.serde.loads_typed((t, binascii.a2b_base64(b)))  # the codec's core: base64.b64decode adds type checks costing more than the decoding of a small value
 
 def _blob_prefix(thread_id:str)->str: return f"langgraph/{_seg(thread_id)}/"
 
@@ -202,7 +212,13 @@ def _offload(self:DataOpsSaver, thread_id:str, t:str, b:bytes)->dict:
 @patch
 def _encode_values(self:DataOpsSaver, thread_id:str, values:dict)->dict:
     "`values` in their stored forms: inline, or offloaded when large or when the item would get too big"
-    enc = {k: self._dump(v) for k,v in values.items()}
+    return self._encode_dumped(thread_id, {k: self._dump(v) for k,v in values.items()})
+
+@patch
+def _encode_dumped(self:DataOpsSaver, thread_id:str, enc:dict)->dict:
+    "Serialised values `{key: (type, bytes)}` in their stored forms (`_encode_values`)"
+    total = sum(len(b) for _,b in enc.values())
+    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: return {k: f"{t}:{_b64(b)}" for k,(t,b) in enc.items()}  # all small: inline
     big = {k for k,(t,b) in enc.items() if len(b) > self.offload_threshold}
     size = sum(4*len(b)//3 for k,(t,b) in enc.items() if k not in big)
     for k in sorted((k for k in enc if k not in big), key=lambda k: -len(enc[k][1])):
@@ -213,7 +229,7 @@ def _encode_values(self:DataOpsSaver, thread_id:str, values:dict)->dict:
 @patch
 def _decode_value(self:DataOpsSaver, thread_id:str, stored:str|dict)->Any:
     "The value of a stored form"
-    if isinstance(stored, str): return self._from_inline(stored)
+    if type(stored) is str: return self._from_inline(stored)
     key = _blob_prefix(thread_id) + stored['blob']
     try: data = self.blob.get(key)
     except NotFoundError:
@@ -259,7 +275,8 @@ def put(self:DataOpsSaver, config:RunnableConfig, checkpoint:Checkpoint, metadat
     for k in ('source', 'graph_fingerprint'):
         if isinstance(md.get(k), str): item[k] = md[k]
     if type(md.get('step')) is int: item['step'] = md['step']
-    self.checkpoints.put(item)
+    if self._sqlite: self.checkpoints.put_unchecked(item)
+    else: self.checkpoints.put(item)
     return _cfg(tid, ns, cid)
 
 @patch
@@ -268,12 +285,20 @@ def put_writes(self:DataOpsSaver, config:RunnableConfig, writes:Sequence[tuple[s
     conf = config['configurable']
     tid,ns,cid = _thread(conf),conf.get('checkpoint_ns', ''),conf['checkpoint_id']
     if not writes: return
-    enc = self._encode_values(tid, {str(i): v for i,(_,v) in enumerate(writes)})
-    new = [[WRITES_IDX_MAP.get(ch, i), ch, enc[str(i)]] for i,(ch,_) in enumerate(writes)]
+    dump = self.serde.dumps_typed
+    enc = [dump(v) for _,v in writes]
+    if any(t == 'pickle' for t,_ in enc): enc = [self._dump(v) for _,v in writes]  # refused, naming the value
+    total = sum(len(b) for _,b in enc)
+    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: stored = [t+':'+_b64(b) for t,b in enc]  # all small: inline
+    else: stored = list(self._encode_dumped(tid, dict(enumerate(enc))).values())
+    new = [[WRITES_IDX_MAP.get(w[0], i), w[0], s] for i,(w,s) in enumerate(zip(writes, stored))]
     key = (tid, f"{_ck(ns, cid)}/{_seg(task_id)}")
     item = {'thread_id': tid, 'wk': key[1], 'checkpoint_ns': ns, 'checkpoint_id': cid, 'task_id': task_id, 'task_path': task_path, 'writes': new}
-    try: self.writes.put(item, if_absent=True); return
-    except ConflictError: pass
+    if self._sqlite:
+        if self.writes.put_unchecked(item, if_absent=True): return
+    else:
+        try: self.writes.put(item, if_absent=True); return
+        except ConflictError: pass
     for _ in range(100):
         cur = self.writes.get(key)
         if cur is None:
@@ -302,13 +327,19 @@ def _writes_of(self:DataOpsSaver, tid:str, ns:str, cids:Iterable[str])->dict[str
     "`{checkpoint_id: pending writes}` of the checkpoints `cids` of namespace `ns`, one range query"
     cids = sorted(set(cids), key=_seg)
     if not cids: return {}
-    want,out = set(cids),{c: [] for c in cids}
+    return self._pending(tid, ns, cids, self.writes.query_all(tid, start=_ck(ns, cids[0])+'/', end=_ck(ns, cids[-1])+'0', limit=200))
+
+@patch
+def _pending(self:DataOpsSaver, tid:str, ns:str, cids:Iterable[str], items:Iterable[dict])->dict[str, list]:
+    "`{checkpoint_id: pending writes}` of the checkpoints `cids` of namespace `ns` from their write `items`, ordered by task path, task and index"
     rows = {c: [] for c in cids}
-    for it in self.writes.query_all(tid, start=_ck(ns, cids[0])+'/', end=_ck(ns, cids[-1])+'0', limit=200):
-        if it['checkpoint_ns'] == ns and it['checkpoint_id'] in want:
-            rows[it['checkpoint_id']] += [(it.get('task_path', ''), it['task_id'], e[0], e[1], e[2]) for e in it['writes']]
-    for c,ws in rows.items(): out[c] = [(task, ch, self._decode_value(tid, v)) for _,task,_,ch,v in sorted(ws, key=lambda w: w[:3])]
-    return out
+    for it in items:
+        if it['checkpoint_ns'] == ns and (ws := rows.get(it['checkpoint_id'])) is not None:
+            ws += [(it.get('task_path', ''), it['task_id'], e[0], e[1], e[2]) for e in it['writes']]
+    inline,dec = self._from_inline,self._decode_value
+    return {c: [(task, ch, inline(v) if type(v) is str else dec(tid, v)) for _,task,_,ch,v in (sorted(ws, key=_by_task) if len(ws) > 1 else ws)] for c,ws in rows.items()}
+
+_by_task = operator.itemgetter(0, 1, 2)  # a pending write's (task path, task id, index)
 
 @patch
 def _tuple(self:DataOpsSaver, item:dict, writes:list, metadata:dict|None=None)->CheckpointTuple:
@@ -316,8 +347,9 @@ def _tuple(self:DataOpsSaver, item:dict, writes:list, metadata:dict|None=None)->
     tid,ns,cid,parent = item['thread_id'],item['checkpoint_ns'],item['checkpoint_id'],item.get('parent_checkpoint_id')
     ck = self._from_inline(item['checkpoint'])
     values = ck.pop('channel_values', None) or {}  # a small checkpoint holds its values; a larger one keeps them in 'values', inline or offloaded
-    values.update({k: self._decode_value(tid, v) for k,v in item['values'].items()})
-    return CheckpointTuple(config=_cfg(tid, ns, cid), checkpoint={**ck, 'channel_values': values},
+    if item['values']: values.update({k: self._decode_value(tid, v) for k,v in item['values'].items()})
+    ck['channel_values'] = values
+    return CheckpointTuple(config=_cfg(tid, ns, cid), checkpoint=ck,
                            metadata=metadata if metadata is not None else self._from_inline(item['metadata']),
                            parent_config=_cfg(tid, ns, parent) if parent else None, pending_writes=writes)
 
@@ -326,10 +358,18 @@ def get_tuple(self:DataOpsSaver, config:RunnableConfig)->CheckpointTuple|None:
     "The checkpoint `config` names (default: the latest of its thread and namespace) with its pending writes, or None"
     conf = config['configurable']
     tid,ns = _thread(conf),conf.get('checkpoint_ns', '')
-    if cid := get_checkpoint_id(config): item = self.checkpoints.get((tid, _ck(ns, cid)))
-    else: item = next(iter(self.checkpoints.query(tid, start=_seg(ns)+'/', end=_seg(ns)+'0', descending=True, limit=1)), None)
-    if item is None: return None
-    tup = self._tuple(item, self._writes_of(tid, ns, [item['checkpoint_id']])[item['checkpoint_id']])
+    cid = get_checkpoint_id(config)
+    if self._sqlite:  # the checkpoint and its writes in one statement
+        if cid: item,ws = self.checkpoints.get_with_children(tid, sk=_ck(ns, cid), children=self.writes)
+        else: item,ws = self.checkpoints.get_with_children(tid, start=_seg(ns)+'/', end=_seg(ns)+'0', children=self.writes)
+        if item is None: return None
+        writes = self._pending(tid, ns, [item['checkpoint_id']], ws)[item['checkpoint_id']]
+    else:
+        if cid: item = self.checkpoints.get((tid, _ck(ns, cid)))
+        else: item = next(iter(self.checkpoints.query(tid, start=_seg(ns)+'/', end=_seg(ns)+'0', descending=True, limit=1)), None)
+        if item is None: return None
+        writes = self._writes_of(tid, ns, [item['checkpoint_id']])[item['checkpoint_id']]
+    tup = self._tuple(item, writes)
     if self.shape is not None and ns == '': self._check_graph(tid, tup.metadata.get('graph_fingerprint'))
     return tup
 

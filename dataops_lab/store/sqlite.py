@@ -14,6 +14,7 @@ from fastcore.basics import patch
 from ..core import *
 from .base import *
 from .files import _options, _durability, _positive, _flag, _any, _fork_aware
+from ..observability import instrument_storage_method
 
 # %% auto #0
 __all__ = ['WAL_WAKE_EVERY', 'WAL_SAFETY_PAGES', 'sqlite_path', 'SQLiteBackend', 'SQLiteTable']
@@ -279,6 +280,8 @@ class SQLiteTable(SQLiteBackend, MetadataTable):
         return dict(
             put=f"INSERT INTO {t} ({cols}) VALUES ({vals('1')}) {conflict}, _version=CASE WHEN {dead} THEN 1 ELSE _version+1 END RETURNING _version",
             put_new=f"INSERT INTO {t} ({cols}) VALUES ({vals('1')}) {conflict}, _version=1 WHERE {dead} RETURNING _version",
+            put_quiet=f"INSERT INTO {t} ({cols}) VALUES ({vals('1')}) {conflict}, _version=CASE WHEN {dead} THEN 1 ELSE _version+1 END",
+            put_new_quiet=f"INSERT INTO {t} ({cols}) VALUES ({vals('1')}) {conflict}, _version=1 WHERE {dead}",
             put_ver=f"UPDATE {t} SET " + ', '.join(f"{c}=?" for c in ['_item', '_expires']+ixc) + f", _version=_version+1 WHERE {key} AND _version=? AND {_LIVE} RETURNING _version",
             write=f"INSERT INTO {t} ({cols}) VALUES ({vals('?')}) {conflict}, _version=excluded._version",
             get=f"SELECT _item, _version, _expires FROM {t} WHERE {key}",
@@ -314,8 +317,11 @@ def ensure(self:SQLiteTable)->None:
                           "use another table name (or table_prefix) for a table with a different primary key")
     new = [(a, col) for a,col in zip(self._ixattrs, self._ixcols) if 'ix:'+a not in have]
     stmts = [f"ALTER TABLE {t} ADD COLUMN {col}" for _,col in new]
-    stmts += [f"CREATE INDEX IF NOT EXISTS {_qi(f'{s.name}:{ix.name}:{ix.partition_key}:{ix.sort_key}')} ON {t} ({', '.join([_qi('ix:'+ix.partition_key)] + ([_qi('ix:'+ix.sort_key)] if ix.sort_key else []) + self._keycols)})"
-              for ix in s.indexes]
+    for ix in s.indexes:  # sparse: a row without the index's attributes is not in it (a query's `col=?` implies `col IS NOT NULL`)
+        cols = [_qi('ix:'+ix.partition_key)] + ([_qi('ix:'+ix.sort_key)] if ix.sort_key else [])
+        name = f'{s.name}:{ix.name}:{ix.partition_key}:{ix.sort_key}'
+        stmts += [f"DROP INDEX IF EXISTS {_qi(name)}",  # the full index of tables created before indexes were sparse
+                  f"CREATE INDEX IF NOT EXISTS {_qi(name+':sparse')} ON {t} ({', '.join(cols + self._keycols)}) WHERE {' AND '.join(c+' IS NOT NULL' for c in cols)}"]
     stmts.append(f"CREATE INDEX IF NOT EXISTS {_qi(s.name+':_expires')} ON {t} (_expires) WHERE _expires IS NOT NULL")
     if new: self._backfill(c, new, stmts)
     else: self._schema(stmts)
@@ -392,6 +398,53 @@ def get(self:SQLiteTable, key:Any)->dict|None:
     it = _loads(row[0])
     it['_version'] = row[1]
     return it
+
+# %% ../../nbs/11a_store_sqlite.ipynb #b3f1c2a1
+@patch
+def put_unchecked(self:SQLiteTable, item:dict, *,
+                  if_absent:bool=False # do not overwrite a live item with this key
+                 )->bool:
+    "Store `item`, built by its caller from checked parts (JSON types, typed keys, no `_version`), unvalidated; whether it was written"
+    s = self.spec
+    try: js = orjson.dumps(item).decode()
+    except (orjson.JSONEncodeError, TypeError):  # what orjson refuses (e.g. integers over 64 bits): the checked path stores it or names it
+        try: self.put(item, if_absent=if_absent); return True
+        except ConflictError: return False
+    kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
+    exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
+    if type(exp) not in (int, float): exp = None
+    try: return self._conn().execute(self._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *map(item.get, self._ixattrs), now_ts())).rowcount > 0
+    except sqlite3.Error as e: raise self._db_error(e, 'put()') from None
+SQLiteTable.put_unchecked = instrument_storage_method(SQLiteTable.put_unchecked, 'table', 'put')
+
+@patch
+def get_with_children(self:SQLiteTable, value:str, *,
+                      sk:str|None=None, # the item's sort key; None: the last item with a sort key in [start, end]
+                      start:str|None=None, end:str|None=None,
+                      children:SQLiteTable, # a table with a sort key, in the same database file
+                      lo:str='/', hi:str='0' # the children's sort keys lie in [item's sort key + lo, item's sort key + hi]
+                     )->tuple[dict|None, list[dict]]:
+    "`(item, children)`: the live item of partition `value` (at `sk`, else the last in [`start`, `end`]) and its live children in sort-key order, one statement"
+    if not (self.spec.sort_key and children.spec.sort_key) or children.path != self.path:
+        raise ConfigError(f"get_with_children needs two tables with sort keys in one file, got {self.describe()} and {children.describe()}", "use get and query")
+    shape = ('children', children.spec.name, sk is None)
+    if (sql := self._queries.get(shape)) is None:
+        where = "_sk=?" if sk is not None else "_sk>=? AND _sk<=?"
+        sql = self._queries[shape] = (f"WITH p AS (SELECT _pk, _sk, _item, _version FROM {self._t} WHERE _pk=? AND {where} AND {_LIVE} ORDER BY _sk DESC LIMIT 1) "
+                                      f"SELECT p._item, p._version, c._item, c._version FROM p LEFT JOIN {children._t} c ON c._pk=p._pk "
+                                      f"AND c._sk>=p._sk||? AND c._sk<=p._sk||? AND (c._expires IS NULL OR c._expires > ?) ORDER BY c._sk")
+    now = now_ts()
+    try: rows = self._conn().execute(sql, (value, sk, now, lo, hi, now) if sk is not None else (value, start, end, now, lo, hi, now)).fetchall()
+    except sqlite3.Error as e: raise self._db_error(e, 'query()') from None
+    if not rows: return None, []
+    it = _loads(rows[0][0]); it['_version'] = rows[0][1]
+    kids = []
+    for r in rows:
+        if r[2] is None: break  # no children (the LEFT JOIN's one row)
+        c = _loads(r[2]); c['_version'] = r[3]
+        kids.append(c)
+    return it, kids
+SQLiteTable.get_with_children = instrument_storage_method(SQLiteTable.get_with_children, 'table', 'query')
 
 # %% ../../nbs/11a_store_sqlite.ipynb #6eb13fc1
 @patch
