@@ -8,7 +8,6 @@ Docs: https://dataops-lab.github.io/dataops-lab/api_service.html.md"""
 from __future__ import annotations
 import logging, re, time
 from typing import Any
-import anyio
 from starlette.concurrency import run_in_threadpool
 from fastapi import Depends, Request, WebSocket
 from fastapi.security import HTTPBearer, HTTPAuthorizationCredentials
