@@ -166,7 +166,7 @@ def check_kernel(name:str # a Jupyter kernel name
 
 def kernel_manager_class(env:dict|None=None # environment variables the kernels get on top of this process's (e.g. `trace_env()`)
                         ):
-    "The kernel manager runs use: kernels on Unix sockets (IPC) where the OS has them, else TCP; with `env`, a subclass whose kernels get it"
+    "The kernel manager runs use: kernels on Unix sockets (IPC) where the OS has them, else TCP, ended without a SIGINT; with `env`, a subclass whose kernels get it"
     base = _kernel_manager_base()
     if not env: return base
     class KernelManagerWithEnv(base):
@@ -176,22 +176,33 @@ def kernel_manager_class(env:dict|None=None # environment variables the kernels 
     return KernelManagerWithEnv
 
 def _kernel_manager_base():
-    from jupyter_client.manager import AsyncKernelManager
-    if os.name == 'nt': return AsyncKernelManager
-    global _IPCKernelManager
-    if _IPCKernelManager is None:
+    global _KernelManager
+    if _KernelManager is None:
+        from jupyter_client.manager import AsyncKernelManager
         from traitlets import default
-        class IPCKernelManager(AsyncKernelManager):
-            "An `AsyncKernelManager` whose kernel listens on Unix sockets with a unique absolute path"
-            @default('transport')
-            def _transport_default(self): return 'ipc'
-            @default('ip')  # jupyter_client's default is a relative 'kernel-ipc': two kernels started from one folder would share it
-            def _ip_default(self):
-                import tempfile, secrets
-                return os.path.join(tempfile.gettempdir(), f"dataops-kernel-{secrets.token_hex(6)}")
-        _IPCKernelManager = IPCKernelManager
-    return _IPCKernelManager
-_IPCKernelManager = None
+        class RunKernelManager(AsyncKernelManager):
+            "An `AsyncKernelManager` that ends a kernel without interrupting it first"
+            async def _async_interrupt_kernel(self):
+                # jupyter_client (8.x) sends SIGINT to the kernel's process group before its shutdown request. A run's kernel is
+                # shut down once its last reply came back, and the signal can land while ipykernel is still finishing that
+                # handler: it then logs "KeyboardInterrupt caught in kernel" on our stderr, and any process the notebook started
+                # gets a Ctrl-C it never asked for. The shutdown request alone ends an idle kernel; a busy one (a timed-out
+                # cell) still gets SIGTERM, then SIGKILL, after `shutdown_wait_time`. An interrupt asked for by anyone else is sent.
+                if getattr(self, 'shutting_down', False): return
+                return await super()._async_interrupt_kernel()
+        if os.name == 'nt': _KernelManager = RunKernelManager
+        else:
+            class IPCKernelManager(RunKernelManager):
+                "... whose kernel listens on Unix sockets with a unique absolute path"
+                @default('transport')
+                def _transport_default(self): return 'ipc'
+                @default('ip')  # jupyter_client's default is a relative 'kernel-ipc': two kernels started from one folder would share it
+                def _ip_default(self):
+                    import tempfile, secrets
+                    return os.path.join(tempfile.gettempdir(), f"dataops-kernel-{secrets.token_hex(6)}")
+            _KernelManager = IPCKernelManager
+    return _KernelManager
+_KernelManager = None
 
 def output_root(settings:Settings)->Path:
     "The folder runs write to: `[batch] output_dir`, relative to the settings file's folder"

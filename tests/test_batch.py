@@ -93,6 +93,37 @@ def test_run_notebook_records_round_trip_and_artifacts(tmp_path):
     assert Path(res.output_path).parent == tmp_path/'runs'/res.run_id
 
 
+SIGINT_PROBE = (
+    "import subprocess, sys, threading\nfrom dataops_lab.runner import record",
+    "probe = ('import os, signal, sys, time\\n'\n"
+    "         'signal.signal(signal.SIGINT, lambda *a: (open(sys.argv[1], \"w\").write(\"SIGINT\"), sys.exit(0)))\\n'\n"
+    "         'parent = os.getppid(); print(\"ready\", flush=True)\\n'\n"
+    "         'while os.getppid() == parent: time.sleep(0.05)\\n')  # ends with its kernel at the latest\n"
+    "child = subprocess.Popen([sys.executable, '-c', probe, mark], stdout=subprocess.PIPE, text=True)  # in the kernel's process group\n"
+    "assert child.stdout.readline() == 'ready\\n'\n"
+    "threading.Thread(target=child.wait, daemon=True).start()  # reaped as soon as it ends\n"
+    "record('pid', child.pid)")
+
+
+def _gone(pid):
+    try: return Path(f'/proc/{pid}/stat').read_text().split(') ')[1][0] == 'Z'
+    except FileNotFoundError: return True
+
+
+@pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads /proc to see the probe process end')
+def test_ending_a_run_sends_its_kernel_no_interrupt(tmp_path):
+    "A finished run's kernel is shut down, not interrupted: a process the notebook started gets no SIGINT (the kernel ends it with SIGTERM)"
+    ini = _ini(tmp_path)
+    mark = tmp_path/'got-sigint'
+    nb = write_notebook(tmp_path/'probe.ipynb', "mark: str = ''", *SIGINT_PROBE)
+    res = run_notebook(nb, {'mark': str(mark)}, settings=ini, store=False)
+    pid, deadline = res.records['pid'], time.monotonic() + 30
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f'the probe process {pid} outlived its kernel by 30 s'
+        time.sleep(0.05)
+    assert not mark.exists(), 'the run sent SIGINT to its kernel before shutting it down'
+
+
 def test_failed_cell_is_captured_and_partial_notebook_kept(tmp_path):
     ini = _ini(tmp_path)
     nb = write_notebook(tmp_path/'fail.ipynb', "n: int = 1", "from dataops_lab.runner import record\nrecord('before', n)",
