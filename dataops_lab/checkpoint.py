@@ -149,6 +149,7 @@ class DataOpsSaver(BaseCheckpointSaver):
         self.checkpoints,self.writes,self.graphs = (self.storage.table(s) for s in CHECKPOINT_TABLES)
         self.shape:GraphShape|None = None  # set on the copy `attach` makes
         self._known,self._recorded,self._lock = OrderedDict(),set(),threading.Lock()  # blob keys known to exist; graph shapes stored
+        self._ck_pre = ('', '', '')  # (namespace, checkpoint id, their key prefix) of the last put_writes: the next task's writes reuse it
         self._big = False  # the last checkpoint was too big to store in one piece: the next one tries value by value first
         # on the embedded SQLite backend, items built here from checked parts are written unvalidated (`put_unchecked`) and a
         # checkpoint is read with its writes in one statement (`get_with_children`); every other backend goes through the contract
@@ -246,6 +247,7 @@ def _thread(conf:dict)->str:
     return tid
 
 def _ck(ns:str, cid:str)->str: return f"{_seg(ns)}/{_seg(cid)}"
+_IDX = WRITES_IDX_MAP
 def _cfg(tid:str, ns:str, cid:str)->RunnableConfig: return {'configurable': {'thread_id': tid, 'checkpoint_ns': ns, 'checkpoint_id': cid}}
 
 @patch
@@ -283,16 +285,25 @@ def put(self:DataOpsSaver, config:RunnableConfig, checkpoint:Checkpoint, metadat
 def put_writes(self:DataOpsSaver, config:RunnableConfig, writes:Sequence[tuple[str, Any]], task_id:str, task_path:str='')->None:
     "Store the writes of task `task_id` against the checkpoint in `config`"
     conf = config['configurable']
-    tid,ns,cid = _thread(conf),conf.get('checkpoint_ns', ''),conf['checkpoint_id']
+    tid = conf.get('thread_id')
+    if type(tid) is not str or not tid: tid = _thread(conf)  # raises, naming the value
+    ns,cid = conf.get('checkpoint_ns', ''),conf['checkpoint_id']
     if not writes: return
-    dump = self.serde.dumps_typed
-    enc = [dump(v) for _,v in writes]
-    if any(t == 'pickle' for t,_ in enc): enc = [self._dump(v) for _,v in writes]  # refused, naming the value
-    total = sum(len(b) for _,b in enc)
-    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET: stored = [t+':'+_b64(b) for t,b in enc]  # all small: inline
-    else: stored = list(self._encode_dumped(tid, dict(enumerate(enc))).values())
-    new = [[WRITES_IDX_MAP.get(w[0], i), w[0], s] for i,(w,s) in enumerate(zip(writes, stored))]
-    key = (tid, f"{_ck(ns, cid)}/{_seg(task_id)}")
+    # one pass: serialise each value and build its entry [idx, channel, type, bytes]; a task's writes are a few small values,
+    # so the loop's glue (genexprs, zips, extra lists) costs as much as the serialisation: kept to one loop
+    dump,new,total = self.serde.dumps_typed,[],0
+    for i,(ch,v) in enumerate(writes):
+        t,b = dump(v)
+        if t == 'pickle': self._dump(v)  # refused, naming the value
+        total += len(b); new.append([_IDX.get(ch, i), ch, t, b])
+    if total <= self.offload_threshold and 4*total//3 <= ITEM_BUDGET:  # all small: inline
+        for e in new: e[2] = f"{e[2]}:{_b64(e.pop())}"
+    else:
+        stored = self._encode_dumped(tid, {j: (e[2], e[3]) for j,e in enumerate(new)})
+        for j,e in enumerate(new): del e[3]; e[2] = stored[j]
+    pre = self._ck_pre
+    if pre[0] != ns or pre[1] != cid: pre = self._ck_pre = (ns, cid, _ck(ns, cid)+'/')  # the tasks of one step write against one checkpoint
+    key = (tid, pre[2]+_seg(task_id))
     item = {'thread_id': tid, 'wk': key[1], 'checkpoint_ns': ns, 'checkpoint_id': cid, 'task_id': task_id, 'task_path': task_path, 'writes': new}
     if self._sqlite:
         if self.writes.put_unchecked(item, if_absent=True): return

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/semantic.html.md"""
 
 # %% ../nbs/21a_semantic.ipynb #5e3a0004
 from __future__ import annotations
-import base64, contextlib, importlib.util, logging, os, threading
+import base64, contextlib, functools, importlib.util, logging, os, threading
 from pathlib import Path
 import numpy as np
 
@@ -95,6 +95,11 @@ def unpack_many(packed:list[str])->np.ndarray:
     n = np.linalg.norm(m, axis=1, keepdims=True)
     return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
 
+_SHORT = 256  # texts up to this many characters keep their packed vector in memory (1,024 of them, least recently used out)
+
+@functools.lru_cache(maxsize=1024)
+def _short_vector(text:str)->str: return pack(embed([text])[0])
+
 def vector_of(text:str)->str:
-    "`text`'s packed vector: what a message stores"
-    return pack(embed([text])[0])
+    "`text`'s packed vector: what a message stores (a short text's computed once per process)"
+    return _short_vector(text) if len(text) <= _SHORT else pack(embed([text])[0])

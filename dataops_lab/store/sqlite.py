@@ -122,6 +122,14 @@ class _Conn(sqlite3.Connection):
             return _Rows(cur) if 'RETURNING' in sql else cur  # a RETURNING statement commits once its rows are read
         finally:
             if not self.in_transaction: self._release()
+    def write(self, sql:str, params=()):
+        "`execute` of one write statement with no RETURNING clause, its own transaction: the caller says so, nothing is sniffed"
+        if self.holding or self.in_transaction: return self.execute(sql, params)
+        if not self.wlock.acquire(timeout=self.timeout): raise sqlite3.OperationalError("database is locked")
+        self.holding = True
+        try: return sqlite3.Connection.execute(self, sql, params)
+        finally:
+            if not self.in_transaction: self._release()
     def _release(self):
         self.holding = False
         try:
@@ -413,7 +421,8 @@ def put_unchecked(self:SQLiteTable, item:dict, *,
     kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
     exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
     if type(exp) not in (int, float): exp = None
-    try: return self._conn().execute(self._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *map(item.get, self._ixattrs), now_ts())).rowcount > 0
+    ix = tuple(map(item.get, self._ixattrs)) if self._ixattrs else ()
+    try: return self._conn().write(self._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *ix, now_ts())).rowcount > 0
     except sqlite3.Error as e: raise self._db_error(e, 'put()') from None
 SQLiteTable.put_unchecked = instrument_storage_method(SQLiteTable.put_unchecked, 'table', 'put')
 
