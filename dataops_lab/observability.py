@@ -156,13 +156,15 @@ def configure_logging(settings:Settings|Path|str|None=None, # default: `load_set
     return handlers
 
 # %% ../nbs/03_observability.ipynb #65cb78ac
-@contextmanager
-def bound(**ids:Any # ids to add to every log line inside the block, e.g. session_id=..., workflow=...; None values are left out
-         ):
+class bound:
     "Bind `ids` to the log context (contextvars) for the block"
-    toks = bind_contextvars(**{k: v for k,v in ids.items() if v is not None})
-    try: yield
-    finally: reset_contextvars(**toks)
+    # a class rather than a generator-based context manager: entered per chain step and per workflow run, where a
+    # generator's set-up and tear-down cost about what the binding itself does
+    __slots__ = ('ids', 'toks')
+    def __init__(self, **ids:Any # ids to add to every log line inside the block, e.g. session_id=..., workflow=...; None values are left out
+                ): self.ids = ids
+    def __enter__(self): self.toks = bind_contextvars(**{k: v for k,v in self.ids.items() if v is not None})
+    def __exit__(self, *exc): reset_contextvars(**self.toks)
 
 # %% ../nbs/03_observability.ipynb #18723df2
 _FAST = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
