@@ -2,25 +2,31 @@
 
     .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--section all|chain|api|instr]
 
-Four sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
-embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
-session; the parent asks each worker for a batch of runs in turn, rotating the order every round, so drift hits
-every side alike:
+The chain section: five long-lived worker processes of this checkout, each running the same 3-step chain of trivial
+steps (x -> x + 1) on the embedded default (a settings.ini holding just "[storage]"), with the chain's default
+durability, run after run in one session. Every worker times both sides itself, switching its observability out and
+back in between batches, so what differs between processes (memory layout, imports, the allocator, a hash seed) is the
+same for both sides of a ratio:
 
-- none:      this checkout with its observability taken out in the worker before anything runs: the chain's
-             hooks (`observe_workflow` — the step span, the two workflow metrics and the step's `workflow_finished`
-             log line —, `iter_in_span`, the `execute_tool` span, the bound log context, the step-duration
-             histogram, the run's `chain_finished` line) replaced by no-ops, and no storage backend method wrapped —
-             the peer with no instrumentation at all, otherwise the same code (an older commit as the peer would
-             also count every other change since);
-- off:       this checkout, default settings ([observability] traces = none: no tracer provider; metrics and the
-             log pipeline as always; logging not configured, as in a notebook or script: INFO lines are dropped);
-- logs:      as off, with `[logging]` applied as the CLI, the API server and batch workers do at start-up
-             (`configure_logging` with the defaults: INFO, text), its lines going to a file instead of the terminal;
-- in-memory: this checkout with OpenTelemetry's in-memory span exporter installed (every span recorded).
+- none: the observability taken out in the worker: the chain's hooks (`observe_workflow` — the step span, the two
+        workflow metrics and the step's `workflow_finished` line —, `iter_in_span`, the `execute_tool` span, the bound
+        log context, the step-duration histogram, the run's `chain_finished` line) replaced by no-ops, the step graph's
+        span callbacks off, and every storage backend method unwrapped (latency histogram, hit/miss and byte counters,
+        spans) — the peer with no instrumentation at all, otherwise the same code and the same process (an older commit
+        as the peer would also count every other change since);
+- obs:  as shipped. The workers differ in what "as shipped" is set up as:
+  - off-1, off-2, off-3: default settings ([observability] traces = none: no tracer provider; metrics and the log
+    pipeline as always; logging not configured, as in a notebook or script: INFO lines are dropped);
+  - logs: as off, with `[logging]` applied as the CLI, the API server and batch workers do at start-up
+    (`configure_logging` with the defaults: INFO, text), its lines going to a file instead of the terminal;
+  - in-memory: OpenTelemetry's in-memory span exporter installed (every span recorded).
 
-Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over
-`none`'s.
+The parent asks the workers in a rotating order for a batch of each side, alternating which side goes first; a batch
+checks that the switch took (step runs and storage calls counted, spans recorded, log lines written on the `obs`
+side only). Figures per worker: p50 / tail (p99; p95 in --quick) of each side in ms, the ratios obs / none at p50,
+tail and mean, and the process's CPU time per run (all threads; what load from other processes inflates least).
+The exporters-off verdict: the median of the three off workers' p50 ratios with their spread, the ratio of all their
+runs pooled, and the median of the per-round ratios of neighbouring batches (drift between rounds cancels).
 
 Section `api`: `GET /sessions/{id}` on two real uvicorn servers (one worker each, the embedded default in a folder
 of their own, the same settings): `off` (traces = none) and `in-memory` (OpenTelemetry's in-memory span exporter
@@ -217,14 +223,17 @@ def chain_section(runs: int, batch: int, tail: str, tmp: Path, n_off: int, procs
     for p in procs.values(): ask(p)
     lat = {n: {'none': [], 'obs': []} for n in names}
     cpu = {n: {'none': [], 'obs': []} for n in names}  # the process's CPU time per run (every thread): what load from other processes inflates least
+    paired = {n: [] for n in names}  # per round: p50 of the obs batch over p50 of the none batch next to it (drift between rounds cancels)
     spans, rnd = {}, 0
     while len(lat[names[0]]['none']) < runs:
         k = min(batch, runs - len(lat[names[0]]['none']))
         for n in names[rnd % len(names):] + names[:rnd % len(names)]:  # the workers in a rotating order; each alternates which side goes first
+            got = {}
             for side in (('none', 'obs') if (rnd + names.index(n)) % 2 == 0 else ('obs', 'none')):
                 procs[n].stdin.write(f'{side} {k}\n'); procs[n].stdin.flush()
-                r = ask(procs[n]); lat[n][side] += r['ms']; cpu[n][side] += r['cpu']
+                r = ask(procs[n]); lat[n][side] += r['ms']; cpu[n][side] += r['cpu']; got[side] = r['ms']
                 if side == 'obs': spans[n] = r['spans_per_run']
+            paired[n].append(statistics.median(got['obs']) / statistics.median(got['none']))
         rnd += 1
     print(f"\n{'worker':<10} {'none p50':>9} {'obs p50':>8} {'none ' + tail:>9} {'obs ' + tail:>8} {'p50 obs/none':>13} {tail + ' obs/none':>13} {'mean obs/none':>14} {'CPU p50 none':>13} {'CPU p50 obs/none':>17} {'spans/run':>10}")
     ratio = {}
@@ -236,9 +245,11 @@ def chain_section(runs: int, batch: int, tail: str, tmp: Path, n_off: int, procs
     offs = [ratio[n] for n in names if n.startswith('off')]
     cpuoffs = [pct(cpu[n]['obs'], 50)/pct(cpu[n]['none'], 50) for n in names if n.startswith('off')]
     xs = [v for n in names if n.startswith('off') for v in lat[n]['none']]; ys = [v for n in names if n.startswith('off') for v in lat[n]['obs']]
+    pr = sorted(v for n in names if n.startswith('off') for v in paired[n])
     print(f"\noverhead with exporters off (target < 5%): {100*(statistics.median(offs)-1):+.1f}% at p50, the median of {len(offs)} workers "
           f"(spread {100*(min(offs)-1):+.1f}% to {100*(max(offs)-1):+.1f}%); all their runs pooled: {100*(pct(ys, 50)/pct(xs, 50)-1):+.1f}% at p50, "
-          f"{100*(pct(ys, q)/pct(xs, q)-1):+.1f}% at {tail}, CPU time per run {100*(statistics.median(cpuoffs)-1):+.1f}% at p50 (median of the workers); with [logging] applied as the CLI and API do: {100*(ratio['logs']-1):+.1f}%; "
+          f"{100*(pct(ys, q)/pct(xs, q)-1):+.1f}% at {tail}; paired batches (p50 of a batch over its neighbour's, {len(pr)} pairs): median {100*(statistics.median(pr)-1):+.1f}% "
+          f"(quartiles {100*(pct(pr, 25)-1):+.1f}% to {100*(pct(pr, 75)-1):+.1f}%); CPU time per run {100*(statistics.median(cpuoffs)-1):+.1f}% at p50 (median of the workers); with [logging] applied as the CLI and API do: {100*(ratio['logs']-1):+.1f}%; "
           f"with the in-memory exporter: {100*(ratio['in-memory']-1):+.1f}%", flush=True)
     for n in names: procs[n].stdin.close(); procs[n].wait(30)
 
