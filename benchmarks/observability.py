@@ -1,6 +1,6 @@
 """Observability benchmark: what logging, metrics and tracing cost a trivial chain run and `GET /sessions/{id}`.
 
-    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--section all|chain|api|instr]
+    .venv/bin/python benchmarks/observability.py [--quick] [--runs 1000] [--batch 20] [--workers 3] [--section all|chain|api|instr]
 
 The chain section: five long-lived worker processes of this checkout, each running the same 3-step chain of trivial
 steps (x -> x + 1) on the embedded default (a settings.ini holding just "[storage]"), with the chain's default
