@@ -251,6 +251,10 @@ def chain_section(runs: int, batch: int, tail: str, tmp: Path, n_off: int, procs
           f"{100*(pct(ys, q)/pct(xs, q)-1):+.1f}% at {tail}; paired batches (p50 of a batch over its neighbour's, {len(pr)} pairs): median {100*(statistics.median(pr)-1):+.1f}% "
           f"(quartiles {100*(pct(pr, 25)-1):+.1f}% to {100*(pct(pr, 75)-1):+.1f}%); CPU time per run {100*(statistics.median(cpuoffs)-1):+.1f}% at p50 (median of the workers); with [logging] applied as the CLI and API do: {100*(ratio['logs']-1):+.1f}%; "
           f"with the in-memory exporter: {100*(ratio['in-memory']-1):+.1f}%", flush=True)
+    if batch > 5:  # a worker waits while the others run their batches: the first runs of a batch start with cold caches
+        part = lambda side, first: [v for n in names if n.startswith('off') for i, v in enumerate(lat[n][side]) if (i % batch < 5) == first]
+        print(f"exporters off, the first 5 runs of each batch (caches cold after the other workers' batches): {100*(pct(part('obs', True), 50)/pct(part('none', True), 50)-1):+.1f}% at p50; "
+              f"the runs after them: {100*(pct(part('obs', False), 50)/pct(part('none', False), 50)-1):+.1f}%", flush=True)
     for n in names: procs[n].stdin.close(); procs[n].wait(30)
 
 def start(mode: str, pythonpath: Path, tmp: Path, code: str = TOGGLE_WORKER, bare: bool = False) -> subprocess.Popen:
