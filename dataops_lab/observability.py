@@ -254,7 +254,11 @@ for _m in (storage_duration, hot_lookups, blob_bytes, workflow_invocations, work
 def observer(child # a labelled child of a metric the flush covers: `chain_step_duration.labels(chain, step)`
             )->Callable[[float], None]:
     "A function recording one observation of histogram `child` (or adding to counter `child`) on the hot path: one deque append, no lock; the flush adds it"
-    return _sink(child, hasattr(child, '_upper_bounds')).append
+    # one sink per child, however often it is asked for (a chain compiled again, or one built per request): the sinks stay as bounded as the label sets
+    if (f := _observers.get(child)) is None: f = _observers[child] = _sink(child, hasattr(child, '_upper_bounds')).append
+    return f
+
+_observers:dict = {}
 
 def _after_fork():
     "In a forked child: a fresh lock and flusher (threads do not survive fork), and none of the parent's pending observations (the parent adds those)"
