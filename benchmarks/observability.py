@@ -1,26 +1,32 @@
 """Observability benchmark: what logging, metrics and tracing cost a trivial chain run and `GET /sessions/{id}`.
 
-    .venv/bin/python benchmarks/observability.py [--quick] [--runs 400] [--batch 20] [--section all|chain|api|instr]
+    .venv/bin/python benchmarks/observability.py [--quick] [--runs 1000] [--batch 20] [--workers 3] [--section all|chain|api|instr]
 
-Four sides, each a long-lived worker process running the same 3-step chain of trivial steps (x -> x + 1) on the
-embedded default (a settings.ini holding just "[storage]"), with the chain's default durability, run after run in one
-session; the parent asks each worker for a batch of runs in turn, rotating the order every round, so drift hits
-every side alike:
+The chain section: five long-lived worker processes of this checkout, each running the same 3-step chain of trivial
+steps (x -> x + 1) on the embedded default (a settings.ini holding just "[storage]"), with the chain's default
+durability, run after run in one session. Every worker times both sides itself, switching its observability out and
+back in between batches, so what differs between processes (memory layout, imports, the allocator, a hash seed) is the
+same for both sides of a ratio:
 
-- none:      this checkout with its observability taken out in the worker before anything runs: the chain's
-             hooks (`observe_workflow` — the step span, the two workflow metrics and the step's `workflow_finished`
-             log line —, `iter_in_span`, the `execute_tool` span, the bound log context, the step-duration
-             histogram, the run's `chain_finished` line) replaced by no-ops, and no storage backend method wrapped —
-             the peer with no instrumentation at all, otherwise the same code (an older commit as the peer would
-             also count every other change since);
-- off:       this checkout, default settings ([observability] traces = none: no tracer provider; metrics and the
-             log pipeline as always; logging not configured, as in a notebook or script: INFO lines are dropped);
-- logs:      as off, with `[logging]` applied as the CLI, the API server and batch workers do at start-up
-             (`configure_logging` with the defaults: INFO, text), its lines going to a file instead of the terminal;
-- in-memory: this checkout with OpenTelemetry's in-memory span exporter installed (every span recorded).
+- none: the observability taken out in the worker: the chain's hooks (`observe_workflow` — the step span, the two
+        workflow metrics and the step's `workflow_finished` line —, `iter_in_span`, the `execute_tool` span, the bound
+        log context, the step-duration histogram, the run's `chain_finished` line) replaced by no-ops, the step graph's
+        span callbacks off, and every storage backend method unwrapped (latency histogram, hit/miss and byte counters,
+        spans) — the peer with no instrumentation at all, otherwise the same code and the same process (an older commit
+        as the peer would also count every other change since);
+- obs:  as shipped. The workers differ in what "as shipped" is set up as:
+  - off-1, off-2, off-3: default settings ([observability] traces = none: no tracer provider; metrics and the log
+    pipeline as always; logging not configured, as in a notebook or script: INFO lines are dropped);
+  - logs: as off, with `[logging]` applied as the CLI, the API server and batch workers do at start-up
+    (`configure_logging` with the defaults: INFO, text), its lines going to a file instead of the terminal;
+  - in-memory: OpenTelemetry's in-memory span exporter installed (every span recorded).
 
-Figures: per-run latency p50 / tail (p99; p95 in --quick) / mean in ms, and each side's p50 and mean over
-`none`'s.
+The parent asks the workers in a rotating order for a batch of each side, alternating which side goes first; a batch
+checks that the switch took (step runs and storage calls counted, spans recorded, log lines written on the `obs`
+side only). Figures per worker: p50 / tail (p99; p95 in --quick) of each side in ms, the ratios obs / none at p50,
+tail and mean, and the process's CPU time per run (all threads; what load from other processes inflates least).
+The exporters-off verdict: the median of the three off workers' p50 ratios with their spread, the ratio of all their
+runs pooled, and the median of the per-round ratios of neighbouring batches (drift between rounds cancels).
 
 Section `api`: `GET /sessions/{id}` on two real uvicorn servers (one worker each, the embedded default in a folder
 of their own, the same settings): `off` (traces = none) and `in-memory` (OpenTelemetry's in-memory span exporter
@@ -71,23 +77,15 @@ chain = WorkflowChain('trivial', registry=reg, session_manager=sm)
 for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)
 '''
 
-WORKER = _PREAMBLE + r'''
-if mode == 'none':  # the same library without its observability: chain hooks as no-ops (and no storage method wrapped: 'bare')
-    import contextlib
-    import dataops_lab.chain as _ch
-    class _NoMetric:
-        def labels(self, *a, **k): return self
-        def observe(self, v): pass
-        def inc(self, v=1): pass
-    class _NoTracer:
-        def start_as_current_span(self, *a, **k): return contextlib.nullcontext()
-    class _NoLogger:
-        def info(self, *a, **k): pass
-        debug = info
-    _ch.observe_workflow = lambda *a, **k: contextlib.nullcontext()
-    _ch.iter_in_span = lambda it, *a, **k: it
-    _ch.bound = lambda **k: contextlib.nullcontext()
-    _ch.tracer, _ch.chain_step_duration, _ch.logger = _NoTracer(), _NoMetric(), _NoLogger()
+TOGGLE_WORKER = _PREAMBLE + r'''
+# one worker measures both sides: batches with the observability taken out ('none') and batches with it in ('obs'),
+# switched in this process between batches, so whatever differs between processes (memory layout, imports, the
+# allocator's state) is the same for both sides
+import contextlib
+import dataops_lab.chain as _ch, dataops_lab.workflows as _wf
+from dataops_lab.store.base import Backend
+from dataops_lab.observability import storage_duration
+from prometheus_client import REGISTRY
 exp = None
 if mode == 'in-memory':
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -96,21 +94,65 @@ if mode == 'in-memory':
 if mode == 'logs':  # what the CLI and the API server do at start-up: [logging] applied (defaults: INFO, text), lines to a file, not the terminal
     from dataops_lab.observability import configure_logging
     configure_logging(stream=open(work / 'stderr.log', 'w', buffering=1))
-for _ in range(5): assert chain.execute(sid, {'x': 0}).final == {'x': 3}
-from prometheus_client import REGISTRY
-counted = REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'inc', 'status': 'success'}) or 0
-assert (counted > 0) == (mode != 'none'), f'the observability switch did not take: {counted} step runs counted in mode {mode!r}'
-if mode == 'logs': assert (work / 'stderr.log').read_text().count('chain_finished') == 5, 'the log pipeline did not take'
-spans = 0
-print(json.dumps({'ready': True}), flush=True)
+for _ in range(5): assert chain.execute(sid, {'x': 0}).final == {'x': 3}  # every backend the run uses exists: its methods are wrapped
+class _NoMetric:
+    def labels(self, *a, **k): return self
+    def observe(self, v): pass
+    def inc(self, v=1): pass
+class _NoTracer:
+    def start_as_current_span(self, *a, **k): return contextlib.nullcontext()
+class _NoLogger:
+    def info(self, *a, **k): pass
+    debug = info
+# 'none': the chain's hooks (observe_workflow: step span, workflow metrics, workflow_finished line; iter_in_span; the
+# execute_tool span; the bound log context; the step histogram; chain_finished), the step graph's span callbacks and
+# every storage wrapper (latency histogram, hit/miss and byte counters, spans) taken out
+NO = {'observe_workflow': lambda *a, **k: contextlib.nullcontext(), 'iter_in_span': lambda it, *a, **k: it, 'bound': lambda **k: contextlib.nullcontext(),
+      'agent_attrs': lambda *a, **k: None, 'tracer': _NoTracer(), 'chain_step_duration': _NoMetric(), 'chain_step_failures': _NoMetric(), 'logger': _NoLogger(),
+      'observer': lambda child: (lambda v: None), '_would_log': lambda level: False}
+NO = {k: v for k, v in NO.items() if hasattr(_ch, k)}  # an older checkout may lack a hook
+ON = {k: getattr(_ch, k) for k in NO}
+CB = _wf.node_callbacks
+wrapped, seen, todo = [], set(), [Backend]
+while todo:
+    c = todo.pop(); todo += c.__subclasses__()
+    for b in c.__mro__:
+        if b in seen: continue
+        seen.add(b)
+        wrapped += [(b, k, f) for k, f in list(vars(b).items()) if getattr(f, '__dataops_instrumented__', False)]
+assert wrapped, 'no storage method is wrapped: nothing to take out'
+def switch(on):
+    for k, v in (ON if on else NO).items(): setattr(_ch, k, v)
+    _wf.node_callbacks = CB if on else (lambda: [])
+    for b, k, f in wrapped: setattr(b, k, f if on else f.__wrapped__)
+    chain._graph = graphs[on]
+graphs = {}
+for on in (False, True):  # the step histogram's child is looked up when the chain compiles: a graph per side
+    chain._graph = None; graphs[on] = None; switch(on); graphs[on] = chain.compile()
+def counted():
+    inv = REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'inc', 'status': 'success'}) or 0
+    return inv, sum(s.value for m in storage_duration.collect() for s in m.samples if s.name.endswith('_count'))
+for on in (False, True):
+    switch(on)
+    for _ in range(5): assert chain.execute(sid, {'x': 0}).final == {'x': 3}
+if exp is not None: exp.clear()
+print(json.dumps({'ready': True, 'wrapped': len(wrapped)}), flush=True)
 for line in sys.stdin:
-    k = int(line)
-    out = []
+    side, k = line.split(); k = int(k); on = side == 'obs'
+    switch(on)
+    before, out, cpu, size = counted(), [], [], os.path.getsize(work / 'stderr.log') if mode == 'logs' else 0
     for _ in range(k):
-        t = time.perf_counter_ns(); r = chain.execute(sid, {'x': 0}); out.append((time.perf_counter_ns() - t) / 1e6)
+        c = time.process_time_ns(); t = time.perf_counter_ns(); r = chain.execute(sid, {'x': 0})
+        out.append((time.perf_counter_ns() - t) / 1e6); cpu.append((time.process_time_ns() - c) / 1e6)
         if r.status != 'completed': raise SystemExit(f'run failed: {r.error}')
-    if exp is not None: spans = len(exp.get_finished_spans()) // k; exp.clear()
-    print(json.dumps({'ms': out, 'spans_per_run': spans}), flush=True)
+    after = counted()
+    spans = len(exp.get_finished_spans()) if exp is not None else 0
+    if exp is not None: exp.clear()
+    # the switch took: step runs and storage calls counted (and spans recorded) on the observed side only
+    grew = mode == 'logs' and os.path.getsize(work / 'stderr.log') > size
+    if on != (after[0] - before[0] == 3 * k) or on != (after[1] > before[1]) or (not on and spans) or (mode == 'logs' and grew != on):
+        raise SystemExit(f'the observability switch did not take: side {side}, {after[0] - before[0]} step runs and {after[1] - before[1]} storage calls counted, {spans} spans in {k} runs')
+    print(json.dumps({'ms': out, 'cpu': cpu, 'spans_per_run': spans // k}), flush=True)
 '''
 
 INSTR_WORKER = _PREAMBLE + r'''
@@ -134,7 +176,7 @@ for line in sys.stdin:
     print(json.dumps({'us': out}), flush=True)
 '''
 
-SIDES = ('none', 'off', 'logs', 'in-memory')
+KINDS = ('off', 'logs', 'in-memory')
 
 INSTR_OPS = {'get': 'SQLite get (cold tier, ~60-byte item)', 'put': 'SQLite put (same item)', 'chain': 'trivial 3-step chain run'}
 
@@ -170,7 +212,52 @@ def instr_section(runs: int, batch: int, tail: str, tmp: Path) -> None:
         for p in procs.values():
             if p.poll() is None: p.stdin.close(); p.wait(30)
 
-def start(mode: str, pythonpath: Path, tmp: Path, code: str = WORKER, bare: bool = False) -> subprocess.Popen:
+def chain_section(runs: int, batch: int, tail: str, tmp: Path, n_off: int, procs: dict) -> None:
+    "The trivial chain run with the observability out ('none') and in, each worker measuring both sides in-process"
+    q = 95 if tail == 'p95' else 99
+    names = [f'off-{i + 1}' for i in range(n_off)] + ['logs', 'in-memory']
+    print(f'observability overhead on a trivial 3-step chain run: {len(names)} workers ({n_off} with exporters off), each timing {runs} runs with '
+          f'the observability taken out (none) and {runs} with it in, switched in-process between batches of {batch}', flush=True)
+    for n in names:
+        (tmp / n).mkdir(); procs[n] = start(n.split('-')[0] if n.startswith('off') else n, ROOT, tmp / n, TOGGLE_WORKER)
+    for p in procs.values(): ask(p)
+    lat = {n: {'none': [], 'obs': []} for n in names}
+    cpu = {n: {'none': [], 'obs': []} for n in names}  # the process's CPU time per run (every thread): what load from other processes inflates least
+    paired = {n: [] for n in names}  # per round: p50 of the obs batch over p50 of the none batch next to it (drift between rounds cancels)
+    spans, rnd = {}, 0
+    while len(lat[names[0]]['none']) < runs:
+        k = min(batch, runs - len(lat[names[0]]['none']))
+        for n in names[rnd % len(names):] + names[:rnd % len(names)]:  # the workers in a rotating order; each alternates which side goes first
+            got = {}
+            for side in (('none', 'obs') if (rnd + names.index(n)) % 2 == 0 else ('obs', 'none')):
+                procs[n].stdin.write(f'{side} {k}\n'); procs[n].stdin.flush()
+                r = ask(procs[n]); lat[n][side] += r['ms']; cpu[n][side] += r['cpu']; got[side] = r['ms']
+                if side == 'obs': spans[n] = r['spans_per_run']
+            paired[n].append(statistics.median(got['obs']) / statistics.median(got['none']))
+        rnd += 1
+    print(f"\n{'worker':<10} {'none p50':>9} {'obs p50':>8} {'none ' + tail:>9} {'obs ' + tail:>8} {'p50 obs/none':>13} {tail + ' obs/none':>13} {'mean obs/none':>14} {'CPU p50 none':>13} {'CPU p50 obs/none':>17} {'spans/run':>10}")
+    ratio = {}
+    for n in names:
+        x, y = lat[n]['none'], lat[n]['obs']
+        ratio[n] = pct(y, 50) / pct(x, 50)
+        print(f"{n:<10} {pct(x, 50):9.2f} {pct(y, 50):8.2f} {pct(x, q):9.2f} {pct(y, q):8.2f} {ratio[n]:13.3f} {pct(y, q)/pct(x, q):13.3f} "
+              f"{statistics.fmean(y)/statistics.fmean(x):14.3f} {pct(cpu[n]['none'], 50):13.2f} {pct(cpu[n]['obs'], 50)/pct(cpu[n]['none'], 50):17.3f} {spans.get(n, 0):10d}")
+    offs = [ratio[n] for n in names if n.startswith('off')]
+    cpuoffs = [pct(cpu[n]['obs'], 50)/pct(cpu[n]['none'], 50) for n in names if n.startswith('off')]
+    xs = [v for n in names if n.startswith('off') for v in lat[n]['none']]; ys = [v for n in names if n.startswith('off') for v in lat[n]['obs']]
+    pr = sorted(v for n in names if n.startswith('off') for v in paired[n])
+    print(f"\noverhead with exporters off (target < 5%): {100*(statistics.median(offs)-1):+.1f}% at p50, the median of {len(offs)} workers "
+          f"(spread {100*(min(offs)-1):+.1f}% to {100*(max(offs)-1):+.1f}%); all their runs pooled: {100*(pct(ys, 50)/pct(xs, 50)-1):+.1f}% at p50, "
+          f"{100*(pct(ys, q)/pct(xs, q)-1):+.1f}% at {tail}; paired batches (p50 of a batch over its neighbour's, {len(pr)} pairs): median {100*(statistics.median(pr)-1):+.1f}% "
+          f"(quartiles {100*(pct(pr, 25)-1):+.1f}% to {100*(pct(pr, 75)-1):+.1f}%); CPU time per run {100*(statistics.median(cpuoffs)-1):+.1f}% at p50 (median of the workers); with [logging] applied as the CLI and API do: {100*(ratio['logs']-1):+.1f}%; "
+          f"with the in-memory exporter: {100*(ratio['in-memory']-1):+.1f}%", flush=True)
+    if batch > 5:  # a worker waits while the others run their batches: the first runs of a batch start with cold caches
+        part = lambda side, first: [v for n in names if n.startswith('off') for i, v in enumerate(lat[n][side]) if (i % batch < 5) == first]
+        print(f"exporters off, the first 5 runs of each batch (caches cold after the other workers' batches): {100*(pct(part('obs', True), 50)/pct(part('none', True), 50)-1):+.1f}% at p50; "
+              f"the runs after them: {100*(pct(part('obs', False), 50)/pct(part('none', False), 50)-1):+.1f}%", flush=True)
+    for n in names: procs[n].stdin.close(); procs[n].wait(30)
+
+def start(mode: str, pythonpath: Path, tmp: Path, code: str = TOGGLE_WORKER, bare: bool = False) -> subprocess.Popen:
     "A worker of `code` in `mode`; `bare`: no storage backend method wrapped"
     env = {k: v for k, v in os.environ.items() if not k.startswith('DATAOPS_') and k != 'PROMETHEUS_MULTIPROC_DIR'}
     env['PYTHONPATH'] = str(pythonpath)
@@ -264,11 +351,12 @@ def machine() -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='smoke run: 40 runs per side in batches of 10')
-    ap.add_argument('--runs', type=int, default=None, help='timed runs per side (default 400; --quick 40)')
+    ap.add_argument('--runs', type=int, default=None, help='timed runs per side (chain: per side of each worker; default 1000; --quick 40)')
     ap.add_argument('--batch', type=int, default=None, help='runs per batch (default 20; --quick 10)')
+    ap.add_argument('--workers', type=int, default=None, help='worker processes measuring exporters off in the chain section (default 3; --quick 2)')
     ap.add_argument('--section', choices=('all', 'chain', 'api', 'instr'), default='all', help='the chain run, GET /sessions/{id} over HTTP, storage instrumentation on vs off, or all (default)')
     a = ap.parse_args()
-    runs, batch = a.runs or (40 if a.quick else 400), a.batch or (10 if a.quick else 20)
+    runs, batch = a.runs or (40 if a.quick else 1000), a.batch or (10 if a.quick else 20)
     tail = 'p95' if a.quick else 'p99'
     tmp = Path(tempfile.mkdtemp(prefix='obs-bench-'))
     procs = {}
@@ -278,25 +366,7 @@ def main():
             api_section(runs, batch, tail, tmp); return
         if a.section == 'instr':
             instr_section(runs, batch, tail, tmp); return
-        print(f'observability overhead on a trivial 3-step chain run: {runs} runs per side, batches of {batch}; peer = this checkout with its observability taken out (none)', flush=True)
-        for mode in SIDES:
-            (tmp / mode).mkdir(); procs[mode] = start(mode, ROOT, tmp / mode, bare=mode == 'none')
-        for p in procs.values(): ask(p)
-        lat, spans, rnd = {m: [] for m in procs}, {}, 0
-        order = list(procs)
-        while len(lat['none']) < runs:
-            k = min(batch, runs - len(lat['none']))
-            for m in order[rnd % len(order):] + order[:rnd % len(order)]:
-                r = ask(procs[m], k); lat[m] += r['ms']; spans[m] = r['spans_per_run']
-            rnd += 1
-        b50, bmean = pct(lat['none'], 50), statistics.fmean(lat['none'])
-        print(f"\n{'side':<11} {'p50 ms':>8} {tail + ' ms':>8} {'mean ms':>8} {'p50/none':>9} {'mean/none':>10} {'spans/run':>10}")
-        for m, xs in lat.items():
-            print(f"{m:<11} {pct(xs, 50):8.2f} {pct(xs, 95 if a.quick else 99):8.2f} {statistics.fmean(xs):8.2f} {pct(xs, 50)/b50:9.3f} {statistics.fmean(xs)/bmean:10.3f} {spans.get(m, 0):10d}")
-        print(f"\noverhead with exporters off: {100*(pct(lat['off'], 50)/b50-1):+.1f}% at p50 (target < 5%); "
-              f"with [logging] applied as the CLI and API do: {100*(pct(lat['logs'], 50)/b50-1):+.1f}%; "
-              f"with the in-memory exporter: {100*(pct(lat['in-memory'], 50)/b50-1):+.1f}%", flush=True)
-        for p in procs.values(): p.stdin.close(); p.wait(30)
+        chain_section(runs, batch, tail, tmp, a.workers or (2 if a.quick else 3), procs)
         if a.section == 'all': api_section(runs, batch, tail, tmp); instr_section(runs, batch, tail, tmp)
     except Exception as e:
         print(f'error: {type(e).__name__}: {e}', file=sys.stderr); sys.exit(1)

@@ -16,7 +16,7 @@ from langgraph.graph import StateGraph, START, END
 from langgraph.config import get_stream_writer
 from fastcore.basics import patch
 from .core import *
-from .observability import tracer, logger, bound, iter_in_span, agent_attrs, observe_workflow, fail_current, chain_step_duration, chain_step_failures
+from .observability import tracer, logger, bound, iter_in_span, agent_attrs, observe_workflow, fail_current, chain_step_duration, chain_step_failures, observer, _would_log
 from .config import load_settings
 from .models import *
 from .sessions import SessionManager
@@ -207,7 +207,7 @@ def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
     final = None
-    step_seconds = chain_step_duration.labels(self.name, step.name)  # looked up once, when the chain compiles
+    step_seconds = observer(chain_step_duration.labels(self.name, step.name))  # looked up once, when the chain compiles; an observation is one deque append
     def run(state:ChainState, config)->dict:
         write = get_stream_writer()
         sid = config['configurable']['session_id']
@@ -233,7 +233,7 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         except Exception:
             chain_step_failures.labels(self.name, step.name).inc()
             raise
-        finally: step_seconds.observe(time.perf_counter()-t0)
+        finally: step_seconds(time.perf_counter()-t0)
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
         parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
@@ -329,7 +329,7 @@ def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None
     self.sessions.add_message(session_id, 'assistant', f"chain {self.name} {res.status}" + (f" at {failed}: {err}" if failed else f" ({len(res.outputs)} steps)"),
                               workflow=self.name, artifact_ids=list(res.artifacts.values()), metadata={'run_id': run_id})
     # one INFO line per run (its steps log `workflow_finished` at DEBUG): a line per step would cost a chain of quick steps more than the steps
-    logger.info('chain_finished', status=res.status, steps=len(res.timings), seconds=round(secs, 4), step_seconds={k: round(v, 4) for k,v in res.timings.items()},
+    if _would_log(logging.INFO): logger.info('chain_finished', status=res.status, steps=len(res.timings), seconds=round(secs, 4), step_seconds={k: round(v, 4) for k,v in res.timings.items()},
                 **({'failed_step': failed} if failed else {}))
     yield E('error' if failed else 'result', data={'result': res.model_dump()})
 

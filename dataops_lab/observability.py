@@ -10,7 +10,7 @@ import atexit, contextvars, functools, logging, math, os, re, sys, threading, ti
 from bisect import bisect_left
 from collections import deque
 from time import perf_counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit, unquote
@@ -30,8 +30,8 @@ __all__ = ['SECRET_KEY', 'logger', 'workflow_invocations', 'workflow_duration', 
            'chain_step_failures', 'storage_duration', 'storage_errors', 'hot_lookups', 'blob_bytes',
            'batch_run_outcomes', 'api_requests', 'api_request_duration', 'api_ws_closed', 'hot_outages', 'FLUSH_EVERY',
            'active_sessions', 'tracer', 'add_secret', 'scrub', 'redact', 'settings_secrets', 'log_formatter',
-           'configure_logging', 'bound', 'confidence_bucket', 'flush_metrics', 'count_hot_lookup', 'ActiveSessions',
-           'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
+           'configure_logging', 'bound', 'confidence_bucket', 'flush_metrics', 'observer', 'count_hot_lookup',
+           'ActiveSessions', 'metrics_registry', 'metrics_text', 'serve_metrics', 'configure_tracing', 'stop_tracing',
            'configure_observability', 'tracing', 'agent_attrs', 'fail_current', 'in_span', 'iter_in_span',
            'record_workflow', 'observe_workflow', 'instrument_storage_method', 'node_callbacks', 'trace_carrier',
            'joined_trace', 'joined_span', 'trace_env', 'join_env_trace']
@@ -156,13 +156,15 @@ def configure_logging(settings:Settings|Path|str|None=None, # default: `load_set
     return handlers
 
 # %% ../nbs/03_observability.ipynb #65cb78ac
-@contextmanager
-def bound(**ids:Any # ids to add to every log line inside the block, e.g. session_id=..., workflow=...; None values are left out
-         ):
+class bound:
     "Bind `ids` to the log context (contextvars) for the block"
-    toks = bind_contextvars(**{k: v for k,v in ids.items() if v is not None})
-    try: yield
-    finally: reset_contextvars(**toks)
+    # a class rather than a generator-based context manager: entered per chain step and per workflow run, where a
+    # generator's set-up and tear-down cost about what the binding itself does
+    __slots__ = ('ids', 'toks')
+    def __init__(self, **ids:Any # ids to add to every log line inside the block, e.g. session_id=..., workflow=...; None values are left out
+                ): self.ids = ids
+    def __enter__(self): self.toks = bind_contextvars(**{k: v for k,v in self.ids.items() if v is not None})
+    def __exit__(self, *exc): reset_contextvars(**self.toks)
 
 # %% ../nbs/03_observability.ipynb #18723df2
 _FAST = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
@@ -246,8 +248,17 @@ def _flushing(collect):
     def call(*a, **kw): flush_metrics(); return collect(*a, **kw)
     return call
 
-for _m in (storage_duration, hot_lookups, blob_bytes):  # reading these metrics in this process (a scrape, `get_sample_value`) adds what is pending first
+for _m in (storage_duration, hot_lookups, blob_bytes, workflow_invocations, workflow_duration, chain_step_duration):  # reading these metrics in this process (a scrape, `get_sample_value`) adds what is pending first
     if not hasattr(_m.collect, '__wrapped__'): _m.collect = _flushing(_m.collect)
+
+def observer(child # a labelled child of a metric the flush covers: `chain_step_duration.labels(chain, step)`
+            )->Callable[[float], None]:
+    "A function recording one observation of histogram `child` (or adding to counter `child`) on the hot path: one deque append, no lock; the flush adds it"
+    # one sink per child, however often it is asked for (a chain compiled again, or one built per request): the sinks stay as bounded as the label sets
+    if (f := _observers.get(child)) is None: f = _observers[child] = _sink(child, hasattr(child, '_upper_bounds')).append
+    return f
+
+_observers:dict = {}
 
 def _after_fork():
     "In a forked child: a fresh lock and flusher (threads do not survive fork), and none of the parent's pending observations (the parent adds those)"
@@ -428,6 +439,12 @@ def tracing()->bool:
     "True when the current span records (a provider is installed and this trace is sampled): gates optional spans"
     return trace.get_current_span().is_recording()
 
+_OTEL_GLOBALS = vars(trace)
+
+def _no_provider()->bool:
+    "True while no tracer provider is installed (traces = none): every span would be the no-op tracer's, so the library's hot paths start none"
+    return _OTEL_GLOBALS.get('_TRACER_PROVIDER') is None
+
 def agent_attrs(name:str, session_id:str|None=None, operation:str='invoke_agent', **extra)->dict:
     "OpenTelemetry GenAI attributes of an agent invocation; `gen_ai.conversation.id` is the session"
     a = {'gen_ai.operation.name': operation, 'gen_ai.agent.name': name}
@@ -456,7 +473,7 @@ def in_span(name:str, # span name
     return deco
 
 def _enter(span, ids):
-    otel_context.attach(trace.set_span_in_context(span))
+    if span is not trace.INVALID_SPAN: otel_context.attach(trace.set_span_in_context(span))
     bind_contextvars(**{k: v for k,v in ids.items() if v is not None})
 
 def iter_in_span(it:Iterable, # e.g. a generator yielding events
@@ -465,7 +482,7 @@ def iter_in_span(it:Iterable, # e.g. a generator yielding events
                  **ids # log-context ids bound while `it` runs, e.g. session_id=...
                 )->Iterator:
     "Yield from `it` with each step run inside span `name` and the bound ids — never across the consumer's code between steps"
-    span = tracer.start_span(name, attributes=attributes)
+    span = trace.INVALID_SPAN if _no_provider() else tracer.start_span(name, attributes=attributes)
     ctx = contextvars.copy_context()
     ctx.run(_enter, span, ids)
     it = iter(it)
@@ -486,8 +503,8 @@ def record_workflow(name:str, status:str, seconds:float,
                     **fields)->None:
     "Count a finished workflow run in `workflow_invocations`/`workflow_duration` and log `workflow_finished`"
     if (c := _workflow_children.get((name, status))) is None:  # labels() looked up once per workflow and outcome
-        c = _workflow_children[(name, status)] = (workflow_invocations.labels(workflow=name, status=status), workflow_duration.labels(workflow=name))
-    c[0].inc(); c[1].observe(seconds)
+        c = _workflow_children[(name, status)] = (observer(workflow_invocations.labels(workflow=name, status=status)), observer(workflow_duration.labels(workflow=name)))
+    c[0](1); c[1](seconds)
     # a failure is the run's outcome, reported to its caller: INFO, not an error line
     level = logging.INFO if status != 'success' else min(level, logging.INFO)
     if _would_log(level): (logger.info if level >= logging.INFO else logger.debug)('workflow_finished', workflow=name, status=status, seconds=round(seconds, 4), **fields)
@@ -503,7 +520,9 @@ def observe_workflow(name:str, # the workflow's name
                     ):
     "One workflow run: an `invoke_agent` span, `workflow` (and `session_id`) bound to the logs, its metrics; yields the span"
     t0 = time.perf_counter()
-    with bound(workflow=name, session_id=session_id), tracer.start_as_current_span(span_name or f"invoke_agent {name}", attributes=agent_attrs(name, session_id, **attrs), record_exception=False, set_status_on_exception=False) as span:
+    # no tracer provider (traces = none): no span started, not even the no-op tracer's (its two context managers and a context switch per step)
+    with bound(workflow=name, session_id=session_id), (nullcontext(trace.INVALID_SPAN) if _no_provider() else
+                                                        tracer.start_as_current_span(span_name or f"invoke_agent {name}", attributes=agent_attrs(name, session_id, **attrs), record_exception=False, set_status_on_exception=False)) as span:
         if _would_log(logging.DEBUG): logger.debug('workflow_started', workflow=name)
         try: yield span
         except BaseException as e:
@@ -516,8 +535,6 @@ def observe_workflow(name:str, # the workflow's name
 class _Busy(threading.local): on = False
 _in_storage = _Busy()  # `on` while a storage call runs on this thread: the calls it makes through other operations are not counted again
 _TIER = {'cache': 'hot', 'table': 'cold', 'blob': 'blob'}
-
-_OTEL_GLOBALS = vars(trace)
 
 def _may_trace()->bool:
     "False when no tracer provider is installed (a storage call then skips asking for the current span)"
@@ -571,7 +588,7 @@ _handler_cls = None
 def node_callbacks()->list:
     "LangChain callbacks that trace a LangGraph run's nodes (`execute_tool`) and chat-model calls (`chat`, with model and token usage); [] unless tracing"
     global _handler_cls
-    if not tracing(): return []
+    if _no_provider() or not tracing(): return []
     if _handler_cls is None: _handler_cls = _make_handler()
     return [_handler_cls(trace.get_current_span())]
 

@@ -236,6 +236,49 @@ def test_a_process_that_configured_no_logging_prints_no_info_line(tmp_path):
     assert p.stdout.split() == [str(logging.WARNING), '0']
     assert p.stderr == ''
 
+def test_with_no_tracer_provider_a_run_starts_no_span_and_still_moves_the_metrics(tmp_path):
+    "traces = none: a chain run and a workflow run call the tracer not once (not even for the no-op tracer's spans), yet count their runs and steps; a provider installed later gets the spans"
+    import subprocess, sys
+    (tmp_path / 'settings.ini').write_text('[storage]\n')
+    code = (
+        "import json\n"
+        "from opentelemetry import trace\n"
+        "import dataops_lab.observability as obs, dataops_lab.chain as ch\n"
+        "from dataops_lab import SessionManager, WorkflowChain, WorkflowRegistry, workflow, configure_tracing\n"
+        "from prometheus_client import REGISTRY\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "calls = []\n"
+        "class Counting:\n"
+        "    'the OpenTelemetry tracer, every span start noted'\n"
+        "    def __init__(self, t): self.t = t\n"
+        "    def start_span(self, name, *a, **k): calls.append(name); return self.t.start_span(name, *a, **k)\n"
+        "    def start_as_current_span(self, name, *a, **k): calls.append(name); return self.t.start_as_current_span(name, *a, **k)\n"
+        "obs.tracer = ch.tracer = Counting(obs.tracer)\n"
+        "@workflow()\n"
+        "def inc(x: int = 0): return {'x': x + 1}\n"
+        "reg = WorkflowRegistry(); reg.register(inc)\n"
+        "sm = SessionManager(); sid = sm.create_session('u').session_id\n"
+        "chain = WorkflowChain('trio', registry=reg, session_manager=sm)\n"
+        "for i in range(3): chain.add_step('inc', name=f's{i}', depends_on=[f's{i-1}'] if i else None)\n"
+        "assert chain.execute(sid, {'x': 0}).final == {'x': 3}\n"
+        "assert reg.get('inc').run({'x': 1}) == {'x': 2}\n"
+        "off = {'provider': vars(trace)['_TRACER_PROVIDER'] is not None, 'calls': calls[:],\n"
+        "       'steps': REGISTRY.get_sample_value('dataops_workflow_invocations_total', {'workflow': 'inc', 'status': 'success'}),\n"
+        "       'step_seconds': REGISTRY.get_sample_value('dataops_chain_step_duration_seconds_count', {'chain': 'trio', 'step': 's2'}),\n"
+        "       'durations': REGISTRY.get_sample_value('dataops_workflow_duration_seconds_count', {'workflow': 'inc'})}\n"
+        "exp = InMemorySpanExporter(); configure_tracing(exporter=exp)\n"
+        "assert chain.execute(sid, {'x': 0}).final == {'x': 3}\n"
+        "print(json.dumps({**off, 'spans_on': sorted({s.name for s in exp.get_finished_spans()})}))\n")
+    env = {k: v for k, v in __import__('os').environ.items() if not k.startswith('DATAOPS_') and not k.startswith('OTEL_')}
+    env['DATAOPS_SETTINGS'] = str(tmp_path / 'settings.ini')
+    p = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.splitlines()[-1])
+    assert r['provider'] is False
+    assert r['calls'] == []  # no span started with exporters off
+    assert (r['steps'], r['step_seconds'], r['durations']) == (4, 1, 4)  # the chain's 3 steps and the workflow run, counted all the same
+    assert {'invoke_agent trio', 'invoke_agent inc'} <= set(r['spans_on'])
+
 @contextlib.contextmanager
 def _serve_two_workers(tmp_path):
     "`dataops-lab serve --workers 2` on the embedded default in `tmp_path`, metrics in multiprocess mode; its URL and metrics folder"
