@@ -320,7 +320,10 @@ def _unlist(self:ArtifactStore, artifact_id:str,
     led = next(iter(self.versions.query(aid, index='artifact_id', limit=1)), None)
     if led is None or led.get('state') or led.get('unlisted'): return False
     key = (led['name_key'], led['version'])
-    try: self.versions.update(key, set={'unlisted': iso(utcnow())}, if_version=led['_version'])  # first the entry: a read in between still finds the item
+    # first the entry, brought up to date with what changed on the item since it was stored (parents linked, reads counted):
+    # a read in between still finds the item, and one after it reads the same artifact from the entry
+    now = {k: v for k,v in it.items() if not k.startswith('_') and k not in ('name_key', 'version') and led.get(k) != v}
+    try: self.versions.update(key, set={**now, 'unlisted': iso(utcnow())}, if_version=led['_version'])
     except (ConflictError, NotFoundError): return False  # expired, purged or unlisted meanwhile
     try: self.items.delete(aid, if_version=it['_version'])
     except (ConflictError, NotFoundError):  # changed meanwhile (shared, linked, counted): it stays listed
