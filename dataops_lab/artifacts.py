@@ -287,7 +287,9 @@ def _commit(self:ArtifactStore, led:dict)->dict:
 
 # %% ../nbs/21_artifacts.ipynb #e008bf6c
 @patch
-def _live(self:ArtifactStore, artifact_id)->dict:
+def _live(self:ArtifactStore, artifact_id,
+          listed:bool=False # an unlisted version: put it back in the artifacts table (to update its item) rather than read it from its versions entry
+         )->dict:
     "The stored item of a live artifact, or `NotFoundError` / `ExpiredError` naming the id"
     aid = self._aid(artifact_id)
     if (it := self.items.get(aid)) is not None: return it
@@ -299,7 +301,36 @@ def _live(self:ArtifactStore, artifact_id)->dict:
         when = iso(dt.datetime.fromtimestamp(exp, dt.timezone.utc))[:19]+'Z' if exp else 'an unknown time'
         raise ExpiredError(f"artifact {aid!r} ({led['name']!r} v{led['version']} of session {led['session_id']!r}) expired at {when}",
                            f"its {led['artifact_type']} TTL ran out; store it with a longer ttl=, or as artifact_type='result', to keep it")
-    return self._commit(led)
+    if not led.get('unlisted'): return self._commit(led)  # a store that did not finish: complete it
+    if not listed: return _unlisted_item(led)
+    return self._commit(self.versions.update((led['name_key'], led['version']), remove=['unlisted'], must_exist=True))
+
+_LEDGER = ('expiring', 'expiry', 'state', 'unlisted', '_version')
+def _unlisted_item(led:dict)->dict:
+    "The artifact item an unlisted version's versions-table entry holds (no `_version`: it is not in the artifacts table to update)"
+    return {k: v for k,v in led.items() if k not in _LEDGER}
+
+@patch
+def _unlist(self:ArtifactStore, artifact_id:str,
+            keep=None # a predicate on the stored item: true keeps it listed (checked against the item that is deleted)
+           )->bool:
+    "Take live artifact `artifact_id` out of the artifacts table — out of every listing — keeping it readable by id from its versions entry; True if this call did"
+    aid = self._aid(artifact_id)
+    if (it := self.items.get(aid)) is None or (keep is not None and keep(it)): return False
+    led = next(iter(self.versions.query(aid, index='artifact_id', limit=1)), None)
+    if led is None or led.get('state') or led.get('unlisted'): return False
+    key = (led['name_key'], led['version'])
+    # first the entry, brought up to date with what changed on the item since it was stored (parents linked, reads counted):
+    # a read in between still finds the item, and one after it reads the same artifact from the entry
+    now = {k: v for k,v in it.items() if not k.startswith('_') and k not in ('name_key', 'version') and led.get(k) != v}
+    try: self.versions.update(key, set={**now, 'unlisted': iso(utcnow())}, if_version=led['_version'])
+    except (ConflictError, NotFoundError): return False  # expired, purged or unlisted meanwhile
+    try: self.items.delete(aid, if_version=it['_version'])
+    except (ConflictError, NotFoundError):  # changed meanwhile (shared, linked, counted): it stays listed
+        with suppress(NotFoundError): self.versions.update(key, remove=['unlisted'], must_exist=True)
+        return False
+    self._stored.pop(aid, None)
+    return True
 
 @patch
 def _resolve(self:ArtifactStore, artifact_id, version:int|None)->dict:
@@ -505,6 +536,7 @@ def list_versions(self:ArtifactStore, artifact_id:str|None=None, # any version's
     for led in self.versions.query_all(nk):
         if led.get('state') or (led.get('expires_at') or math.inf) <= now_ts(): continue
         if (it := self.items.get(led['artifact_id'])) is not None: out.append(Artifact.from_item(it))
+        elif led.get('unlisted'): out.append(Artifact.from_item(_unlisted_item(led)))  # e.g. a superseded summary version
     return out
 
 # %% ../nbs/21_artifacts.ipynb #23b2da9c
@@ -516,7 +548,7 @@ def _upstream_of(self:ArtifactStore, aid:str)->list[str]:
 @patch
 def link_artifacts(self:ArtifactStore, parent_id:str, child_id:str)->Artifact:
     "Record that `child_id` was derived from `parent_id`; the updated child"
-    p,c = self._live(parent_id),self._live(child_id)
+    p,c = self._live(parent_id),self._live(child_id, listed=True)
     pid,cid = p['artifact_id'],c['artifact_id']
     if pid == cid: raise LineageError(f"cannot link artifact {pid!r} to itself", "link two different artifacts")
     seen,todo = set(),[pid]
@@ -527,7 +559,7 @@ def link_artifacts(self:ArtifactStore, parent_id:str, child_id:str)->Artifact:
     self.links.put({'parent_id': pid, 'child_id': cid, 'created_at': iso(utcnow())})
     while pid not in c.get('parents', []):
         try: c = self.items.update(cid, set={'parents': [*c.get('parents', []), pid]}, if_version=c['_version'])
-        except ConflictError: c = self._live(cid)
+        except ConflictError: c = self._live(cid, listed=True)
     return Artifact.from_item(c)
 
 @patch
@@ -563,12 +595,12 @@ def get_lineage(self:ArtifactStore, artifact_id:str,
 @patch
 def share_artifact(self:ArtifactStore, artifact_id:str, target_session:str)->Artifact:
     "Make `artifact_id` visible in `target_session` (no copy); the updated artifact"
-    it,t = self._live(artifact_id),check_id(target_session, 'target_session')
+    it,t = self._live(artifact_id, listed=True),check_id(target_session, 'target_session')
     if t == it['session_id']: return Artifact.from_item(it)
     self.shares.put({'session_id': t, 'artifact_id': it['artifact_id'], 'from_session': it['session_id'], 'shared_at': iso(utcnow())})
     while t not in it.get('shared_with', []):
         try: it = self.items.update(it['artifact_id'], set={'shared_with': [*it.get('shared_with', []), t]}, if_version=it['_version'])
-        except ConflictError: it = self._live(artifact_id)
+        except ConflictError: it = self._live(artifact_id, listed=True)
     return Artifact.from_item(it)
 
 # %% ../nbs/21_artifacts.ipynb #06cd446d

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/context.html.md"""
 
 # %% ../nbs/24_context.ipynb #8ff46acd
 from __future__ import annotations
-import json, re
+import json, logging, re
 from typing import Any, Iterable, Literal
 import zstandard
 from pydantic import BaseModel, Field
@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import *
 from .models import *
 from .store.base import *
-from .artifacts import ArtifactStore, check_name
+from .artifacts import ArtifactStore, check_name, name_key
 from .artifact_content import corrupt_error
 from .recall import *
 from .sessions import SessionManager, SNAPSHOTS_TABLE, _check_id, _check_dict, _records
@@ -24,6 +24,7 @@ __all__ = ['ContextManager', 'ContextDiff', 'Inherited', 'CompressedContext']
 
 # %% ../nbs/24_context.ipynb #988b30fe
 _LABEL = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+_log = logging.getLogger('dataops_lab.context')
 
 class ContextManager:
     "Snapshots, checkpoints, restore, inheritance and compression of session context"
@@ -150,7 +151,9 @@ def create_checkpoint(self:ContextManager, session_id:str, label:str)->Checkpoin
     "A labelled checkpoint of the session's whole conversation and state"
     self._check_label(label)
     # the turns stay in the table: the checkpoint references them; of the summary it keeps the current version
-    # (each version points at the one it extends), so its record does not grow with the number of summaries
+    # (each version points at the one it extends), so its record does not grow with the number of summaries; nor does
+    # the listing it reads: superseded versions are unlisted (23_sessions). The filter still leaves out the versions a
+    # listing keeps: shared ones, and those of sessions summarised by an earlier release until their next summary
     payload,item,refs = self._payload(session_id, None, True, messages=False, latest_summary=True)
     first,last = self.sessions._visible_ends(item)
     cp = Checkpoint(snapshot_id=f"cp_{label}", session_id=session_id, label=label, orchestrator_state=payload['orchestrator_state'],
@@ -178,8 +181,9 @@ def restore_checkpoint(self:ContextManager, session_id:str, label_or_id:str)->Se
     "Put the session's visible conversation and state back as at the checkpoint, in one atomic write"
     cp = self._checkpoint(session_id, label_or_id)
     saved = self._read(cp)['session']
-    last = self.sessions._last_seq(session_id)
+    last,replaced = self.sessions._last_seq(session_id),[]
     def change(it):
+        replaced[:] = [it.get('summary_artifact_id')]
         if it['status'] == 'archived': raise InvalidInputError(f"session {session_id!r} is archived; it cannot be restored", "create a new session and inherit_context(...) from this one")
         hidden = [list(r) for r in saved.get('hidden_ranges') or []]
         if last > (cp.last_seq or 0): hidden.append([(cp.last_seq or 0)+1, last])
@@ -187,6 +191,12 @@ def restore_checkpoint(self:ContextManager, session_id:str, label_or_id:str)->Se
                 'metadata': saved['metadata'] or {}, 'hidden_ranges': hidden, 'summary_artifact_id': saved.get('summary_artifact_id'),
                 'summarised_until': saved.get('summarised_until') or 0, 'last_active': iso(utcnow())}
     self.sessions._modify(session_id, change)
+    if (aid := saved.get('summary_artifact_id')) != replaced[0]:  # the restored version is current again: back in the listing, the one it replaces out
+        try:
+            if aid: self.artifacts._live(aid, listed=True)
+            self.sessions._unlist_summaries(session_id, replaced[0], current=aid)
+        except (NotFoundError, ExpiredError): pass  # purged since: the session reads on without it, as before
+        except DataOpsError as e: _log.warning("could not relist summary %s of %s after a restore: %s", aid, session_id, e)
     self.sessions.hot.call(self.storage.cache.publish, f"sessions/{session_id}", json.dumps({'event': 'restored', 'checkpoint': cp.label}))
     return self.sessions.get_session(session_id)
 
@@ -216,9 +226,15 @@ def state_at(self:ContextManager, session_id:str,
     if cp is None:
         it = self.sessions.sessions.get(session_id)
         return (_visible(self.sessions._last_seq(session_id), it.get('hidden_ranges')), it.get('global_context') or {},
-                {a.artifact_id for a in self.artifacts.list_artifacts(session_id, limit=1000)})
+                {a.artifact_id for a in self.artifacts.list_artifacts(session_id, limit=1000)} | self._all_summaries(session_id))
     s = self._read(cp)['session']
     return _visible(cp.last_seq, s.get('hidden_ranges')), s['global_context'] or {}, {r.artifact_id for r in cp.artifact_refs} | self._summary_versions(session_id, s.get('summary_artifact_id'))
+
+@patch
+def _all_summaries(self:ContextManager, session_id:str)->set[str]:
+    "Ids of every live version of the session's conversation summary, listed or not: one query of the versions table"
+    nk = name_key(Scope.SESSION, session_id, None, 'conversation_summary')
+    return {led['artifact_id'] for led in self.artifacts.versions.query_all(nk) if not led.get('state')}
 
 @patch
 def _summary_versions(self:ContextManager, session_id:str, aid:str|None)->set[str]:

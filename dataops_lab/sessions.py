@@ -757,7 +757,23 @@ def summarise(self:SessionManager, session_id:str, max_tokens:int=400)->str|None
         used = sum(estimate_tokens(m.content) for m in todo if m.seq <= it.get('message_count', 0))
         return {**it, 'summary_artifact_id': aid, 'summarised_until': until, 'unsummarised_tokens': max(0, it.get('unsummarised_tokens', 0)-used)}
     self._modify(session_id, change)
+    self._unlist_summaries(session_id, s.summary_artifact_id, current=aid)
     return aid
+
+@patch
+def _unlist_summaries(self:SessionManager, session_id:str, aid:str|None,
+                      current:str|None=None # the session's current summary: never unlisted (the walk stops there)
+                     ):
+    "Take summary version `aid` and the versions it extends out of the session's artifact listing, down to the first one no longer listed"
+    seen = set()
+    try:
+        while aid and aid != current and aid not in seen:
+            seen.add(aid)
+            it = self.artifacts.items.get(aid)
+            if it is None or it.get('session_id') != session_id: return  # unlisted already (and so are those before it), purged, or inherited
+            self.artifacts._unlist(aid, keep=lambda i: bool(i.get('shared_with')))  # a version shared into another session stays in its listing
+            aid = (it.get('metadata') or {}).get('previous')
+    except DataOpsError as e: _log.warning("could not unlist superseded summary %s of %s (the next summary retries): %s", aid, session_id, e)
 
 @patch
 def expand_summary(self:SessionManager, summary_artifact_id:str)->list[Message]:

@@ -428,6 +428,24 @@ def test_lineage(store):
     assert set(both.nodes) == {raw, clean, report} and '```mermaid' in both._repr_markdown_()
     with pytest.raises(ConfigError, match='direction'): store.get_lineage(raw, 'sideways')
 
+def test_an_unlisted_version_reads_as_it_was_when_unlisted(store):
+    "Unlisting (a superseded summary's fate) keeps what changed on the item — linked parents, counted reads — and changing it lists it again"
+    s = sid()
+    base = store.store_artifact(b'base', s, 'ingest', name='base')
+    v1 = store.store_artifact('one', s, 'session', name='notes', artifact_type=ArtifactType.CONTEXT)
+    v2 = store.store_artifact('two', s, 'session', name='notes', artifact_type=ArtifactType.CONTEXT)
+    store.link_artifacts(base, v1)
+    store.get_artifact_content(v1); store.flush_access_counts()
+    assert store._unlist(v1) and not store._unlist(v1)  # once
+    assert [a.artifact_id for a in store.list_artifacts(s)] == [v2, base] and store.search(workflow_name='session', name='notes').__len__() == 1
+    a = store.get_artifact(v1)
+    assert (a.parents, a.access_count, a.version, store.get_artifact_content(v1)) == ([base], 1, 1, 'one')
+    assert set(store.get_lineage(v1).nodes) == {v1, base} and [x.artifact_id for x in store.list_versions(v2)] == [v1, v2]
+    assert store.get_artifact_content(v2, version=1) == 'one'
+    store.share_artifact(v1, sid())  # a change: back in the table first
+    assert v1 in [x.artifact_id for x in store.list_artifacts(s)] and store.get_artifact(v1).parents == [base]
+    assert store.purge_session_artifacts(s) == 3
+
 # ---------------------------------------------------------------- expiry
 
 def test_expired_artifacts(storage):

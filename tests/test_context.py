@@ -194,6 +194,79 @@ def test_checkpoint_references_only_the_current_summary(manager_storage):
     cm.restore_checkpoint(sid, 'part1')
     assert sm.get_session(sid).summary_artifact_id == summaries[1] and cm.diff_checkpoints(sid, 'part1').artifacts_removed == []
 
+def listed_ids(raw, sid):
+    "What the session's artifact index holds — the rows `list_artifacts`, and so `create_checkpoint`, reads — straight from the cold tier"
+    return sorted(it['artifact_id'] for it in raw.table(ARTIFACTS_TABLE).query_all(sid, index='session_id-created_at'))
+
+def test_superseded_summaries_leave_the_session_listing(manager_storage, raw):
+    "The session's artifact index holds the current summary version only, so the rows a checkpoint reads do not grow with the session; old versions still read by id"
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=40, keep_recent=1))
+    cm = ContextManager(sm)
+    sid = sm.create_session(uid()).session_id
+    kept = sm.artifacts.store_artifact({'v': 1}, session_id=sid, workflow_name='profile', name='profile')
+    summaries = []
+    for part in range(5):
+        talk(sm, sid, [f"part {part}, turn {i}: orders has {i} nulls in the total column of the warehouse" for i in range(4)])
+        summaries.append(sm.get_session(sid).summary_artifact_id)
+        cm.create_checkpoint(sid, f"part{part}")
+        assert listed_ids(raw, sid) == sorted([kept, summaries[-1]])  # two rows to read at every checkpoint, however many versions
+    versions = sm.artifacts.list_versions(summaries[-1])
+    assert len(versions) >= 5 and set(summaries) <= {a.artifact_id for a in versions}  # every version is still a version ...
+    assert all(sm.artifacts.get_artifact_content(a.artifact_id) for a in versions)  # ... and reads by id
+    assert sorted(a.artifact_id for a in sm.artifacts.list_artifacts(sid)) == sorted([kept, summaries[-1]])
+    s = sm.get_session(sid)
+    assert [m.seq for m in sm.expand_summary(s.summary_artifact_id)] == list(range(1, s.summarised_until + 1))  # through the unlisted versions
+    assert [m.seq for m in sm.expand_summary(summaries[0])] == list(range(1, sm.artifacts.get_artifact(summaries[0]).metadata['last_seq'] + 1))
+
+    restored = cm.restore_checkpoint(sid, 'part1')  # an older version is current again: readable, and back in the listing
+    assert restored.summary_artifact_id == summaries[1] and sm.get_context_summary(sid, max_tokens=500).summary
+    assert listed_ids(raw, sid) == sorted([kept, summaries[1]])
+    assert cm.diff_checkpoints(sid, 'part1').artifacts_removed == []  # a diff still sees every version
+    talk(sm, sid, [f"after the restore, turn {i}: the warehouse total column is fixed for {i} rows" for i in range(4)])
+    now = sm.get_session(sid).summary_artifact_id
+    assert now not in summaries and summaries[1] in cm._summary_versions(sid, now)  # the conversation goes on from the restored version
+    assert listed_ids(raw, sid) == sorted([kept, now])
+    n = len(sm.artifacts.list_versions(now))
+    assert sm.artifacts.purge_session_artifacts(sid) == n + 1  # a purge still finds the unlisted versions
+    with pytest.raises(NotFoundError): sm.artifacts.get_artifact(summaries[0])
+
+def test_a_shared_summary_stays_listed_where_it_was_inherited(manager_storage, raw):
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=40, keep_recent=1))
+    cm = ContextManager(sm)
+    src, dst = sm.create_session(uid()).session_id, sm.create_session(uid()).session_id
+    talk(sm, src, [f"turn {i}: the customers table has {i}% null emails in the crm export" for i in range(4)])
+    inherited = cm.inherit_context(src, dst).summary
+    talk(sm, src, [f"later turn {i}: the orders table has {i}% orphan rows in the warehouse" for i in range(6)])
+    current = sm.get_session(src).summary_artifact_id
+    assert current != inherited and inherited in [a.artifact_id for a in sm.artifacts.list_artifacts(dst)]
+    assert listed_ids(raw, src) == sorted([inherited, current])  # shared: kept listed; the versions in between are not
+    assert [r.artifact_id for r in cm.create_checkpoint(src, 'now').artifact_refs] == [current]
+    assert sm.get_context_summary(dst, max_tokens=300).summary == sm.artifacts.get_artifact_content(inherited)
+
+def test_summaries_written_by_the_previous_release_still_read_and_leave_the_listing(manager_storage, raw):
+    "An earlier release kept every version listed: such a chain reads as before, and the next summary unlists it"
+    sm = SessionManager(manager_storage, policy=SessionPolicy(summarise_over_tokens=10**6, keep_recent=1))
+    cm = ContextManager(sm)
+    sid = sm.create_session(uid()).session_id
+    talk(sm, sid, [f"turn {i}: the orders table has {i} null totals" for i in range(7)])
+    old, prev = [], None
+    for first, last in ((1, 2), (3, 4), (5, 6)):  # the records that release wrote: plain versions of conversation_summary, each listed
+        prev = sm.artifacts.store_artifact(f"turns {first}-{last}", session_id=sid, workflow_name='session', name='conversation_summary',
+                                           artifact_type=ArtifactType.CONTEXT, created_by='summarise',
+                                           metadata={'covered_seqs': [[first, last]], 'covered_from': first, 'first_seq': 1, 'last_seq': last, 'previous': prev, 'method': 'extractive'})
+        old.append(prev)
+    sm._modify(sid, lambda it: {**it, 'summary_artifact_id': old[-1], 'summarised_until': 6})
+    assert listed_ids(raw, sid) == sorted(old)  # as they were written
+    assert [r.artifact_id for r in cm.create_checkpoint(sid, 'old').artifact_refs] == [old[-1]]
+    assert [m.seq for m in sm.expand_summary(old[-1])] == [1, 2, 3, 4, 5, 6]
+    talk(sm, sid, ["turn 7: and the customers table has none", "turn 8: done"])
+    new = sm.summarise(sid)
+    assert listed_ids(raw, sid) == [new]  # the whole old chain left the listing with the next summary
+    assert [m.seq for m in sm.expand_summary(new)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [sm.artifacts.get_artifact_content(a) for a in old] == ["turns 1-2", "turns 3-4", "turns 5-6"]
+    cm.restore_checkpoint(sid, 'old')
+    assert sm.get_session(sid).summary_artifact_id == old[-1] and listed_ids(raw, sid) == [old[-1]]
+
 RESTORER = textwrap.dedent("""
     import sys
     from dataops_lab.config import load_settings

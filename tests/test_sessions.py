@@ -11,6 +11,7 @@ from dataops_lab.store.base import Storage, SESSIONS_TABLE, ARTIFACTS_TABLE
 from dataops_lab.recall import estimate_tokens, msg_tokens
 from dataops_lab.sessions import *
 from dataops_lab.context import ContextManager
+from dataops_lab.artifacts import ARTIFACT_VERSIONS_TABLE
 from conftest import Child, uid, write_ini
 from servers import RedisServer, wait_for
 
@@ -353,7 +354,7 @@ def test_purge_cascades_everywhere(fresh_storage, fresh_raw):
     msgs, snaps = raw.table(MESSAGES_TABLE), raw.table(SNAPSHOTS_TABLE)
     def footprint(sid):
         "Everything stored for `sid`, looked up directly in the tables, blob store and cache"
-        items = list(raw.table(ARTIFACTS_TABLE).query_all(sid, index='session_id-created_at'))
+        items = list(raw.table(ARTIFACT_VERSIONS_TABLE).query_all(sid, index='session_id-created_at'))  # every version, listed or not (superseded summaries are unlisted)
         log = msgs.query(sid, limit=100).items
         return {'session': raw.table(SESSIONS_TABLE).get(sid) is not None, 'messages': sum('sealed' not in m for m in log), 'seal': next((m['sealed'] for m in log if 'sealed' in m), None),
                 'snapshots': len(snaps.query(sid, limit=100).items), 'artifacts': len(items),
@@ -362,8 +363,8 @@ def test_purge_cascades_everywhere(fresh_storage, fresh_raw):
                 'archive': raw.blob.exists(f"archives/sessions/{sid}.jsonl.zst"),
                 'hot': raw.cache.get(f"sessions/{sid}") is not None}
     snap_keys = {s.session_id: [x['blob_key'] for x in snaps.query(s.session_id).items] for s in (live, archived)}
-    art_keys = {i['blob_key'] for s in (live, archived) for i in raw.table(ARTIFACTS_TABLE).query_all(s.session_id, index='session_id-created_at') if i['blob_key']}
-    def with_blob(sid): return sum(1 for i in raw.table(ARTIFACTS_TABLE).query_all(sid, index='session_id-created_at') if i['blob_key'])
+    art_keys = {i['blob_key'] for s in (live, archived) for i in raw.table(ARTIFACT_VERSIONS_TABLE).query_all(s.session_id, index='session_id-created_at') if i['blob_key']}
+    def with_blob(sid): return sum(1 for i in raw.table(ARTIFACT_VERSIONS_TABLE).query_all(sid, index='session_id-created_at') if i['blob_key'])
     assert with_blob(live.session_id) >= 1  # the long profile; the small ones are inline
     for s in (live, archived): sm.get_session(s.session_id)  # make sure they are in the hot tier
     fp = {s.session_id: footprint(s.session_id) for s in (live, archived, keep)}
