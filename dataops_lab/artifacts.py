@@ -17,6 +17,7 @@ from .core import *
 from .models import Artifact, ArtifactRef, ArtifactType, Scope, iso
 from .store.base import *
 from .store.base import _twins
+from .store.sqlite import SQLiteTable
 from .artifact_content import *
 
 # %% auto #0
@@ -127,6 +128,9 @@ class ArtifactStore:
         self._own,self.storage = storage is None,(storage if storage is not None else Storage())
         self.blob = self.storage.blob
         self.items,self.versions,self.blobs,self.links,self.shares = (self.storage.table(s) for s in ARTIFACT_TABLES)
+        # on the embedded SQLite backend (the three tables in one file) `store_artifact` writes the version entry, edges and item
+        # it built from checked parts in one transaction, unvalidated (`put_unchecked_many`); other backends use the checked `put`s
+        self._sqlite = all(type(t) is SQLiteTable for t in (self.items, self.versions, self.links)) and self.items.path == self.versions.path == self.links.path
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
         self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
         self._stored = OrderedDict()  # artifact_id -> expires_at (None: never) of the latest artifacts this store stored
@@ -175,24 +179,24 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
         art.content_hash = enc.sha256
         ref = {'blob_key': '', 'stored_size': enc.size} if self._inlined(enc) else self._acquire(enc)
     finally: enc.close()
-    # one copy with every content field (values this store computed), not seven validated assignments
-    art = art.model_copy(update={'content_type': enc.content_type, 'encoding': enc.encoding, 'size': enc.size,
-                                 'blob_key': ref['blob_key'], 'stored_size': ref['stored_size'], 'compression': ref.get('compression')})
+    # the content fields (values this store computed) go straight into the item: no model copy, no second dump
     item = art.to_item()
-    if not art.blob_key: item['inline'] = base64.b64encode(enc.data).decode('ascii')
+    item.update(content_type=enc.content_type, encoding=enc.encoding, size=enc.size, blob_key=ref['blob_key'], stored_size=ref['stored_size'])
+    if ref.get('compression') is not None: item['compression'] = ref['compression']
+    if not ref['blob_key']: item['inline'] = base64.b64encode(enc.data).decode('ascii')
     item['name_key'] = name_key(art.scope, art.session_id, art.user_id, art.name)
     if art.scope is not Scope.SESSION: item['visibility'] = 'global' if art.scope is Scope.GLOBAL else f"user#{art.user_id}"
     led = None
     try:
         led = self._allocate(item)
-        self._commit(led)
+        if not self._sqlite: self._commit(led)  # on SQLite, _allocate wrote the edges and the item with the version entry
     except BaseException:
         with suppress(Exception):  # best effort: the original error is the one to report
             if led is not None:
                 self.items.delete(item['artifact_id'])  # a concurrent read may have completed it from the version entry
                 for p in item['parents']: self.links.delete((p, item['artifact_id']))
                 self.versions.delete((led['name_key'], led['version']))
-            if art.blob_key: self._release(art.content_hash)
+            if ref['blob_key']: self._release(art.content_hash)
         raise
     self._stored[art.artifact_id] = art.expires_at
     if len(self._stored) > 1024: self._stored.popitem(last=False)
@@ -261,7 +265,7 @@ def _release(self:ArtifactStore, h:str)->bool:
 # %% ../nbs/21_artifacts.ipynb #256da3bf
 @patch
 def _allocate(self:ArtifactStore, item:dict)->dict:
-    "Claim the next version of `item`'s scoped name; the stored versions-table entry"
+    "Claim the next version of `item`'s scoped name; the versions-table entry written (on SQLite, with `item` and its edges)"
     nk = item['name_key']
     guess = self._next_version.pop(nk, None)  # the number after the one this store claimed last: free unless another writer took it
     for _ in range(1000):
@@ -271,11 +275,15 @@ def _allocate(self:ArtifactStore, item:dict)->dict:
         item['version'] = guess
         led = dict(item)
         if item.get('expires_at') is not None: led['expiring'],led['expiry'] = 'y',math.floor(item['expires_at'])
-        try: out = self.versions.put(led, if_absent=True)
-        except ConflictError: guess = None; continue
+        if self._sqlite:  # the entry, the lineage edges and the item in one transaction: all written, or none if the version is taken
+            links = ((self.links, {'parent_id': p, 'child_id': item['artifact_id'], 'created_at': item['created_at']}, False) for p in item['parents'])
+            if not self.versions.put_unchecked_many([(self.versions, led, True), *links, (self.items, item, False)]): guess = None; continue
+        else:
+            try: self.versions.put(led, if_absent=True)
+            except ConflictError: guess = None; continue
         if len(self._next_version) >= 10_000: self._next_version.clear()
         self._next_version[nk] = guess+1
-        return out
+        return led
     raise ConflictError(f"could not allocate a version of {nk!r} after 1000 attempts", "too many writers store this name at once; retry later")
 
 @patch
