@@ -274,8 +274,9 @@ _hot_sinks:dict = {}
 def count_hot_lookup(backend:str, # the cache backend's class name
                      hit:bool):
     "Count one hot-tier read as a hit or a miss in `hot_lookups` (cached child, no lock on the caller's path)"
-    if (q := _hot_sinks.get((backend, hit))) is None: q = _hot_sinks[(backend, hit)] = _sink(hot_lookups.labels(backend, 'hit' if hit else 'miss'), False)
-    q.append(1)
+    # keyed by the call's own arguments: `labels()` takes a lock, the dict lookup does not; the sink is `observer`'s
+    if (f := _hot_sinks.get((backend, hit))) is None: f = _hot_sinks[(backend, hit)] = observer(hot_lookups.labels(backend, 'hit' if hit else 'miss'))
+    f(1)
 
 # %% ../nbs/03_observability.ipynb #ac71e502
 class ActiveSessions:
