@@ -290,7 +290,7 @@ def stream(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|
 
 @patch
 def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None, resume:bool, _events:bool)->Iterator[Event]:
-    self.sessions.get_session(session_id)
+    self.sessions._item(session_id)  # NotFoundError for an unknown session, before any step runs (its cached item: no Session model built)
     if resume and not run_id: raise InvalidInputError("resume=True needs the run_id of the failed run", "pass run_id=result.run_id")
     cfg = {'configurable': {'thread_id': run_id, 'session_id': session_id}}
     g = self.compile()

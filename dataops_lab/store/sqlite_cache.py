@@ -437,3 +437,50 @@ def stream_trimmed(self:SQLiteCache, key:str)->str|None:
     "The id of the newest entry `max_len` dropped from the stream at `key`, or None"
     row = self._stream_head(self._conn(), key, self._k(key), 'stream_trimmed()')
     return row[2].decode() if row is not None and row[2] is not None else None
+
+# %% ../../nbs/11b_store_sqlite_cache.ipynb #abc129f0
+@patch
+def get_many(self:SQLiteCache, *keys:str)->list[bytes|None]:
+    "The values at `keys` (None where missing or expired), in one `SELECT`"
+    if not keys: return []
+    ks = [self._k(k) for k in keys]
+    try: rows = self._conn().execute(f"SELECT k, v, exp, hi FROM dataops_cache WHERE k IN ({', '.join('?'*len(ks))})", ks).fetchall()
+    except sqlite3.Error as e: raise self._db_error(e, 'get_many()') from None
+    now,got = now_ts(),{}
+    for k,v,exp,hi in rows:
+        if exp is not None and exp <= now: continue
+        if hi is not None: raise self._kind_error(k[len(self.prefix):], 'get_many()')
+        got[k] = v
+    return [got.get(k) for k in ks]
+
+@patch
+def apply(self:SQLiteCache, ops:list[tuple])->list:
+    "Writes in order, in one transaction (all or none): ('set', key, value, ttl), ('cas', key, expected, new, ttl), ('publish', channel, message); their results"
+    now,todo = now_ts(),[]
+    exp = lambda ttl: None if ttl is None else now+_ttl(ttl)
+    for op in ops:  # every operation checked before anything is written
+        kind,*a = op
+        if kind == 'set': todo.append((_CSQL['set'], (self._k(a[0]), as_bytes(a[1]), exp(a[2])), kind))
+        elif kind == 'cas':
+            k,new = self._k(a[0]),None if a[2] is None else as_bytes(a[2])
+            if a[1] is None: todo.append((_CSQL['set_nx'], (k, new, exp(a[3]), now), kind) if new is not None else (_CSQL['exists'], (k, now), 'absent'))
+            elif new is None: todo.append((_CSQL['cas_delete'], (k, as_bytes(a[1]), now), kind))
+            else: todo.append((_CSQL['cas_replace'], (new, exp(a[3]), k, as_bytes(a[1]), now), kind))
+        elif kind == 'publish': todo.append((_CSQL['publish'], (self.prefix+check_key(a[0], 'channel'), as_bytes(a[1]), now), kind))
+        else: raise ValueError(f"unknown cache operation {kind!r} in apply(); use 'set', 'cas' or 'publish'")
+    if not todo: return []
+    c,out = self._conn(),[]
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for sql,args,kind in todo:
+                cur = c.execute(sql, args)
+                out.append(True if kind == 'set' else None if kind == 'publish' else cur.fetchone() is None if kind == 'absent' else cur.rowcount > 0)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction: c.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e: raise self._db_error(e, 'apply()') from None
+    if any(kind == 'publish' for *_,kind in todo): self._notify.notify()
+    self._maybe_purge()
+    return out
