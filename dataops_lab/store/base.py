@@ -332,14 +332,14 @@ class MetadataTable(Backend):
         "`writes` as a list, checked for `put_many`: every table one `same(table)` accepts (in `where`), each key once"
         ws,keys = writes if type(writes) is list else list(writes),set()
         for w in ws:
-            if not (type(w) is tuple and len(w) == 3 and isinstance(w[0], MetadataTable) and type(w[1]) is dict):
+            if type(w) is not tuple or len(w) != 3 or type(w[1]) is not dict or not isinstance(t := w[0], MetadataTable):
                 raise InvalidInputError(f"put_many takes (table, item dict, if_absent) triples, got {w!r:.200}", "pass e.g. [(table, {...}, False)]")
-            t,item = w[0],w[1]
             if t is not self and not same(t):
                 raise ConfigError(f"put_many writes tables {where} together; {t.describe()} is not in the one of {self.describe()}",
                                   "open both tables from one storage URL, or write the other table with its own put (not atomically)")
-            k = (t.spec.name, *(item.get(a) for a in t.spec.key_attrs))
-            if k in keys: raise InvalidInputError(f"put_many writes {t.spec.name!r} {t.spec.key_of(item)} twice", "write each item once per call")
+            s,item = t.spec,w[1]
+            k = (s.name, item.get(s.partition_key), item.get(s.sort_key) if s.sort_key else None)
+            if k in keys: raise InvalidInputError(f"put_many writes {s.name!r} {s.key_of(item)} twice", "write each item once per call")
             keys.add(k)
         return ws
     def query_all(self, value:Any, **kw)->Iterator[dict]:

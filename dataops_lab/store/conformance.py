@@ -473,6 +473,11 @@ def table_put_many(ctx):
     other = ctx.target.open(ctx.log)  # another client sees them all
     assert other.get(('s1', 1))['v'] == 'a' and ctx.target.open(ctx.items).get('it-002')['v'] == 'new'
     assert (t.get('it-002')['_version'], t.get('it-001')['v'], t.get('it-001')['_version']) == (1, 'second', 2)
+    fresh = ctx.target.open(ctx.items)  # a client that has seen no version: an overwrite learns the one it replaces
+    fresh.put_many([(fresh, _item(ctx, 3, v='big', blob='x'*1_000_000), False)])
+    assert t.get('it-003')['blob'] == 'x'*1_000_000
+    fresh.put_many([(fresh, _item(ctx, 3, v='small'), False)])
+    assert (t.get('it-003')['v'], t.get('it-003')['_version'], 'blob' in t.get('it-003')) == ('small', 3, False)
     l.put_many([(t, _item(ctx, 5, v='reborn'), True), (l, {'stream': 's1', 'seq': 2}, True)], checked=False)  # an expired key counts as absent
     assert t.get('it-005')['v'] == 'reborn' and l.get(('s1', 2)) is not None
     raises(InvalidKeyError, t.put_many, [(l, {'stream': 's1', 'seq': 3}, False), (t, _item(ctx, 6, x=float('nan')), False)])
