@@ -469,7 +469,7 @@ def table_put_many(ctx):
     batch = [(l, {'stream': 's1', 'seq': 1, 'v': 'a'}, False), (t, _item(ctx, 2, v='new'), True), (t, _item(ctx, 1, v='second'), False)]
     raises(ConflictError, t.put_many, [*batch, (t, _item(ctx, 3, v='taken'), True)], contains='it-003')
     assert (l.get(('s1', 1)), t.get('it-002'), t.get('it-001')['v'], t.get('it-003')['v']) == (None, None, 'first', 'kept')
-    t.put_many(batch)
+    t.put_many(batch); t.put_many([])
     other = ctx.target.open(ctx.log)  # another client sees them all
     assert other.get(('s1', 1))['v'] == 'a' and ctx.target.open(ctx.items).get('it-002')['v'] == 'new'
     assert (t.get('it-002')['_version'], t.get('it-001')['v'], t.get('it-001')['_version']) == (1, 'second', 2)

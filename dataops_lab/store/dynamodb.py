@@ -412,6 +412,7 @@ def put_many(self:DynamoTable, writes:Iterable, # `(table, item, if_absent)`: at
     "Store every item of `writes` in one `TransactWriteItems` request: all of them, or none (`ConflictError`) if an `if_absent` item's key is live"
     acct = self._account()
     ws = self._together(writes, lambda t: type(t) is DynamoTable and t._account() == acct, 'of one DynamoDB region, endpoint and profile')
+    if not ws: return
     if len(ws) > TRANSACT_LIMIT:
         raise InvalidInputError(f"put_many of {len(ws)} items: DynamoDB writes at most {TRANSACT_LIMIT} items in one transaction", f"split the items into calls of at most {TRANSACT_LIMIT} (each call is atomic on its own)")
     enc,new = [],[]
