@@ -17,7 +17,6 @@ from .core import *
 from .models import Artifact, ArtifactRef, ArtifactType, Scope, iso
 from .store.base import *
 from .store.base import _twins
-from .store.sqlite import SQLiteTable
 from .artifact_content import *
 
 # %% auto #0
@@ -128,9 +127,6 @@ class ArtifactStore:
         self._own,self.storage = storage is None,(storage if storage is not None else Storage())
         self.blob = self.storage.blob
         self.items,self.versions,self.blobs,self.links,self.shares = (self.storage.table(s) for s in ARTIFACT_TABLES)
-        # on the embedded SQLite backend (the three tables in one file) `store_artifact` writes the version entry, edges and item
-        # it built from checked parts in one transaction, unvalidated (`put_unchecked_many`); other backends use the checked `put`s
-        self._sqlite = all(type(t) is SQLiteTable for t in (self.items, self.versions, self.links)) and self.items.path == self.versions.path == self.links.path
         self._users = {}  # session_id -> user_id, learned from calls and the sessions table
         self._next_version = {}  # name_key -> the version after the last one this store claimed (saves a query per store)
         self._stored = OrderedDict()  # artifact_id -> expires_at (None: never) of the latest artifacts this store stored
@@ -188,8 +184,7 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
     if art.scope is not Scope.SESSION: item['visibility'] = 'global' if art.scope is Scope.GLOBAL else f"user#{art.user_id}"
     led = None
     try:
-        led = self._allocate(item)
-        if not self._sqlite: self._commit(led)  # on SQLite, _allocate wrote the edges and the item with the version entry
+        led = self._allocate(item)  # the version entry, the edges and the item, written together
     except BaseException:
         with suppress(Exception):  # best effort: the original error is the one to report
             if led is not None:
@@ -265,7 +260,7 @@ def _release(self:ArtifactStore, h:str)->bool:
 # %% ../nbs/21_artifacts.ipynb #256da3bf
 @patch
 def _allocate(self:ArtifactStore, item:dict)->dict:
-    "Claim the next version of `item`'s scoped name; the versions-table entry written (on SQLite, with `item` and its edges)"
+    "Claim the next version of `item`'s scoped name: its versions-table entry, lineage edges and `item` written together (`put_many`); the entry"
     nk = item['name_key']
     guess = self._next_version.pop(nk, None)  # the number after the one this store claimed last: free unless another writer took it
     for _ in range(1000):
@@ -273,18 +268,21 @@ def _allocate(self:ArtifactStore, item:dict)->dict:
             last = self.versions.query(nk, descending=True, limit=1).items
             guess = last[0]['version']+1 if last else 1
         item['version'] = guess
-        led = dict(item)
-        if item.get('expires_at') is not None: led['expiring'],led['expiry'] = 'y',math.floor(item['expires_at'])
-        if self._sqlite:  # the entry, the lineage edges and the item in one transaction: all written, or none if the version is taken
-            links = ((self.links, {'parent_id': p, 'child_id': item['artifact_id'], 'created_at': item['created_at']}, False) for p in item['parents'])
-            if not self.versions.put_unchecked_many([(self.versions, led, True), *links, (self.items, item, False)]): guess = None; continue
-        else:
-            try: self.versions.put(led, if_absent=True)
-            except ConflictError: guess = None; continue
+        led = _entry(item)
+        links = [(self.links, {'parent_id': p, 'child_id': item['artifact_id'], 'created_at': item['created_at']}, False) for p in item['parents']]
+        # all written, or none if the version is taken; the items are built here from checked parts (`checked=False`)
+        try: self.versions.put_many([(self.versions, led, True), *links, (self.items, item, False)], checked=False)
+        except ConflictError: guess = None; continue
         if len(self._next_version) >= 10_000: self._next_version.clear()
         self._next_version[nk] = guess+1
         return led
     raise ConflictError(f"could not allocate a version of {nk!r} after 1000 attempts", "too many writers store this name at once; retry later")
+
+def _entry(item:dict)->dict:
+    "The versions-table entry of artifact item `item`: the item, and the expiry the sweep finds it by"
+    led = dict(item)
+    if item.get('expires_at') is not None: led['expiring'],led['expiry'] = 'y',math.floor(item['expires_at'])
+    return led
 
 @patch
 def _commit(self:ArtifactStore, led:dict)->dict:

@@ -65,7 +65,7 @@ def parse_store_url(url:str # e.g. 's3://bucket/prefix?region=eu-west-1'
     return scheme.lower(), loc, dict(parse_qsl(query, keep_blank_values=True))
 
 _OPS = {'blob': ('put', 'put_stream', 'get', 'head', 'exists', 'delete', 'list', 'delete_prefix'),
-        'table': ('put', 'get', 'update', 'delete', 'query', 'scan'),
+        'table': ('put', 'put_many', 'get', 'update', 'delete', 'query', 'scan'),
         'cache': ('get', 'set', 'delete', 'exists', 'ttl', 'expire', 'incr', 'list_append', 'list_range', 'compare_and_set', 'keys', 'publish', 'get_many', 'apply',
                   'stream_add', 'stream_read', 'ping')}
 
@@ -323,6 +323,25 @@ class MetadataTable(Backend):
     def query(self, value:Any, *, index:str|None=None, start:Any=None, end:Any=None, descending:bool=False,
               limit:int=100, cursor:str|None=None)->Page: raise NotImplementedError
     def scan(self, *, limit:int=100, cursor:str|None=None)->Page: raise NotImplementedError
+    def put_many(self, writes:Iterable, # `(table, item, if_absent)` triples: tables of this table's database in one transaction where it has them
+                 *, checked:bool=True # False: the items were built by the caller from checked parts (JSON types, typed keys, no `_version`); a backend may skip validating them
+                )->None:
+        "Store every item of `writes` together, all or none: `ConflictError`, and nothing written, if an `if_absent` item's key is live"
+        raise NotImplementedError(f"{type(self).__name__} does not implement put_many")
+    def _together(self, writes:Iterable, same:Callable, where:str)->list[tuple]:
+        "`writes` as a list, checked for `put_many`: every table one `same(table)` accepts (in `where`), each key once"
+        ws,keys = writes if type(writes) is list else list(writes),set()
+        for w in ws:
+            if type(w) is not tuple or len(w) != 3 or type(w[1]) is not dict or not isinstance(t := w[0], MetadataTable):
+                raise InvalidInputError(f"put_many takes (table, item dict, if_absent) triples, got {w!r:.200}", "pass e.g. [(table, {...}, False)]")
+            if t is not self and not same(t):
+                raise ConfigError(f"put_many writes tables {where} together; {t.describe()} is not in the one of {self.describe()}",
+                                  "open both tables from one storage URL, or write the other table with its own put (not atomically)")
+            s,item = t.spec,w[1]
+            k = (s.name, item.get(s.partition_key), item.get(s.sort_key) if s.sort_key else None)
+            if k in keys: raise InvalidInputError(f"put_many writes {s.name!r} {s.key_of(item)} twice", "write each item once per call")
+            keys.add(k)
+        return ws
     def query_all(self, value:Any, **kw)->Iterator[dict]:
         "Every item `query` would return, walking the pages"
         cursor = None
@@ -336,7 +355,7 @@ class MetadataTable(Backend):
         return it
     def _conflict(self, key, why): return ConflictError(f"conditional write to {self.spec.name!r} {self.spec.key_of(key)} lost: {why}", "re-read the item and retry with its current _version")
 
-_twins(MetadataTable, 'put', 'get', 'update', 'delete', 'query', 'scan')
+_twins(MetadataTable, 'put', 'put_many', 'get', 'update', 'delete', 'query', 'scan')
 
 # %% ../../nbs/10_store.ipynb #306ce94e
 def as_bytes(v:bytes|str)->bytes:

@@ -18,10 +18,11 @@ __all__ = ['CHECKS', 'WORKERS', 'StoreTarget', 'Ctx', 'Check', 'conformance_chec
            'worker_main', 'run_processes', 'blob_roundtrip', 'blob_missing', 'blob_bad_keys', 'blob_listing',
            'blob_delete', 'blob_streaming', 'blob_bounded_memory', 'blob_failed_stream_keeps_old', 'blob_threads',
            'blob_processes', 'table_roundtrip', 'table_conditional_writes', 'table_update', 'table_query', 'table_scan',
-           'table_ttl', 'table_large_item', 'table_bad_input', 'table_threads', 'table_processes', 'cache_roundtrip',
-           'cache_if_absent', 'cache_ttl', 'cache_counters', 'cache_lists', 'cache_compare_and_set', 'cache_lock',
-           'cache_pubsub', 'cache_keys_and_large', 'cache_threads', 'cache_processes', 'cache_get_many_and_apply',
-           'cache_streams', 'cache_stream_processes', 'Result', 'run_check', 'Report', 'run_conformance']
+           'table_ttl', 'table_large_item', 'table_bad_input', 'table_threads', 'table_processes', 'table_put_many',
+           'table_put_many_elsewhere', 'table_put_many_limit', 'cache_roundtrip', 'cache_if_absent', 'cache_ttl',
+           'cache_counters', 'cache_lists', 'cache_compare_and_set', 'cache_lock', 'cache_pubsub',
+           'cache_keys_and_large', 'cache_threads', 'cache_processes', 'cache_get_many_and_apply', 'cache_streams',
+           'cache_stream_processes', 'Result', 'run_check', 'Report', 'run_conformance']
 
 # %% ../../nbs/12_store_conformance.ipynb #0b412d38
 @dataclass
@@ -458,6 +459,54 @@ def table_processes(ctx):
     assert sorted(a+b) == list(range(1, 101)), f"lost or duplicated sequence numbers: {sorted(a+b)}"
     run_processes(ctx.target, 'table_cas', [dict(key='cas', n=25)]*2, spec=ctx.items)
     assert t.get('cas')['m'] == 50
+
+# %% ../../nbs/12_store_conformance.ipynb #7213c1a5
+@conformance_check('table')
+def table_put_many(ctx):
+    "put_many writes items of two tables together: all of them, or none when an if_absent key is live or an item is bad"
+    t,l = ctx.store(ctx.items),ctx.store(ctx.log)
+    t.put(_item(ctx, 1, v='first')); t.put(_item(ctx, 3, v='kept')); t.put(_item(ctx, 5, expires_at=now_ts()-5))
+    batch = [(l, {'stream': 's1', 'seq': 1, 'v': 'a'}, False), (t, _item(ctx, 2, v='new'), True), (t, _item(ctx, 1, v='second'), False)]
+    raises(ConflictError, t.put_many, [*batch, (t, _item(ctx, 3, v='taken'), True)], contains='it-003')
+    assert (l.get(('s1', 1)), t.get('it-002'), t.get('it-001')['v'], t.get('it-003')['v']) == (None, None, 'first', 'kept')
+    t.put_many(batch); t.put_many([])
+    other = ctx.target.open(ctx.log)  # another client sees them all
+    assert other.get(('s1', 1))['v'] == 'a' and ctx.target.open(ctx.items).get('it-002')['v'] == 'new'
+    assert (t.get('it-002')['_version'], t.get('it-001')['v'], t.get('it-001')['_version']) == (1, 'second', 2)
+    fresh = ctx.target.open(ctx.items)  # a client that has seen no version: an overwrite learns the one it replaces
+    fresh.put_many([(fresh, _item(ctx, 3, v='big', blob='x'*1_000_000), False)])
+    assert t.get('it-003')['blob'] == 'x'*1_000_000
+    fresh.put_many([(fresh, _item(ctx, 3, v='small'), False)])
+    assert (t.get('it-003')['v'], t.get('it-003')['_version'], 'blob' in t.get('it-003')) == ('small', 3, False)
+    l.put_many([(t, _item(ctx, 5, v='reborn'), True), (l, {'stream': 's1', 'seq': 2}, True)], checked=False)  # an expired key counts as absent
+    assert t.get('it-005')['v'] == 'reborn' and l.get(('s1', 2)) is not None
+    raises(InvalidKeyError, t.put_many, [(l, {'stream': 's1', 'seq': 3}, False), (t, _item(ctx, 6, x=float('nan')), False)])
+    raises(InvalidInputError, t.put_many, [(l, {'stream': 's1', 'seq': 3}, False), (t, _item(ctx, 7), False), (t, _item(ctx, 7), True)], contains='twice')
+    assert (l.get(('s1', 3)), t.get('it-006'), t.get('it-007')) == (None, None, None)
+
+@conformance_check('table')
+def table_put_many_elsewhere(ctx):
+    "put_many refuses a table of another database (another file, server or backend), naming both, and writes nothing"
+    import tempfile
+    t = ctx.store(ctx.items)
+    with tempfile.TemporaryDirectory() as d:
+        other = open_table(f"sqlite:///{d}/other.db", ctx.log)
+        try:
+            other.ensure()
+            raises(ConfigError, t.put_many, [(t, _item(ctx, 1), False), (other, {'stream': 's1', 'seq': 1}, False)], contains=other.describe())
+            raises(ConfigError, other.put_many, [(other, {'stream': 's1', 'seq': 1}, False), (t, _item(ctx, 1), False)], contains=t.describe())
+            assert t.get('it-001') is None and other.get(('s1', 1)) is None
+        finally: other.close()
+
+@conformance_check('table')
+def table_put_many_limit(ctx):
+    "put_many of 101 items writes them all, or refuses naming its limit (DynamoDB: 100 per transaction) and writes none"
+    t = ctx.store(ctx.items)
+    try: t.put_many([(t, _item(ctx, i), True) for i in range(101)])
+    except InvalidInputError as e:
+        assert '100' in str(e), e
+        assert t.scan().items == []
+    else: assert sum(len(list(t.query_all(f"user-{k}", index='by_owner'))) for k in range(3)) == 101
 
 # %% ../../nbs/12_store_conformance.ipynb #0c0965b0
 @conformance_check('cache')

@@ -16,7 +16,7 @@ from .base import *
 from .s3 import AWS_OPTIONS, typed_options, aws_client, aws_error, error_code
 
 # %% auto #0
-__all__ = ['OFFLOAD_THRESHOLD', 'DYNAMO_OPTIONS', 'to_dynamo', 'from_dynamo', 'item_size', 'DynamoTable']
+__all__ = ['OFFLOAD_THRESHOLD', 'DYNAMO_OPTIONS', 'TRANSACT_LIMIT', 'to_dynamo', 'from_dynamo', 'item_size', 'DynamoTable']
 
 # %% ../../nbs/15_store_dynamodb.ipynb #3d1c51c3
 def to_dynamo(v:Any)->dict:
@@ -398,6 +398,64 @@ def _remember(self:DynamoTable, kt:tuple, version:int, has_blobs:bool=True):
     seen[kt] = (version, has_blobs)
     seen.move_to_end(kt)
     if len(seen) > 10_000: seen.popitem(last=False)
+
+# %% ../../nbs/15_store_dynamodb.ipynb #781bf939
+TRANSACT_LIMIT = 100  # DynamoDB's limit on the items of one TransactWriteItems request
+
+@patch
+def _account(self:DynamoTable)->tuple: return (self.region, self.client.meta.endpoint_url, self.options.get('profile'))
+
+@patch
+def put_many(self:DynamoTable, writes:Iterable, # `(table, item, if_absent)`: at most 100 items of tables of this table's region, endpoint and profile
+             *, checked:bool=True # False: items built from checked parts, not validated again
+            )->None:
+    "Store every item of `writes` in one `TransactWriteItems` request: all of them, or none (`ConflictError`) if an `if_absent` item's key is live"
+    acct = self._account()
+    ws = self._together(writes, lambda t: type(t) is DynamoTable and t._account() == acct, 'of one DynamoDB region, endpoint and profile')
+    if not ws: return
+    if len(ws) > TRANSACT_LIMIT:
+        raise InvalidInputError(f"put_many of {len(ws)} items: DynamoDB writes at most {TRANSACT_LIMIT} items in one transaction", f"split the items into calls of at most {TRANSACT_LIMIT} (each call is atomic on its own)")
+    enc,new = [],[]
+    try:
+        for t,item,if_absent in ws:
+            if checked: check_item(t.spec, item)
+            key = t.spec.key_of(item)
+            raw,nb = t._encode(key, {a: v for a,v in item.items() if a != '_version'})
+            new += [(t, b) for b in nb]
+            seen_v,seen_blobs = t._seen.get(tuple(key.values()), (None, True))
+            # an overwrite is conditioned on the version it replaces (known from this process, else learnt from a refusal), so the blobs of the item it replaces are known
+            old = {'_version': {'N': str(seen_v)}} if seen_v is not None and not seen_blobs and not if_absent else None
+            enc.append([t, key, raw, if_absent, old])
+        for _ in range(100):
+            ops = []
+            for t,key,raw,if_absent,old in enc:
+                x = _Expr()
+                if if_absent or old is None or t._expired(old): c,v = t._absent(x),1
+                elif '_version' in old: c,v = f"{x.n('_version')} = {x.v(old['_version'])}",int(old['_version']['N'])+1
+                else: c,v = f"attribute_exists({x.n(t.spec.partition_key)}) AND attribute_not_exists({x.n('_version')})",1
+                raw['_version'] = {'N': str(v)}
+                ops.append({'Put': {'TableName': t.name, 'Item': raw, 'ConditionExpression': c, 'ReturnValuesOnConditionCheckFailure': 'ALL_OLD', **x.kw()}})
+            try:
+                self.client.transact_write_items(TransactItems=ops)
+                break
+            except Exception as e:
+                if error_code(e) != 'TransactionCanceledException': raise self._error(e) from None
+                reasons = e.response.get('CancellationReasons') or []
+                codes = [r.get('Code') or 'None' for r in reasons]
+                if any(c not in ('None', 'ConditionalCheckFailed', 'TransactionConflict') for c in codes):
+                    raise StorageError(f"{self.describe()}: put_many of {len(enc)} items cancelled: {', '.join(codes)}", "see DynamoDB's TransactWriteItems cancellation reasons") from None
+                for w,r in zip(enc, reasons):
+                    if r.get('Code') != 'ConditionalCheckFailed': continue
+                    if w[3]: raise w[0]._conflict(w[1], 'it exists already') from None
+                    w[4] = r.get('Item') or w[0]._get_raw(w[1])  # the item it replaces: the next attempt is conditioned on its version
+        else: raise self._conflict(enc[0][1] if enc else {}, 'too many concurrent writers')
+    except BaseException:
+        for t,key,*_ in enc: t._seen.pop(tuple(key.values()), None)
+        for t,b in new: t._drop_blobs([b])
+        raise
+    for t,key,raw,_,old in enc:
+        t._remember(tuple(key.values()), int(raw['_version']['N']), '_blobs' in raw)
+        if old is not None and (stale := t._blobs_of(old) - t._blobs_of(raw)): t._drop_blobs(stale)
 
 # %% ../../nbs/15_store_dynamodb.ipynb #e3ef49d7
 @patch

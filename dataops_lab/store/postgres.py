@@ -372,6 +372,24 @@ def get(self:PostgresTable, key:Any)->dict|None:
     it['_version'] = row[1]
     return it
 
+# %% ../../nbs/16_store_postgres.ipynb #14c6816e
+class _Taken(Exception): "An if_absent write of `put_many` found its key live"
+
+@patch
+def put_many(self:PostgresTable, writes:Iterable, # `(table, item, if_absent)`: tables of this table's database (any schema)
+             *, checked:bool=True # ignored: the items are checked as they are encoded
+            )->None:
+    "Store every item of `writes` in one transaction: all of them, or none (`ConflictError`) if an `if_absent` item's key is live"
+    prep = [(t, t._encode(item), if_absent) for t,item,if_absent in
+            self._together(writes, lambda t: type(t) is PostgresTable and t._conninfo == self._conninfo, 'of one PostgreSQL database')]
+    now = now_ts()
+    try:
+        with self._conn() as c, c.transaction():
+            for t,(kv,ix,js,exp),if_absent in prep:
+                if c.execute(t._sql['put_new' if if_absent else 'put'], (*kv, *ix, js, exp, now)).fetchone() is None: raise _Taken(t, kv)
+    except _Taken as e: raise e.args[0]._lost(e.args[1], None) from None
+    except Exception as e: raise self._error(e, 'put_many()') from None
+
 # %% ../../nbs/16_store_postgres.ipynb #e35febbf
 @patch
 def update(self:PostgresTable, key:Any, *,

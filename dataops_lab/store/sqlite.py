@@ -457,35 +457,36 @@ SQLiteTable.get_with_children = instrument_storage_method(SQLiteTable.get_with_c
 
 # %% ../../nbs/11a_store_sqlite.ipynb #b3f1c2a5
 @patch
-def put_unchecked_many(self:SQLiteTable, writes:Iterable # `(table, item, if_absent)`: tables in this table's file, items as for `put_unchecked`
-                      )->bool:
-    "Store every item of `writes` in one transaction, unvalidated: all of them, or none (False) if an `if_absent` item's key is live"
+def put_many(self:SQLiteTable, writes:Iterable, # `(table, item, if_absent)`: tables in this table's file
+             *, checked:bool=True # False: items as for `put_unchecked`, not validated
+            )->None:
+    "Store every item of `writes` in one transaction: all of them, or none (`ConflictError`) if an `if_absent` item's key is live"
     now,prep = now_ts(),[]
-    for t,item,if_absent in writes:
-        if type(t) is not SQLiteTable or t.path != self.path:
-            raise ConfigError(f"put_unchecked_many writes tables in {self.describe()}'s file, got {t.describe()}", "write the other table with its own put")
+    for t,item,if_absent in self._together(writes, lambda t: type(t) is SQLiteTable and t.path == self.path, 'of one SQLite file'):
         s = t.spec
-        try: js = orjson.dumps(item).decode()
-        except (orjson.JSONEncodeError, TypeError): js = item_json(s, item)  # what orjson refuses (e.g. integers over 64 bits): checked, stored or named
+        if checked: js = item_json(s, item)
+        else:
+            try: js = orjson.dumps(item).decode()
+            except (orjson.JSONEncodeError, TypeError): js = item_json(s, item)  # what orjson refuses (e.g. integers over 64 bits): checked, stored or named
         kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
         exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
         if type(exp) not in (int, float): exp = None
         ix = tuple(map(item.get, t._ixattrs)) if t._ixattrs else ()
-        prep.append((t._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *ix, now), if_absent))
+        prep.append((t._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *ix, now), if_absent and (t, kv)))
     c = self._conn()
     try:
         c.execute("BEGIN IMMEDIATE")
         try:
-            for sql,params,if_absent in prep:
-                if c.execute(sql, params).rowcount == 0 and if_absent:
-                    c.execute("ROLLBACK"); return False
+            for sql,params,absent in prep:
+                if c.execute(sql, params).rowcount == 0 and absent:
+                    c.execute("ROLLBACK")
+                    t,kv = absent
+                    raise t._conflict(kv if len(kv) > 1 else kv[0], 'it exists already')
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction: c.execute("ROLLBACK")
             raise
-    except sqlite3.Error as e: raise self._db_error(e, 'put()') from None
-    return True
-SQLiteTable.put_unchecked_many = instrument_storage_method(SQLiteTable.put_unchecked_many, 'table', 'put')
+    except sqlite3.Error as e: raise self._db_error(e, 'put_many()') from None
 
 # %% ../../nbs/11a_store_sqlite.ipynb #6eb13fc1
 @patch
