@@ -253,30 +253,41 @@ def _cfg(tid:str, ns:str, cid:str)->RunnableConfig: return {'configurable': {'th
 @patch
 def put(self:DataOpsSaver, config:RunnableConfig, checkpoint:Checkpoint, metadata:CheckpointMetadata, new_versions:ChannelVersions)->RunnableConfig:
     "Store `checkpoint` and its metadata; the config that points at it"
+    # one checkpoint per graph step: the glue around the two serde passes and the write (copies, helper calls) is kept to what
+    # the values need, as in `put_writes`
     conf = config['configurable']
-    tid,ns = _thread(conf),conf.get('checkpoint_ns', '')
-    c = dict(checkpoint)
-    values,cid = c.pop('channel_values', {}) or {},c['id']
-    versions = c.get('channel_versions', {})
+    tid = conf.get('thread_id')
+    if type(tid) is not str or not tid: tid = _thread(conf)  # raises, naming the value
+    ns,cid = conf.get('checkpoint_ns', ''),checkpoint['id']
     md = get_serializable_checkpoint_metadata(config, metadata)
     if self.shape is not None and ns == '':
         md['graph_fingerprint'] = self.shape.fingerprint
         self._record_shape()
-    vals = {k: v for k,v in values.items() if k in versions}
-    whole,stored = None,{}
+    values,versions = checkpoint.get('channel_values'),checkpoint.get('channel_versions', {})
+    dump,whole,stored = self.serde.dumps_typed,None,{}
     if not self._big:  # one serde pass over the checkpoint with its values, as SqliteSaver makes, when that stays small
-        t,b = self._dump({**c, 'channel_values': vals})
+        # values of channels without a version are not stored; LangGraph's checkpoints hold none, so the checkpoint is dumped as it is
+        if type(values) is dict and values.keys() <= versions.keys(): t,b = dump(checkpoint)
+        else:
+            c = {k: v for k,v in checkpoint.items() if k != 'channel_values'}
+            c['channel_values'] = {k: v for k,v in (values or {}).items() if k in versions}
+            t,b = dump(c)
+        if t == 'pickle': self._dump(checkpoint)  # refused, naming the value
         if len(b) <= self.offload_threshold and 4*len(b)//3 <= ITEM_BUDGET: whole = f"{t}:{_b64(b)}"
     if whole is None:  # a larger one: its values one by one, the large ones offloaded
-        whole,stored = self._inline(c),self._encode_values(tid, vals)
+        c = {k: v for k,v in checkpoint.items() if k != 'channel_values'}
+        whole,stored = self._inline(c),self._encode_values(tid, {k: v for k,v in (values or {}).items() if k in versions})
         # the next checkpoint of a graph with large state skips the whole-checkpoint try (it would be serialised twice)
         self._big = any(isinstance(v, dict) for v in stored.values()) or 3*sum(len(v) for v in stored.values() if isinstance(v, str))//4 > self.offload_threshold
+    t,b = dump(md)
+    if t == 'pickle': self._dump(md)  # refused
     item = {'thread_id': tid, 'ck': _ck(ns, cid), 'checkpoint_ns': ns, 'checkpoint_id': cid, 'parent_checkpoint_id': conf.get('checkpoint_id'),
-            'checkpoint': whole, 'metadata': self._inline(md), 'values': stored, 'ts': c.get('ts')}
-    if isinstance(md.get('run_id'), str) and md['run_id']: item['run_id'] = md['run_id']
-    for k in ('source', 'graph_fingerprint'):
-        if isinstance(md.get(k), str): item[k] = md[k]
-    if type(md.get('step')) is int: item['step'] = md['step']
+            'checkpoint': whole, 'metadata': f"{t}:{_b64(b)}", 'values': stored, 'ts': checkpoint.get('ts')}
+    g = md.get
+    if isinstance(v := g('run_id'), str) and v: item['run_id'] = v
+    if isinstance(v := g('source'), str): item['source'] = v
+    if isinstance(v := g('graph_fingerprint'), str): item['graph_fingerprint'] = v
+    if type(v := g('step')) is int: item['step'] = v
     if self._sqlite: self.checkpoints.put_unchecked(item)
     else: self.checkpoints.put(item)
     return _cfg(tid, ns, cid)
