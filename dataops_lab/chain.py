@@ -206,15 +206,20 @@ def _step_inputs(step:Step, prev, chain_input:dict|None)->dict:
 
 @patch
 def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
-    final = None
-    step_seconds = observer(chain_step_duration.labels(self.name, step.name))  # looked up once, when the chain compiles; an observation is one deque append
+    # what no run changes is worked out once, when the chain compiles (adding a step compiles it again): a run's steps
+    # pay for their own work, not for walking the chain's definition
+    step_seconds = observer(chain_step_duration.labels(self.name, step.name))  # an observation is one deque append
+    kind = ArtifactType.RESULT if not any(step.name in s.depends_on for s in self.steps.values()) else ArtifactType.INTERMEDIATE
     def run(state:ChainState, config)->dict:
         write = get_stream_writer()
-        sid = config['configurable']['session_id']
+        conf = config['configurable']
+        sid = conf['session_id']
         outs = state.get('outputs') or {}
         deps = [d for d in step.depends_on if d in outs]
         prev = state['input'] if not step.depends_on else outs[deps[0]] if len(deps) == 1 else {d: outs[d] for d in deps}
         if step.branch_of: prev = prev['input']  # a branch sees what its router saw
+        arts = state.get('artifacts') or {}
+        parents = [arts[d] for d in deps if d in arts]
         write({'event': 'step_started', 'step': step.name})
         t0 = time.perf_counter()
         try:
@@ -225,9 +230,8 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
                 elif step.aggregator is not None: out = step.aggregator({d: outs[d] for d in deps})
                 else:
                     inputs = _step_inputs(step, prev, state.get('input'))
-                    parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
                     rc = RunContext(session_id=sid, sessions=self.sessions, artifacts=self.artifacts, workflow=self.name, node=step.name,
-                                    registry=self.registry, parents=parents, events=write)
+                                    registry=self.registry, parents=list(parents), events=write)
                     # the step runs inside a checkpointed node: the chain resumes per step, so the step's own graph is not checkpointed again
                     with run_context(rc): out = step.workflow.run_step(step.workflow.validate_inputs(inputs))
         except Exception:
@@ -236,10 +240,8 @@ def _node(self:WorkflowChain, step:Step, session_id_key:str='session_id'):
         finally: step_seconds(time.perf_counter()-t0)
         out = out if isinstance(out, dict) else {'result': out}
         secs = time.perf_counter()-t0
-        parents = [state['artifacts'][d] for d in deps if d in (state.get('artifacts') or {})]
-        kind = ArtifactType.RESULT if not any(step.name in s.depends_on for s in self.steps.values()) else ArtifactType.INTERMEDIATE
         aid = self.artifacts.store_artifact(jsonable(out), session_id=sid, workflow_name=self.name, name=f"{self.name}.{step.name}",
-                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': config['configurable']['thread_id'], 'seconds': round(secs, 4)}) if self.step_artifacts else None
+                                            artifact_type=kind, parents=parents, created_by=step.name, metadata={'run_id': conf['thread_id'], 'seconds': round(secs, 4)}) if self.step_artifacts else None
         write({'event': 'step_finished', 'step': step.name, 'artifact_id': aid, 'seconds': secs})
         return {'outputs': {step.name: out}, 'timings': {step.name: secs}} | ({'artifacts': {step.name: aid}} if aid else {})
     return run
@@ -266,8 +268,8 @@ def compile(self:WorkflowChain):
                 if lab not in labels: raise InvalidInputError(f"condition of {n!r} returned {lab!r}", f"return one of {list(labels)}")
                 return labels[lab]
             g.add_conditional_edges(n, pick, list(labels.values()))
-    for n in order:
-        if not any(n in s.depends_on for s in self.steps.values()): g.add_edge(n, END)
+    self._sinks = [n for n in order if not any(n in s.depends_on for s in self.steps.values())]  # the steps nothing depends on, in order: the last one that ran is the result
+    for n in self._sinks: g.add_edge(n, END)
     cp = self.checkpointer
     self._graph = cp.attach(g) if hasattr(cp, 'attach') else g.compile(checkpointer=cp)
     return self._graph
@@ -324,17 +326,18 @@ def _stream(self:WorkflowChain, session_id:str, input:dict|None, run_id:str|None
     res = ChainResult(chain=self.name, run_id=run_id, session_id=session_id, status='failed' if failed else 'completed', durability=dur,
                       outputs=jsonable(state.get('outputs', {})), artifacts=state.get('artifacts', {}), timings=state.get('timings', {}), failed_step=failed, error=err)
     if not failed:
-        last = [n for n in topo_order(self.steps) if n in res.outputs and not any(n in s.depends_on for s in self.steps.values())]
+        last = [n for n in self._sinks if n in res.outputs]
         res.final = res.outputs[last[-1]] if last else None
     self.sessions.add_message(session_id, 'assistant', f"chain {self.name} {res.status}" + (f" at {failed}: {err}" if failed else f" ({len(res.outputs)} steps)"),
                               workflow=self.name, artifact_ids=list(res.artifacts.values()), metadata={'run_id': run_id})
     # one INFO line per run (its steps log `workflow_finished` at DEBUG): a line per step would cost a chain of quick steps more than the steps
     if _would_log(logging.INFO): logger.info('chain_finished', status=res.status, steps=len(res.timings), seconds=round(secs, 4), step_seconds={k: round(v, 4) for k,v in res.timings.items()},
                 **({'failed_step': failed} if failed else {}))
-    yield E('error' if failed else 'result', data={'result': res.model_dump()})
+    # `execute` (no events) takes the result itself: no dump to a dict and no second validation to build it again
+    yield E('error' if failed else 'result', data={'result': res.model_dump()}) if _events else res
 
 @patch
 def execute(self:WorkflowChain, session_id:str, input:dict|None=None, run_id:str|None=None, resume:bool=False)->ChainResult:
     "Run (or resume) the chain in `session_id`; the per-step outputs, artifacts and timings"
-    for ev in self.stream(session_id, input, run_id, resume, _events=False): last = ev  # per-step events are not needed here
-    return ChainResult(**last.data['result'])
+    for last in self.stream(session_id, input, run_id, resume, _events=False): pass  # per-step events are not needed here; the last item is the ChainResult
+    return last
