@@ -7,6 +7,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/sessions.html.md"""
 # %% ../nbs/23_sessions.ipynb #73358d89
 from __future__ import annotations
 import io, json, logging, math, random, re, threading, time, datetime as dt
+import orjson
 from typing import Any, Callable, Iterable, Iterator
 import zstandard
 from pydantic import BaseModel, Field
@@ -48,6 +49,11 @@ class SessionPolicy(BaseModel):
 
 # %% ../nbs/23_sessions.ipynb #f2f23bc0
 from .observability import count_hot_lookup
+
+def _dumps(v:dict)->str:
+    "Compact JSON of a stored item: orjson's, the standard encoder's for what orjson refuses (integers over 64 bits); either reads back the same"
+    try: return orjson.dumps(v).decode()
+    except (orjson.JSONEncodeError, TypeError): return json.dumps(v, separators=(',', ':'))
 
 class HotTier:
     "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
@@ -122,27 +128,34 @@ class HotTier:
         "The cached item of `sid`, if the cache holds one of the current epoch"
         return self._parse(sid, self.call(self.cache.get, self.session_key(sid)))
 
-    def session_and_seq(self, sid:str)->tuple[dict|None, bytes|None|bool, bytes|None]:
-        "For an append, in one round trip: the cached item of `sid` (as `get_session`), the raw cached value (False if the tier could not be read) and the seq hint"
-        got = self.call(self.cache.get_many, self.session_key(sid), self.seq_key(sid))
-        if got is None: return None, False, None
-        count_hot_lookup(type(self.cache).__name__, got[0] is not None)  # counted as `get_session`'s read is
-        return self._parse(sid, got[0]), got[0], got[1]
+    # An append takes the next seq from the session's `message_count` (cached or cold): no separate hint to read and
+    # write. It is a guess only — the conditional write of the row decides, a wrong guess costs one query.
+    def session_for_append(self, sid:str)->tuple[dict|None, bytes|None|bool, Any]:
+        "For an append, in one read: the cached item of `sid` (as `get_session`), the raw cached value (False if the tier could not be read) and what `after_append` needs of it"
+        raw = self.call(self.cache.get, self.session_key(sid), default=False)
+        if raw is False: return None, False, None
+        count_hot_lookup(type(self.cache).__name__, raw is not None)  # counted as `get_session`'s read is
+        if raw is None: return None, None, None
+        try: old = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try: old = json.loads(raw)
+            except ValueError: return None, raw, None
+        if not isinstance(old, dict): return None, raw, None
+        ep = old.pop('_hot_epoch', None)
+        return (old if ep == self.epoch() and old.get('session_id') == sid else None), raw, (ep, old.get('_version', 0))
 
-    def after_append(self, item:dict, token:tuple|None, prev:bytes|None|bool, seq:int, event:str)->bool|None:
-        "After an append, in one round trip: the seq hint, session `item` cached (compare-and-set on `prev`, the value `session_and_seq` read) and `event` published; True if cached, False if the copy changed meanwhile (then `put_session`), None if the tier failed"
+    def after_append(self, item:dict, token:tuple|None, prev:bytes|None|bool, seen, event:str)->bool|None:
+        "After an append, in one round trip: session `item` cached (compare-and-set on `prev`, the value `session_for_append` read, `seen` what it returned of it) and `event` published; True if cached, False if the copy changed meanwhile (then `put_session`), None if the tier failed"
         sid = item['session_id']
-        ops = [('set', self.seq_key(sid), str(seq), self.policy.hot_ttl)]
+        ops = []
         cas = token is not None and prev is not False and token[0] == self.failures
         if cas:
-            try: old = json.loads(prev) if prev is not None else None
-            except ValueError: old = None
-            if isinstance(old, dict) and old.get('_hot_epoch') == token[1] and old.get('_version', 0) >= item.get('_version', 0): cas = None  # as new already
-            else: ops.append(('cas', self.session_key(sid), prev, json.dumps({**item, '_hot_epoch': token[1]}, separators=(',', ':')), self.policy.hot_ttl))
+            if seen is not None and seen[0] == token[1] and seen[1] >= item.get('_version', 0): cas = None  # as new already
+            else: ops.append(('cas', self.session_key(sid), prev, _dumps({**item, '_hot_epoch': token[1]}), self.policy.hot_ttl))
         ops.append(('publish', f"sessions/{sid}", event))
         res = self.call(self.cache.apply, ops)
         if res is None: return None
-        return True if cas is None else cas and res[1]
+        return True if cas is None else cas and res[0]
 
     def _parse(self, sid:str, raw)->dict|None:
         "The item in cached value `raw` if it is one of `sid` of the current epoch"
@@ -410,14 +423,15 @@ def _refuse(self:SessionManager, session_id:str, seal:dict)->bool:
     raise InvalidInputError(f"session {session_id!r} is {status}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
 
 @patch
-def _count(self:SessionManager, session_id:str, seq:int, cur:dict|None=None, msg:Message|None=None)->dict:
+def _count(self:SessionManager, session_id:str, seq:int, cur:dict|None=None, msg:dict|None=None # the stored item of message `seq`, just written
+          )->dict:
     "Count every message up to `seq` in the session item (`message_count`, `unsummarised_tokens`, `last_active`) — including those whose writer died before counting them; the stored item"
     for i in range(50):
         if cur is None and (cur := self.sessions.get(session_id)) is None:
             raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
         c = cur.get('message_count', 0)
         if c >= seq: return cur  # counted already (by a later writer, or by the archive)
-        if msg is not None and c == seq-1: rows = [msg.to_item()]  # the usual case: just this one
+        if msg is not None and c == seq-1: rows = [msg]  # the usual case: just this one
         else: rows = [r for r in self.messages.query_all(session_id, start=c+1, end=seq, limit=1000) if not _is_seal(r)]
         if not rows: return cur  # its row is gone (purged)
         until = cur.get('summarised_until', 0)
@@ -430,6 +444,16 @@ def _count(self:SessionManager, session_id:str, seq:int, cur:dict|None=None, msg
             cur = None
             time.sleep(random.random() * min(0.05, 0.001 * 2**i))
     raise ConflictError(f"session {session_id!r} kept changing under 50 attempts to count its messages", "retry later")
+
+def _row(msg:Message)->dict:
+    "`msg.to_item()` of a checked message, built field by field (no JSON-mode dump of the model): what an append stores"
+    if type(msg) is not Message: return msg.to_item()
+    d = msg.__dict__
+    row = {'message_id': d['message_id'], 'session_id': d['session_id'], 'seq': d['seq'], 'timestamp': iso(d['timestamp']), 'role': d['role'].value, 'content': d['content']}
+    if d['workflow'] is not None: row['workflow'] = d['workflow']
+    row['artifact_ids'],row['metadata'] = list(d['artifact_ids']),d['metadata']
+    if d['vector'] is not None: row['vector'] = d['vector']
+    return row
 
 @patch
 def add_message(self:SessionManager, session_id:str, role:Role|str|Message, content:str|None=None, *,
@@ -447,30 +471,36 @@ def add_message(self:SessionManager, session_id:str, role:Role|str|Message, cont
     if len(msg.content) > self.policy.max_message_chars:
         raise InvalidInputError(f"message of {len(msg.content):,} characters is over the limit of {self.policy.max_message_chars:,}", "store large content as an artifact and reference it in artifact_ids")
     check_text(msg.content, 'message content')
-    if msg.vector is None: msg.vector = message_vector(msg.content, self.semantic)  # with the [semantic] extra: computed once, stored with the message on every tier
+    if msg.vector is None: msg.__dict__['vector'] = message_vector(msg.content, self.semantic)  # with the [semantic] extra: computed once, stored with the message on every tier
     for i,a in enumerate(msg.artifact_ids): _check_id(a, f"artifact_ids[{i}]")
-    _check_dict(msg.metadata, 'metadata')
-    s,prev,hint = self.hot.session_and_seq(session_id)  # one round trip to the hot tier before the cold writes, one after
+    if isinstance(role, Message): _check_dict(msg.metadata, 'metadata')  # a plain call's metadata was checked above
+    row = _row(msg)  # the stored item, built once
+    s,prev,seen = self.hot.session_for_append(session_id)  # one round trip to the hot tier before the cold writes, one after
     if s is None:
         if (s := self.sessions.get(session_id)) is None: raise NotFoundError(f"no session {session_id!r}", "check the id (list_sessions(user_id) shows a user's sessions); a purged session is gone")
     if s['status'] in ('archived', 'closed'):  # a cached status is confirmed in the cold tier, the source of truth
         if (s := self.sessions.get(session_id)) is None: raise NotFoundError(f"no session {session_id!r}", "a purged session is gone")
         if s['status'] in ('archived', 'closed'):
             raise InvalidInputError(f"session {session_id!r} is {s['status']}; it accepts no new messages", "create a new session (inherit_context can carry this one's context over)")
-    seq = int(hint)+1 if hint is not None and hint.isdigit() else None
+    seq = c+1 if type(c := s.get('message_count')) is int else None  # the likely next seq
+    put = getattr(self.messages, 'put_unchecked', None)
     while True:  # the conditional write of the message itself decides: a seal (closed, archived) after the last message refuses it
         if seq is None:
             last,seal = self._top(session_id)
             if seal is not None and self._refuse(session_id, seal): continue
             seq = last+1
-        msg.seq = seq
-        try: self.messages.put(msg.to_item(), if_absent=True); break
+        row['seq'] = seq
+        if put is not None:  # the row is built from checked parts: stored without validating it again
+            if put(row, if_absent=True): break
+            seq = None; continue
+        try: self.messages.put(row, if_absent=True); break
         except ConflictError: seq = None
+    msg.__dict__['seq'] = seq  # an int this call chose: no validation needed
     tok = self.hot.token()
-    try: item = self._count(session_id, seq, s, msg)
+    try: item = self._count(session_id, seq, s, row)
     except NotFoundError:  # purged meanwhile: take the message back out
         self.messages.delete((session_id, seq)); raise
-    cached = self.hot.after_append(item, tok, prev, seq, json.dumps({'event': 'message', 'seq': seq}))
+    cached = self.hot.after_append(item, tok, prev, seen, '{"event": "message", "seq": %d}' % seq)
     if not cached: self._mirror(item, tok)  # the cached copy changed meanwhile (or the tier failed): the careful way
     if item.get('unsummarised_tokens', 0) > self.policy.summarise_over_tokens:
         try: self.summarise(session_id)
