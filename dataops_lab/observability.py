@@ -6,9 +6,10 @@ Docs: https://dataops-lab.github.io/dataops-lab/observability.html.md"""
 
 # %% ../nbs/03_observability.ipynb #06245dbc
 from __future__ import annotations
-import atexit, contextvars, functools, logging, math, os, re, sys, threading, time, weakref
+import atexit, collections, contextvars, functools, logging, math, os, re, sys, threading, time, weakref
 from bisect import bisect_left
 from collections import deque
+from itertools import repeat, starmap
 from time import perf_counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -223,9 +224,7 @@ def _observe_many(child, xs:list[float]):
     if ub is None or bk is None or sm is None or len(bk) != len(ub):  # another prometheus_client layout: the public way
         for x in xs: child.observe(x)
         return
-    n = {}
-    for x in xs: i = bisect_left(ub, x); n[i] = n.get(i, 0) + 1
-    for i,k in n.items(): bk[i].inc(k)
+    for i,k in collections.Counter(map(bisect_left, repeat(ub, len(xs)), xs)).items(): bk[i].inc(k)  # the bucket of each value, counted in C
     sm.inc(sum(xs))
 
 def flush_metrics()->None:
@@ -233,7 +232,7 @@ def flush_metrics()->None:
     with _pending.lock:
         for child,q,hist in _pending.sinks:
             if not (n := len(q)): continue
-            xs = [q.popleft() for _ in range(n)]  # the n there now; later appends wait for the next flush
+            xs = list(starmap(q.popleft, repeat((), n)))  # the n there now; later appends wait for the next flush
             if hist: _observe_many(child, xs)
             else: child.inc(sum(xs))
 
@@ -533,49 +532,58 @@ def observe_workflow(name:str, # the workflow's name
         record_workflow(name, 'success', time.perf_counter()-t0, log_level)
 
 # %% ../nbs/03_observability.ipynb #6f1166db
-class _Busy(threading.local): on = False
-_in_storage = _Busy()  # `on` while a storage call runs on this thread: the calls it makes through other operations are not counted again
+class _Busy(threading.local):
+    def __init__(self): self.flag = [False]  # flipped in place: a call reads the thread-local once and writes it never
+_in_storage = _Busy()  # `flag[0]` while a storage call runs on this thread: the calls it makes through other operations are not counted again
 _TIER = {'cache': 'hot', 'table': 'cold', 'blob': 'blob'}
 
-def _may_trace()->bool:
-    "False when no tracer provider is installed (a storage call then skips asking for the current span)"
-    return _OTEL_GLOBALS.get('_TRACER_PROVIDER', True) is not None and tracing()
+def _storage_extra(kind:str, op:str, backend:str):
+    "What a call of `op` records besides its latency, from its result and arguments (`f(out, args)`): hot-tier hits and misses, blob bytes; None for the rest"
+    if kind == 'cache' and op == 'get':
+        hit,miss = (observer(hot_lookups.labels(backend, r)) for r in ('hit', 'miss'))
+        return lambda out, args: miss(1) if out is None else hit(1)
+    if kind == 'blob' and op == 'get':
+        n = observer(blob_bytes.labels(backend, 'read'))
+        return lambda out, args: isinstance(out, bytes) and n(len(out))
+    if kind == 'blob' and op == 'put':
+        n = observer(blob_bytes.labels(backend, 'written'))
+        return lambda out, args: len(args) > 1 and isinstance(args[1], (bytes, bytearray)) and n(len(args[1]))
 
 def instrument_storage_method(fn, kind:str, op:str):
     "`fn` (a storage backend method) timed into `storage_duration`, failures counted, a span when tracing; nested calls counted once"
-    tier,sinks = _TIER[kind],{}  # backend class -> (latency sink, hit sink, miss sink or bytes sink): labels() looked up once per backend
+    tier,sinks,busy,otel = _TIER[kind],{},_in_storage,_OTEL_GLOBALS.get  # sinks: backend class -> (latency observer, extra observer or None), looked up once per class
     def sinks_of(cls):
-        backend = cls.__name__
-        s = sinks[cls] = (_sink(storage_duration.labels(tier, backend, op), True),
-                              *((_sink(hot_lookups.labels(backend, 'hit'), False), _sink(hot_lookups.labels(backend, 'miss'), False)) if kind == 'cache' and op == 'get' else
-                                (_sink(blob_bytes.labels(backend, 'read' if op == 'get' else 'written'), False),) if kind == 'blob' and op in ('get', 'put') else ()))
+        s = sinks[cls] = (observer(storage_duration.labels(tier, cls.__name__, op)), _storage_extra(kind, op, cls.__name__))
         return s
+    def failed(self, e, span, t0):  # off the hot path: a failure's latency, error count and span outcome
+        dt,backend = perf_counter()-t0,type(self).__name__
+        if isinstance(e, (NotFoundError, ConflictError)):  # answers of the contract (missing item, lost condition), not failures
+            if span is not None: span.set_attribute('dataops.storage.outcome', type(e).__name__)
+        elif isinstance(e, Exception):
+            storage_errors.labels(tier, backend, op, type(e).__name__).inc()
+            if span is not None: _fail(span, e)
+        if span is not None: span.end()
+        (sinks.get(type(self)) or sinks_of(type(self)))[0](dt)
     @functools.wraps(fn)
     def call(self, *args, **kw):
-        busy = _in_storage
-        if busy.on: return fn(self, *args, **kw)
-        busy.on,t0 = True,perf_counter()
-        span = _start_storage_span(tier, type(self).__name__, op) if _may_trace() else None
-        try:
-            out = fn(self, *args, **kw)
-        except (NotFoundError, ConflictError) as e:  # answers of the contract (missing item, lost condition), not failures
-            if span is not None: span.set_attribute('dataops.storage.outcome', type(e).__name__)
+        flag = busy.flag
+        if flag[0]: return fn(self, *args, **kw)
+        t0 = perf_counter()
+        # one dict read when no tracer provider is installed (traces = none); else the current span says whether this trace records
+        span = _start_storage_span(tier, type(self).__name__, op) if otel('_TRACER_PROVIDER', True) is not None and tracing() else None
+        flag[0] = True
+        try: out = fn(self, *args, **kw)
+        except BaseException as e:
+            flag[0] = False
+            failed(self, e, span, t0)
             raise
-        except Exception as e:
-            storage_errors.labels(tier, type(self).__name__, op, type(e).__name__).inc()
-            if span is not None: _fail(span, e)
-            raise
-        finally:
-            dt = perf_counter()-t0
-            busy.on = False
-            if span is not None: span.end()
-            if (s := sinks.get(type(self))) is None: s = sinks_of(type(self))
-            s[0].append(dt)
-        if len(s) > 1:
-            if kind == 'cache': (s[2] if out is None else s[1]).append(1)
-            elif op == 'get':
-                if isinstance(out, bytes): s[1].append(len(out))
-            elif len(args) > 1 and isinstance(args[1], (bytes, bytearray)): s[1].append(len(args[1]))
+        dt = perf_counter()-t0
+        flag[0] = False
+        if span is not None: span.end()
+        try: s = sinks[type(self)]
+        except KeyError: s = sinks_of(type(self))
+        s[0](dt)
+        if s[1] is not None: s[1](out, args)
         return out
     call.__dataops_instrumented__ = True
     return call

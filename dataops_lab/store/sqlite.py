@@ -275,6 +275,7 @@ class SQLiteTable(SQLiteBackend, MetadataTable):
         self._keycols = ['_pk'] + (['_sk'] if s.sort_key else [])
         self._simple = None if s.sort_key else s.attr_type(s.partition_key)
         self._sql = self._statements()
+        self._unchecked = (self._sql['put_quiet'], self._sql['put_new_quiet'], self._row_maker())
         self._queries = {}
         if o['create']: self.ensure()
 
@@ -305,6 +306,17 @@ class SQLiteTable(SQLiteBackend, MetadataTable):
         exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
         if type(exp) not in (int, float): exp = None
         return kv, js, exp, tuple(map(item.get, self._ixattrs))
+
+    def _row_maker(self):
+        "`row(item, js, now)`: the parameters of `put_quiet`/`put_new_quiet` for `item` stored as JSON `js`; the spec's key, TTL and index attributes looked up once per table, not per write"
+        s,ixa = self.spec,self._ixattrs
+        pk,sk,ttl = s.partition_key,s.sort_key,s.ttl_attribute
+        def row(item:dict, js:str, now:float)->tuple:
+            exp = item.get(ttl) if ttl else None
+            if type(exp) not in (int, float): exp = None
+            kv = (item[pk], item[sk]) if sk else (item[pk],)
+            return (*kv, js, exp, *map(item.get, ixa), now) if ixa else (*kv, js, exp, now)
+        return row
 
     def _keyvals(self, key:Any)->tuple:
         "The key values of `key`, checked (a plain value of the partition key's type is the common, fast case)"
@@ -413,16 +425,12 @@ def put_unchecked(self:SQLiteTable, item:dict, *,
                   if_absent:bool=False # do not overwrite a live item with this key
                  )->bool:
     "Store `item`, built by its caller from checked parts (JSON types, typed keys, no `_version`), unvalidated; whether it was written"
-    s = self.spec
     try: js = orjson.dumps(item).decode()
     except (orjson.JSONEncodeError, TypeError):  # what orjson refuses (e.g. integers over 64 bits): the checked path stores it or names it
         try: self.put(item, if_absent=if_absent); return True
         except ConflictError: return False
-    kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
-    exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
-    if type(exp) not in (int, float): exp = None
-    ix = tuple(map(item.get, self._ixattrs)) if self._ixattrs else ()
-    try: return self._conn().write(self._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *ix, now_ts())).rowcount > 0
+    put,put_new,row = self._unchecked  # the table's write plan, made once (`_row_maker`)
+    try: return self._conn().write(put_new if if_absent else put, row(item, js, now_ts())).rowcount > 0
     except sqlite3.Error as e: raise self._db_error(e, 'put()') from None
 SQLiteTable.put_unchecked = instrument_storage_method(SQLiteTable.put_unchecked, 'table', 'put')
 
@@ -468,11 +476,8 @@ def put_many(self:SQLiteTable, writes:Iterable, # `(table, item, if_absent)`: ta
         else:
             try: js = orjson.dumps(item).decode()
             except (orjson.JSONEncodeError, TypeError): js = item_json(s, item)  # what orjson refuses (e.g. integers over 64 bits): checked, stored or named
-        kv = (item[s.partition_key], item[s.sort_key]) if s.sort_key else (item[s.partition_key],)
-        exp = item.get(s.ttl_attribute) if s.ttl_attribute else None
-        if type(exp) not in (int, float): exp = None
-        ix = tuple(map(item.get, t._ixattrs)) if t._ixattrs else ()
-        prep.append((t._sql['put_new_quiet' if if_absent else 'put_quiet'], (*kv, js, exp, *ix, now), if_absent and (t, kv)))
+        put,put_new,row = t._unchecked
+        prep.append((put_new if if_absent else put, row(item, js, now), t if if_absent else None))
     c = self._conn()
     try:
         c.execute("BEGIN IMMEDIATE")
@@ -480,8 +485,8 @@ def put_many(self:SQLiteTable, writes:Iterable, # `(table, item, if_absent)`: ta
             for sql,params,absent in prep:
                 if c.execute(sql, params).rowcount == 0 and absent:
                     c.execute("ROLLBACK")
-                    t,kv = absent
-                    raise t._conflict(kv if len(kv) > 1 else kv[0], 'it exists already')
+                    kv = params[:len(absent._keycols)]  # the row's parameters start with its key values
+                    raise absent._conflict(kv if len(kv) > 1 else kv[0], 'it exists already')
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction: c.execute("ROLLBACK")
