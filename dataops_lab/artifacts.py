@@ -17,6 +17,7 @@ from .core import *
 from .models import Artifact, ArtifactRef, ArtifactType, Scope, iso
 from .store.base import *
 from .store.base import _twins
+from .core import _flat
 from .artifact_content import *
 
 # %% auto #0
@@ -192,7 +193,7 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
     if len(self._stored) > 1024: self._stored.popitem(last=False)
     return aid
 
-_UTC,_PLAIN = dt.timezone.utc,frozenset((str, int, float, bool, type(None)))
+_UTC = dt.timezone.utc
 def _str(v:str)->str: return v if type(v) is str else str.__str__(v)  # a str subclass (a StrEnum) as the plain str a model dump stores
 
 @patch
@@ -208,9 +209,8 @@ def _new_item(self:ArtifactStore, session_id, workflow_name, name, artifact_type
     if metadata is None: metadata = {}
     else:
         if not isinstance(metadata, dict): raise ContentError(f"metadata must be a dict, got {type(metadata).__name__}", "pass a JSON-able dict")
-        check_content_json(metadata, 'metadata')
-        # the item holds its own copy in plain JSON types: a flat dict of them is copied as it is, anything else goes through JSON
-        metadata = dict(metadata) if all(type(k) is str and type(v) in _PLAIN for k,v in metadata.items()) else json.loads(json.dumps(metadata))
+        # the item holds its own copy in plain JSON types: a flat dict of them (valid as it is) is copied, anything else is checked and goes through JSON
+        metadata = dict(metadata) if _flat(metadata) else json.loads(json.dumps(check_content_json(metadata, 'metadata')))
     ttl = self.ttl_policies[atype] if ttl is None else _ttl(ttl)
     pids = list(dict.fromkeys(_str(self._aid(p)) for p in ([parents] if isinstance(parents, (str, Artifact, ArtifactRef)) else parents or ())))
     now = dt.datetime.now(_UTC)
