@@ -135,21 +135,23 @@ def _encode_fileobj(f:BinaryIO, content_type:str|None)->Encoded:
     return Encoded('file', _file_type(name, head, content_type), n, h, opener=lambda: _at(spool, 0), cleanup=spool.close)
 
 # %% ../nbs/20_artifact_content.ipynb #4c86b906
+# `json.dumps(content, ensure_ascii=False, separators=(',', ':'))`, byte for byte, without building an encoder per call; no circular
+# reference check: `check_content_json` refused those already
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':'), check_circular=False)
+def _mem(encoding:str, b:bytes, content_type:str)->Encoded: return Encoded(encoding, content_type, len(b), hashlib.sha256(b).hexdigest(), data=b)
+
 def encode_content(content:Any, # the value to store
                    content_type:str|None=None # MIME type to record instead of the detected one
                   )->Encoded:
     "`content` serialised for storage, or a `ContentError` naming its type and what is supported"
     if content_type is not None: check_content_type(content_type)
-    def mem(enc, b, ct): return Encoded(enc, content_type or ct, len(b), hashlib.sha256(b).hexdigest(), data=b)
-    if isinstance(content, str): return mem('text', check_text(content, 'content', ContentError).encode(), 'text/plain; charset=utf-8')
+    if isinstance(content, (dict, list)): return _mem('json', _JSON.encode(check_content_json(content)).encode(), content_type or 'application/json')
+    if isinstance(content, str): return _mem('text', check_text(content, 'content', ContentError).encode(), content_type or 'text/plain; charset=utf-8')
     if isinstance(content, (bytes, bytearray, memoryview)):
         b = bytes(content)
-        return mem('bytes', b, sniff(b[:16]))
-    if isinstance(content, (dict, list)):
-        check_content_json(content)
-        return mem('json', json.dumps(content, ensure_ascii=False, separators=(',', ':')).encode(), 'application/json')
+        return _mem('bytes', b, content_type or sniff(b[:16]))
     pd = sys.modules.get('pandas')
-    if pd is not None and isinstance(content, pd.DataFrame): return mem('parquet', to_parquet(content), 'application/vnd.apache.parquet')
+    if pd is not None and isinstance(content, pd.DataFrame): return _mem('parquet', to_parquet(content), content_type or 'application/vnd.apache.parquet')
     if isinstance(content, os.PathLike): return _encode_path(Path(content), content_type)
     if hasattr(content, 'read'): return _encode_fileobj(content, content_type)
     t = type(content)

@@ -6,7 +6,7 @@ Docs: https://dataops-lab.github.io/dataops-lab/artifacts.html.md"""
 
 # %% ../nbs/21_artifacts.ipynb #fb34f3f5
 from __future__ import annotations
-import atexit, base64, binascii, datetime as dt, hashlib, heapq, logging, math, os, re, secrets, threading, time, weakref
+import atexit, base64, binascii, datetime as dt, hashlib, heapq, json, logging, math, os, re, secrets, threading, time, weakref
 from contextlib import suppress
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,6 +17,7 @@ from .core import *
 from .models import Artifact, ArtifactRef, ArtifactType, Scope, iso
 from .store.base import *
 from .store.base import _twins
+from .core import _flat
 from .artifact_content import *
 
 # %% auto #0
@@ -169,65 +170,60 @@ def store_artifact(self:ArtifactStore, content:Any, # str, bytes, JSON-able dict
                    content_type:str|None=None # MIME type to record instead of the detected one
                   )->str:
     "Store `content` as a new artifact (or a new version of `name`); its artifact_id once it is durable"
-    art = self._new_artifact(session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)
+    item,nk,vis = self._new_item(session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)
     enc = encode_content(content, content_type)
-    try:
-        art.content_hash = enc.sha256
-        ref = {'blob_key': '', 'stored_size': enc.size} if self._inlined(enc) else self._acquire(enc)
+    try: ref = None if enc.data is not None and enc.size <= self.inline_threshold else self._acquire(enc)  # inline: in the items, no blob
     finally: enc.close()
-    # the content fields (values this store computed) go straight into the item: no model copy, no second dump
-    item = art.to_item()
-    item.update(content_type=enc.content_type, encoding=enc.encoding, size=enc.size, blob_key=ref['blob_key'], stored_size=ref['stored_size'])
-    if ref.get('compression') is not None: item['compression'] = ref['compression']
-    if not ref['blob_key']: item['inline'] = base64.b64encode(enc.data).decode('ascii')
-    item['name_key'] = name_key(art.scope, art.session_id, art.user_id, art.name)
-    if art.scope is not Scope.SESSION: item['visibility'] = 'global' if art.scope is Scope.GLOBAL else f"user#{art.user_id}"
-    led = None
-    try:
-        led = self._allocate(item)  # the version entry, the edges and the item, written together
+    # the content fields (values this store computed) fill their places in the item
+    item['content_type'],item['encoding'],item['size'],item['content_hash'] = enc.content_type,enc.encoding,enc.size,enc.sha256
+    if ref is None: item['stored_size'],item['inline'] = enc.size,base64.b64encode(enc.data).decode('ascii')
+    else:
+        item['stored_size'],item['blob_key'] = ref['stored_size'],ref['blob_key']
+        if ref.get('compression') is not None: item['compression'] = ref['compression']
+    item['name_key'] = nk
+    if vis: item['visibility'] = vis
+    # the version entry, the edges and the item are written together (`put_many`): a failure leaves none of them, only the content reference to drop
+    try: self._allocate(item)
     except BaseException:
-        with suppress(Exception):  # best effort: the original error is the one to report
-            if led is not None:
-                self.items.delete(item['artifact_id'])  # a concurrent read may have completed it from the version entry
-                for p in item['parents']: self.links.delete((p, item['artifact_id']))
-                self.versions.delete((led['name_key'], led['version']))
-            if ref['blob_key']: self._release(art.content_hash)
+        if ref is not None:
+            with suppress(Exception): self._release(enc.sha256)  # best effort: the original error is the one to report
         raise
-    self._stored[art.artifact_id] = art.expires_at
+    aid = item['artifact_id']
+    self._stored[aid] = item.get('expires_at')
     if len(self._stored) > 1024: self._stored.popitem(last=False)
-    return art.artifact_id
+    return aid
+
+_UTC = dt.timezone.utc
+def _str(v:str)->str: return v if type(v) is str else str.__str__(v)  # a str subclass (a StrEnum) as the plain str a model dump stores
 
 @patch
-def _stored_live(self:ArtifactStore, aid:str)->bool:
-    "Whether `aid` is one of the latest artifacts this store stored, not dropped by it and not past its expiry: a parent known to exist without a read"
-    exp = self._stored.get(aid, False)
-    return exp is None or (exp is not False and exp > now_ts())
-
-@patch
-def _inlined(self:ArtifactStore, enc:Encoded)->bool:
-    "Whether `enc` is kept in the metadata item: in-memory content of at most `inline_threshold` bytes"
-    return enc.data is not None and enc.size <= self.inline_threshold
-
-@patch
-def _new_artifact(self:ArtifactStore, session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)->Artifact:
-    "A validated `Artifact` (content fields still empty); raises before anything is written"
-    sid,wf = check_id(session_id, 'session_id'),check_name(workflow_name, 'workflow_name')
-    name = check_name(f"{wf}_output" if name is None else name, 'name')
+def _new_item(self:ArtifactStore, session_id, workflow_name, name, artifact_type, parents, created_by, scope, ttl, metadata, user_id)->tuple[dict, str, str|None]:
+    "The item of a new artifact built from the checked arguments, as `Artifact(...).to_item()` gives it (content fields still empty); its name key and visibility. Raises before anything is written"
+    sid,wf = _str(check_id(session_id, 'session_id')),_str(check_name(workflow_name, 'workflow_name'))
+    name = _str(check_name(f"{wf}_output" if name is None else name, 'name'))
     atype,scope = _enum(ArtifactType, artifact_type, 'artifact_type'),_enum(Scope, scope, 'scope')
-    if created_by is not None: check_name(created_by, 'created_by')
-    if user_id is not None: self._users[sid] = check_id(user_id, 'user_id')
+    if created_by is not None: created_by = _str(check_name(created_by, 'created_by'))
+    if user_id is not None: self._users[sid] = user_id = _str(check_id(user_id, 'user_id'))
     elif scope is Scope.USER and (user_id := self._session_user(sid)) is None:
         raise InvalidKeyError(f"scope='user' needs the user of session {sid!r}, which is not known", "pass user_id=...")
-    if metadata is not None:
+    if metadata is None: metadata = {}
+    else:
         if not isinstance(metadata, dict): raise ContentError(f"metadata must be a dict, got {type(metadata).__name__}", "pass a JSON-able dict")
-        check_content_json(metadata, 'metadata')
+        # the item holds its own copy in plain JSON types: a flat dict of them (valid as it is) is copied, anything else is checked and goes through JSON
+        metadata = dict(metadata) if _flat(metadata) else json.loads(json.dumps(check_content_json(metadata, 'metadata')))
     ttl = self.ttl_policies[atype] if ttl is None else _ttl(ttl)
-    pids = list(dict.fromkeys(self._aid(p) for p in ([parents] if isinstance(parents, (str, Artifact, ArtifactRef)) else parents or ())))
-    for p in pids:
-        if not self._stored_live(p): self._live(p)  # raises for an unknown or expired parent
-    now = utcnow()
-    return Artifact(session_id=sid, user_id=user_id, workflow_name=wf, name=name, artifact_type=atype, created_at=now, created_by=created_by,
-                    parents=pids, scope=scope, ttl=ttl, expires_at=now.timestamp()+ttl if ttl else None, metadata=metadata or {})
+    pids = list(dict.fromkeys(_str(self._aid(p)) for p in ([parents] if isinstance(parents, (str, Artifact, ArtifactRef)) else parents or ())))
+    now = dt.datetime.now(_UTC)
+    t = now.timestamp()
+    for p in pids:  # a parent this store stored lately, not dropped and not expired, is known to exist without a read
+        if (exp := self._stored.get(p, False)) is not None and (exp is False or exp <= t): self._live(p)  # raises for an unknown or expired parent
+    it = {'artifact_id': new_id('art'), 'session_id': sid, 'user_id': user_id, 'workflow_name': wf, 'name': name, 'version': 1, 'artifact_type': atype.value,
+          'content_type': '', 'encoding': '', 'created_at': iso(now), 'created_by': created_by, 'size': 0, 'stored_size': 0, 'content_hash': '',
+          'blob_key': '', 'parents': pids, 'scope': scope.value, 'shared_with': [], 'ttl': ttl, 'expires_at': t+ttl if ttl else None,
+          'access_count': 0, 'metadata': metadata}
+    for k in ('user_id', 'created_by', 'ttl', 'expires_at'):  # None is not stored
+        if it[k] is None: del it[k]
+    return it,name_key(scope, sid, user_id, name),(None if scope is Scope.SESSION else 'global' if scope is Scope.GLOBAL else f"user#{user_id}")
 
 # %% ../nbs/21_artifacts.ipynb #07bae945
 @patch
@@ -261,17 +257,17 @@ def _release(self:ArtifactStore, h:str)->bool:
 @patch
 def _allocate(self:ArtifactStore, item:dict)->dict:
     "Claim the next version of `item`'s scoped name: its versions-table entry, lineage edges and `item` written together (`put_many`); the entry"
-    nk = item['name_key']
+    nk,aid,at = item['name_key'],item['artifact_id'],item['created_at']
     guess = self._next_version.pop(nk, None)  # the number after the one this store claimed last: free unless another writer took it
+    led = _entry(item)
+    writes = [(self.versions, led, True), *[(self.links, {'parent_id': p, 'child_id': aid, 'created_at': at}, False) for p in item['parents']], (self.items, item, False)]
     for _ in range(1000):
         if guess is None:
             last = self.versions.query(nk, descending=True, limit=1).items
             guess = last[0]['version']+1 if last else 1
-        item['version'] = guess
-        led = _entry(item)
-        links = [(self.links, {'parent_id': p, 'child_id': item['artifact_id'], 'created_at': item['created_at']}, False) for p in item['parents']]
+        item['version'] = led['version'] = guess
         # all written, or none if the version is taken; the items are built here from checked parts (`checked=False`)
-        try: self.versions.put_many([(self.versions, led, True), *links, (self.items, item, False)], checked=False)
+        try: self.versions.put_many(writes, checked=False)
         except ConflictError: guess = None; continue
         if len(self._next_version) >= 10_000: self._next_version.clear()
         self._next_version[nk] = guess+1

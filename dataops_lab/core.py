@@ -91,12 +91,13 @@ def write_private(path:str|os.PathLike, # the file to write (replaced atomically
 
 # %% ../nbs/00_core.ipynb #a209a767
 _B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+_B32_PAIRS,_SHIFTS = [a+b for a in _B32 for b in _B32],tuple(range(120, -1, -10))  # every 10 bits as two digits
 
 def new_id(prefix:str='' # short tag such as 'sess' or 'art', joined with '_'
           )->str:
     "A unique, time-ordered, URL- and key-safe id"
-    n = (int(time.time()*1000) << 80) | secrets.randbits(80)
-    s = ''.join(_B32[(n >> (5*i)) & 31] for i in reversed(range(26)))
+    n = (int(time.time()*1000) << 80) | int.from_bytes(os.urandom(10), 'big')  # 48 bits of milliseconds, 80 random ones
+    s = ''.join([_B32_PAIRS[n >> i & 1023] for i in _SHIFTS])  # n as 26 digits of `_B32`, most significant first, 13 lookups of two
     return f"{prefix}_{s}" if prefix else s
 
 def utcnow()->dt.datetime:
@@ -151,6 +152,20 @@ def check_text(s:str, # a string that will be encoded as UTF-8
     except UnicodeEncodeError: raise _text_error(s, what, error) from None
     return s
 
+_SCALARS = frozenset((int, bool, type(None)))
+
+def _flat(d:dict)->bool:
+    "True if each key of `d` is an ASCII str and each value an int, bool, None, finite float or ASCII str (exact types): JSON as it is"
+    for k,x in d.items():
+        if type(k) is not str or not k.isascii(): return False
+        t = type(x)
+        if t is str:
+            if not x.isascii(): return False
+        elif t is float:
+            if not math.isfinite(x): return False
+        elif t not in _SCALARS: return False
+    return True
+
 def check_json(v:Any, # the value to check
                what:str='value', # where it sits, for the message: 'metadata', 'content', ...
                error:type=InvalidInputError, # the error to raise
@@ -158,6 +173,7 @@ def check_json(v:Any, # the value to check
                max_depth:int=MAX_DEPTH # most levels of nesting
               )->Any:
     "`v` unchanged if it is JSON data that round-trips exactly, else `error` naming the first bad part"
+    if type(v) is dict and max_depth > 0 and _flat(v): return v  # the common case, a dict of plain scalars: no walk, no paths built
     hint = "store dicts with str keys, lists, str, int, finite float, bool and None; convert other values (e.g. str(), .isoformat(), None for NaN)"
     def walk(x, path, depth, seen):
         t = type(x)

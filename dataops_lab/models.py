@@ -36,7 +36,9 @@ class Scope(str, Enum):
 # %% ../nbs/02_models.ipynb #f7466dfb
 def iso(t:dt.datetime)->str:
     "`t` as a sortable ISO-8601 UTC string with microseconds"
-    return t.astimezone(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+    u = t.astimezone(dt.timezone.utc)
+    # isoformat is the same text, less work than parsing a format; strftime kept for years before 1000 (not zero-padded there)
+    return u.isoformat(timespec='microseconds')[:-6] + 'Z' if u.year >= 1000 else u.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 class Record(BaseModel):
     "Base model: validated on assignment, stored as a JSON-able item"

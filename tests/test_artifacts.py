@@ -231,21 +231,20 @@ CRASH = textwrap.dedent("""
     import os, sys
     from dataops_lab.config import load_settings
     from dataops_lab.store.base import Storage
-    from dataops_lab.artifacts import ArtifactStore, name_key, _entry
+    from dataops_lab.artifacts import ArtifactStore, _entry
     from dataops_lab.artifact_content import encode_content
     store = ArtifactStore(Storage(load_settings(sys.argv[1])))
     # store_artifact writes the version entry, edges and item together (put_many), so no crash splits them; a store by an
     # earlier release wrote the version entry first, then the edges and the item: its first write is made here, then the
     # process dies before the others, to test the read that completes such a store
-    art = store._new_artifact(sys.argv[2], 'loader', 'daily_extract', 'result', [sys.argv[3]], None, 'session', None, None, None)
+    item, nk, _ = store._new_item(sys.argv[2], 'loader', 'daily_extract', 'result', [sys.argv[3]], None, 'session', None, None, None)
     enc = encode_content({'crashed': True})
-    art.content_type, art.encoding, art.size, art.content_hash = enc.content_type, enc.encoding, enc.size, enc.sha256
     ref = store._acquire(enc)
-    art.blob_key, art.stored_size = ref['blob_key'], ref['stored_size']
-    item = art.to_item(); item['name_key'] = name_key(art.scope, art.session_id, None, art.name)
+    item.update(content_type=enc.content_type, encoding=enc.encoding, size=enc.size, content_hash=enc.sha256, blob_key=ref['blob_key'], stored_size=ref['stored_size'])
+    item['name_key'] = nk
     item['version'] = 2
     store.versions.put(_entry(item), if_absent=True)
-    print(art.artifact_id, flush=True)
+    print(item['artifact_id'], flush=True)
     os._exit(9)
 """)
 
