@@ -631,3 +631,18 @@ def test_argument_types_are_checked_by_name(store, tmp_path):
             if not (isinstance(e, exc) and msg in str(e)): failures.append(f"{msg}: got {type(e).__name__}: {e}")
     assert failures == [] and list(out.iterdir()) == []
     assert store.get_artifact_content(aid, version=1) == {'rows': 1}
+
+def test_a_stored_item_holds_exactly_what_the_artifact_model_stores(storage):
+    "store_artifact builds its item without the model (a hot path): every field the model stores is there, in the model's form, on every kind of store"
+    with ArtifactStore(storage, inline_threshold=64) as store:
+        s = sid()
+        first = store.store_artifact({'x': 1}, s, 'loader', name='small', metadata={'rows': 3, 'ok': True})
+        aids = [first,
+                store.store_artifact(b'\x00' * 1000, s, 'loader', name='blob', parents=[first], ttl=3600, created_by='step_1',
+                                     metadata={'nested': {'a': [1, 2.5, None]}, 'kind': ArtifactType.RESULT}),
+                store.store_artifact('text', s, 'loader', name='mine', scope='user', user_id='user_1', artifact_type='debug'),
+                store.store_artifact(pd.DataFrame({'a': [1, 2]}), s, 'loader', name='shared', scope='global')]
+        for aid in aids:
+            it = {k: v for k, v in store.items.get(aid).items() if not k.startswith('_')}
+            model = Artifact.from_item(it).to_item()
+            assert {k: it[k] for k in it if k in model} == model and model.keys() <= it.keys(), aid
