@@ -55,6 +55,14 @@ def _dumps(v:dict)->str:
     try: return orjson.dumps(v).decode()
     except (orjson.JSONEncodeError, TypeError): return json.dumps(v, separators=(',', ':'))
 
+def _loads(raw)->dict|None:
+    "The dict in cached value `raw` (orjson's parser, the standard one for what it refuses), or None if it holds none"
+    try: v = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try: v = json.loads(raw)
+        except ValueError: return None
+    return v if isinstance(v, dict) else None
+
 class HotTier:
     "The hot cache used as a best-effort accelerator: errors are logged, never raised, and no copy outlives a change for long"
     def __init__(self, cache:HotCache, policy:SessionPolicy,
@@ -136,11 +144,7 @@ class HotTier:
         if raw is False: return None, False, None
         count_hot_lookup(type(self.cache).__name__, raw is not None)  # counted as `get_session`'s read is
         if raw is None: return None, None, None
-        try: old = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            try: old = json.loads(raw)
-            except ValueError: return None, raw, None
-        if not isinstance(old, dict): return None, raw, None
+        if (old := _loads(raw)) is None: return None, raw, None
         ep = old.pop('_hot_epoch', None)
         return (old if ep == self.epoch() and old.get('session_id') == sid else None), raw, (ep, old.get('_version', 0))
 
@@ -159,10 +163,8 @@ class HotTier:
 
     def _parse(self, sid:str, raw)->dict|None:
         "The item in cached value `raw` if it is one of `sid` of the current epoch"
-        if raw is None or raw is False: return None
-        try: it = json.loads(raw)
-        except ValueError: return None
-        if not isinstance(it, dict) or it.pop('_hot_epoch', None) != self.epoch() or it.get('session_id') != sid: return None
+        if raw is None or raw is False or (it := _loads(raw)) is None: return None
+        if it.pop('_hot_epoch', None) != self.epoch() or it.get('session_id') != sid: return None
         return it
 
     def put_session(self, item:dict, token:tuple|None)->bool:
