@@ -5,8 +5,8 @@ in this process and by the papermill CLI; and the per-run overhead of run_notebo
 
 The notebook is a shipped template doing real work: dataops_lab/templates/sql_questions.ipynb (per run, the
 sql_generator → query_optimizer chain answers a question about the bundled shop.db sample, checkpointed and stored
-as artifacts in the run's session). Run i asks one question of a fixed list of eight, so every side runs the same
-`--runs` parameter sets. Each round runs every side once, the order rotating from round to round:
+as artifacts in the run's session). Run i asks question i of a fixed list of twelve (at most 12 runs: run_batch refuses
+two runs with the same parameters, as the same run twice), so every side runs the same `--runs` parameter sets. Each round runs every side once, the order rotating from round to round:
 
 - batch: `connect(None, workers)` (a fresh LocalCluster) + `run_batch(..., client=client, resume=False)` + closing
   the cluster: the headline time includes the cluster's start-up and shut-down (start-up also shown on its own);
@@ -41,12 +41,13 @@ from dataops_lab.batch import run_batch, connect
 BIN = Path(sys.executable).parent
 TEMPLATE = Path(dataops_lab.__file__).parent / 'templates' / 'sql_questions.ipynb'
 QUESTIONS = ['how many orders are there?', 'top 5 customers by revenue', 'how many customers are there?', 'total revenue by month',
-             'how many products are there?', 'top 3 products by quantity sold', 'average order value', 'orders per customer']
+             'how many products are there?', 'top 3 products by quantity sold', 'average order value', 'orders per customer',
+             'how many order items are there?', 'top 5 products by revenue', 'how many orders per month?', 'how many customers per country?']
 RATIO_TARGET, OVERHEAD_TARGET = 1.7, 0.10
 
 def load(): return ' '.join(f"{v:.2f}" for v in os.getloadavg())
 
-def params(i:int) -> dict: return {'questions': [QUESTIONS[i % len(QUESTIONS)]]}
+def params(i:int) -> dict: return {'questions': [QUESTIONS[i % len(QUESTIONS)]]}  # a batch's runs: i < 12, so no two alike
 
 def settings_ini(d:Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
@@ -126,6 +127,7 @@ def main():
     a.runs = a.runs or (1 if a.quick else 12)
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.overhead_runs = a.overhead_runs or (1 if a.quick else 10)
+    if not 1 <= a.runs <= len(QUESTIONS): ap.error(f"--runs {a.runs}: between 1 and {len(QUESTIONS)} (run i asks question i of the list; run_batch refuses two runs with the same parameters)")
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     from storage import versions
     print(f"dataops-lab batch benchmark{' (quick)' if a.quick else ''}: {TEMPLATE.relative_to(ROOT) if TEMPLATE.is_relative_to(ROOT) else TEMPLATE}, "
