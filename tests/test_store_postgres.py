@@ -66,6 +66,18 @@ def test_statements_are_prepared_unless_turned_off(url, prepare):
     got = [s for s in stmts if 'INSERT INTO' in s or s.startswith('SELECT _item')]
     assert (len(got) >= 2) if prepare == 'true' else (got == []), stmts
 
+def test_pooled_connections_parse_rows_with_the_contracts_parser(url):
+    "json columns come back through item_from_json (orjson: psycopg's default json.loads was most of a long history read), which still takes integers over 64 bits"
+    from psycopg.pq import Format
+    from dataops_lab.store.base import item_from_json
+    with PostgresTable(url + "&pool_min=1&pool_max=2", ITEMS) as t:
+        t.ensure()
+        t.put({'id': 'a', 'owner': 'ana', 'name': 'n', 'big': 10**20, 'x': 0.1, 'nested': {'n': [1, 'é']}})
+        assert t.get('a') | {'_version': 0} == {'id': 'a', 'owner': 'ana', 'name': 'n', 'big': 10**20, 'x': 0.1, 'nested': {'n': [1, 'é']}, '_version': 0}
+        assert [i['big'] for i in t.query('ana', index='by_owner').items] == [10**20]
+        with t._conn() as c:
+            assert c.adapters.get_loader(c.adapters.types['json'].oid, Format.TEXT)._loads is item_from_json
+
 def test_ensure_adds_index_columns_filled_from_stored_items(url):
     with PostgresTable(url, TableSpec('items', 'id')) as old:
         old.ensure()

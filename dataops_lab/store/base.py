@@ -20,9 +20,9 @@ from ..observability import instrument_storage_method
 # %% auto #0
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
            'decode_cursor', 'parse_store_url', 'Backend', 'check_metadata', 'iter_chunks', 'BlobStore', 'IndexSpec',
-           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'item_json', 'MetadataTable',
-           'as_bytes', 'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store', 'store_factory',
-           'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
+           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'item_json', 'item_from_json',
+           'MetadataTable', 'as_bytes', 'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store',
+           'store_factory', 'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
 
 # %% ../../nbs/10_store.ipynb #195eb988
 @dataclass
@@ -302,6 +302,11 @@ def item_json(spec:TableSpec, item:dict)->str:
     except (orjson.JSONEncodeError, RecursionError): pass
     check_item(spec, item)  # names what is wrong, or accepts what the fast path declined (tuples)
     return _std_json(body)
+
+def item_from_json(s:str|bytes)->Any:
+    "A stored item's JSON parsed: orjson's parser, the standard one for what orjson does not take (integers over 64 bits)"
+    try: return orjson.loads(s)
+    except orjson.JSONDecodeError: return json.loads(s)
 
 
 # %% ../../nbs/10_store.ipynb #6d453d7d

@@ -403,10 +403,7 @@ def _lost(self:SQLiteTable, kv:tuple, expected:int|None)->ConflictError:
     why = ('the item does not exist' if cur is None else f"the stored _version is {cur['_version']}, not {expected}") if expected is not None else f"the item exists (version {cur['_version'] if cur else '?'})"
     return self._conflict(kv if len(kv) > 1 else kv[0], why)
 
-def _loads(s:str)->dict:
-    "A stored item's JSON: orjson's fast parser, the standard one for what orjson does not take (integers over 64 bits)"
-    try: return orjson.loads(s)
-    except orjson.JSONDecodeError: return json.loads(s)
+_loads = item_from_json  # a stored item's JSON (the table contract's parser, shared with PostgreSQL's rows)
 
 @patch
 def get(self:SQLiteTable, key:Any)->dict|None:
