@@ -21,7 +21,7 @@ A section that raises is FAILED in the summary and makes the script exit 1.
 A benchmark is not a test: nothing here asserts.
 """
 from __future__ import annotations
-import argparse, base64, gc, json, logging, os, random, shutil, sqlite3, statistics, sys, tempfile, time
+import argparse, base64, gc, itertools, json, logging, os, random, shutil, sqlite3, statistics, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +243,14 @@ def turn_text(i:int) -> str:
 
 def role(i): return 'user' if i % 2 == 0 else 'assistant'
 
+_FRESH = itertools.count(10**6)  # turn numbers no other text of this process uses
+
+def fresh_text(i:int=0) -> str:
+    """A turn's text never sent before in this process, so that a timed add_message computes its vector as a real turn
+    does: with the [semantic] extra a process keeps the vectors of the last 1,024 short texts, and a text sent again (the
+    same turn_text(i) on another tier, or after the warm-up) would take its vector from there"""
+    return turn_text(next(_FRESH))
+
 def redis_commands(t:Tier, fn, times:int=10) -> dict:
     "Redis commands per call of `fn` (server INFO commandstats)"
     def cs(): return {k.removeprefix('cmdstat_'): v['calls'] for k, v in t.redis.info('commandstats').items()}
@@ -312,7 +320,7 @@ def section_add(a, tiers):
         def item(i, side, seqs=seqs, tmpl=tmpl):
             seqs[side] += 1
             return json.dumps({**tmpl, 'seq': seqs[side], 'message_id': f"msg_{side}{seqs[side]}", 'role': role(i), 'content': turn_text(i)}, separators=(',', ':'))
-        ops = [('layer add_message', lambda i, sm=sm, sid=sid: sm.add_message(sid, role(i), turn_text(i)))]
+        ops = [('layer add_message', lambda i, sm=sm, sid=sid: sm.add_message(sid, role(i), fresh_text()))]  # a new text per call: its vector computed
         if t.cold_sqlite:
             c = t.sqlite
             c.execute("INSERT INTO sessions VALUES('s_a', 1, '{}')"); c.execute("INSERT INTO sessions VALUES('s_b', 1, '{}')")
@@ -554,7 +562,7 @@ def section_langgraph(a, tiers):
         for t in tiers:
             if t.name in ('aws', 'postgres'): continue
             sid = t.sm.create_session('user_lg').session_id
-            sides.append((f"ours: add_message, {t.name} tier", lambda i, sm=t.sm, sid=sid: sm.add_message(sid, role(i), turn_text(i)), None))
+            sides.append((f"ours: add_message, {t.name} tier", lambda i, sm=t.sm, sid=sid: sm.add_message(sid, role(i), fresh_text()), None))  # a new text per turn and tier: its vector computed, as in a real conversation
         # equal durability: our layer's SQLite runs WAL + synchronous=NORMAL, so LangGraph's SqliteSaver gets the same
         conn = sqlite3.connect(str(tmp / 'langgraph.db'), check_same_thread=False); conns.append(conn)
         saver = SqliteSaver(conn); saver.setup()

@@ -37,7 +37,7 @@ for _k in [k for k in os.environ if k.startswith('DATAOPS_')]: os.environ.pop(_k
 
 import zstandard
 from storage import versions
-from managers import turn_text, role
+from managers import turn_text, role, fresh_text
 from dataops_lab.recall import estimate_tokens
 
 SUMMARY_GROWTH, SUMMARY_ABS_MS, DUMP_MS, DUMP_RATIO, CHECKPOINT_GROWTH = 2.0, 50.0, 300.0, 3.0, 2.0
@@ -146,7 +146,7 @@ def run(a, sm, cm, raw:Raw) -> dict:
         cm.create_checkpoint(sid, f"at_{N}"); raw.checkpoint(f"at_{N}")
         lab = iter(range(10**6))
         plan = [
-            ('add_message', lambda i: sm.add_message(wsid, role(i), turn_text(i)), raw.append),
+            ('add_message', lambda i: sm.add_message(wsid, role(i), fresh_text()), raw.append),  # a text new to the process: its vector computed at every size
             ('get_history(limit=50)', lambda i: sm.get_history(sid, limit=50), lambda i: raw.newest(50)),
             ('dump_context(recent=None)', lambda i: cm.dump_context(sid, recent=None), lambda i: raw.dump()),
             ('create_checkpoint', lambda i, j=lab: cm.create_checkpoint(sid, f"c{N}_{next(j)}"), lambda i, j=iter(range(10**6)): raw.checkpoint(f"c{N}_{next(j)}")),

@@ -76,7 +76,7 @@ def main():
         def add():
             sids = {on: sms[on].create_session('bench').session_id for on in (True, False)}
             def side(on):
-                def f(): sms[on].add_message(sids[on], 'user', pool[next(i) % len(pool)])
+                def f(): sms[on].add_message(sids[on], 'user', pool[next(i) % len(pool)] + f" {next(i)}")  # a text new to the process: the 'on' side computes its vector (a repeated short text would come from the cache of 1,024)
                 return f
             got = rounds({'add_message, semantic on': side(True), 'add_message, semantic off': side(False)}, n)
             stored = {on: sms[on].get_history(sids[on], limit=1)[0].vector for on in (True, False)}
