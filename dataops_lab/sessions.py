@@ -51,16 +51,14 @@ class SessionPolicy(BaseModel):
 from .observability import count_hot_lookup
 
 def _dumps(v:dict)->str:
-    "Compact JSON of a stored item: orjson's, the standard encoder's for what orjson refuses (integers over 64 bits); either reads back the same"
+    "Compact JSON of a stored item: orjson's; for what orjson refuses (integers beyond 64 bits) the standard encoder's, marked for the standard parser (`std_json`): either reads back the same"
     try: return orjson.dumps(v).decode()
-    except (orjson.JSONEncodeError, TypeError): return json.dumps(v, separators=(',', ':'))
+    except (orjson.JSONEncodeError, TypeError): return std_json(v)
 
 def _loads(raw)->dict|None:
-    "The dict in cached value `raw` (orjson's parser, the standard one for what it refuses), or None if it holds none"
-    try: v = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try: v = json.loads(raw)
-        except ValueError: return None
+    "The dict in cached value `raw` (the table contract's parser: exact for integers beyond 64 bits), or None if it holds none"
+    try: v = item_from_json(raw)
+    except ValueError: return None
     return v if isinstance(v, dict) else None
 
 class HotTier:
@@ -170,7 +168,7 @@ class HotTier:
     def put_session(self, item:dict, token:tuple|None)->bool:
         "Cache `item` (read or written after `token()` returned `token`) unless the cache holds the same or a newer version; False if an older copy may be left"
         if token is None: return False
-        key,new = self.session_key(item['session_id']),json.dumps({**item, '_hot_epoch': token[1]}, separators=(',', ':'))
+        key,new = self.session_key(item['session_id']),_dumps({**item, '_hot_epoch': token[1]})
         for _ in range(5):
             if token[0] != self.failures: return False  # the tier failed since: a newer version may have bypassed it
             cur = self.call(self.cache.get, key, default=False)

@@ -116,6 +116,19 @@ def test_dump_and_load_context(sm, cm, raw):
     assert sm.get_session(other).metadata['orchestrator_state'] == {'intent': 'profile', 'step': 3}
     assert sm.get_history(other) == []  # state only: no turns were copied
 
+def test_a_snapshot_holds_any_json_the_session_holds(sm, cm, raw):
+    "The payload's encoder (orjson, the standard encoder for what orjson refuses) loses nothing: non-ASCII text, integers over 64 bits, nested values"
+    ctx0 = {'big': 10**20 + 1, 'ünï': ['ça', {'x': -2.5e-30, 'y': [True, None]}], 'n': None}
+    sid = sm.create_session(uid(), global_context=ctx0).session_id
+    lines = ["naïve café ☕ orders", "数据 rows: 12"]
+    talk(sm, sid, lines)
+    snap_id = cm.dump_context(sid)
+    ctx = cm.load_context(snap_id)
+    assert ctx['session']['global_context'] == ctx0 and type(ctx['session']['global_context']['big']) is int and [m['content'] for m in ctx['messages']] == lines
+    assert sm.get_session(sid).global_context == ctx0 and type(sm.get_session(sid).global_context['big']) is int  # the session itself, through the hot tier
+    rec = raw.table(SNAPSHOTS_TABLE).get((sid, snap_id))
+    assert len(zstandard.ZstdDecompressor().decompress(raw.blob.get(rec['blob_key']))) == rec['original_size']
+
 # ---------------------------------------------------------------- checkpoints
 
 def test_checkpoints_restore_exactly(manager_storage, raw):

@@ -20,9 +20,10 @@ from ..observability import instrument_storage_method
 # %% auto #0
 __all__ = ['CHUNK', 'SESSIONS_TABLE', 'ARTIFACTS_TABLE', 'KINDS', 'TABLES', 'DEFAULT_TABLES', 'Page', 'BlobInfo', 'encode_cursor',
            'decode_cursor', 'parse_store_url', 'Backend', 'check_metadata', 'iter_chunks', 'BlobStore', 'IndexSpec',
-           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'item_json', 'item_from_json',
-           'MetadataTable', 'as_bytes', 'Subscription', 'Lock', 'HotCache', 'stream_id_key', 'register_store',
-           'store_factory', 'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage', 'open_storage']
+           'TableSpec', 'check_item', 'is_expired', 'check_update', 'apply_update', 'item_json', 'std_json',
+           'item_from_json', 'MetadataTable', 'as_bytes', 'Subscription', 'Lock', 'HotCache', 'stream_id_key',
+           'register_store', 'store_factory', 'open_blob', 'open_table', 'open_cache', 'register_tables', 'Storage',
+           'open_storage']
 
 # %% ../../nbs/10_store.ipynb #195eb988
 @dataclass
@@ -290,7 +291,7 @@ def apply_update(spec:TableSpec, item:dict, sets:dict, adds:dict, rm:tuple, ixat
 # %% ../../nbs/10_store.ipynb #c92129ca
 _STRICT = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _TOO_DEEP = b'\n' + b' ' * (2*MAX_DEPTH)  # in an indented encoding: an element MAX_DEPTH levels down
-_std_json = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False).encode
+_STD_MARK = (' ', b' ')  # the first character of what `std_json` writes
 
 def item_json(spec:TableSpec, item:dict)->str:
     "The JSON text of `item` (without `_version`) if `check_item` accepts it, else `check_item`'s error; plain items in one C pass"
@@ -301,10 +302,18 @@ def item_json(spec:TableSpec, item:dict)->str:
         if orjson.loads(b) == body and _TOO_DEEP not in orjson.dumps(body, option=_STRICT | orjson.OPT_INDENT_2): return b.decode()
     except (orjson.JSONEncodeError, RecursionError): pass
     check_item(spec, item)  # names what is wrong, or accepts what the fast path declined (tuples)
-    return _std_json(body)
+    return std_json(body)
+
+def std_json(obj:Any, default:Callable|None=None)->str:
+    """`obj` as compact JSON by the standard encoder — for what orjson refuses or would change (an integer beyond 64 bits,
+    a tuple) — marked by a leading space, which is still JSON. orjson reads an integer beyond 64 bits back as a float,
+    without a word (`10**20 + 1` as `1e+20`); the mark sends this text to the standard parser (`item_from_json`), which
+    keeps it exact. orjson's own output never holds such an integer: it refuses to write one."""
+    return ' ' + json.dumps(obj, separators=(',', ':'), ensure_ascii=False, default=default)
 
 def item_from_json(s:str|bytes)->Any:
-    "A stored item's JSON parsed: orjson's parser, the standard one for what orjson does not take (integers over 64 bits)"
+    "A stored item's JSON parsed: orjson's parser (several times the standard one's speed); the standard parser for text `std_json` wrote (its leading space) or that orjson refuses"
+    if s[:1] in _STD_MARK: return json.loads(s)
     try: return orjson.loads(s)
     except orjson.JSONDecodeError: return json.loads(s)
 

@@ -314,14 +314,14 @@ def _item(ctx, i, **kw): return {'id': f"it-{i:03d}", 'owner': f"user-{i%3}", 'c
 
 @conformance_check('table')
 def table_roundtrip(ctx):
-    "items of every JSON type round-trip exactly; _version starts at 1 and grows with each put"
+    "items of every JSON type round-trip exactly (integers beyond 64 bits too); _version starts at 1 and grows with each put"
     t = ctx.store(ctx.items)
-    it = _item(ctx, 1, n=42, big=2**53, x=1.5, neg=-0.25, ok=True, none=None, s='ünïcødé ✓', l=[1, 'a', {'b': [None, 2.5]}], d={'k': {'z': []}}, empty='')
+    it = _item(ctx, 1, n=42, big=2**53, huge=10**20 + 1, tiny=-2**64 - 3, x=1.5, neg=-0.25, ok=True, none=None, s='ünïcødé ✓', l=[1, 'a', {'b': [None, 2.5]}], d={'k': {'z': []}}, empty='')
     out = t.put(it)
     assert out['_version'] == 1, out
     got = t.get('it-001')
     assert {k: v for k,v in got.items() if k != '_version'} == it and got['_version'] == 1, got
-    assert type(got['n']) is int and type(got['x']) is float
+    assert type(got['n']) is int and type(got['x']) is float and type(got['huge']) is int and type(got['tiny']) is int
     assert t.put({**it, 'n': 43})['_version'] == 2 and t.get('it-001')['n'] == 43
     assert ctx.target.open(ctx.items).get({'id': 'it-001'})['n'] == 43
     assert t.get('it-999') is None
