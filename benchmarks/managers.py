@@ -245,7 +245,7 @@ def role(i): return 'user' if i % 2 == 0 else 'assistant'
 
 _FRESH = itertools.count(10**6)  # turn numbers no other text of this process uses
 
-def fresh_text(i:int=0) -> str:
+def fresh_text() -> str:
     """A turn's text never sent before in this process, so that a timed add_message computes its vector as a real turn
     does: with the [semantic] extra a process keeps the vectors of the last 1,024 short texts, and a text sent again (the
     same turn_text(i) on another tier, or after the warm-up) would take its vector from there"""
